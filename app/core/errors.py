@@ -1,0 +1,94 @@
+"""Domain errors and their single problem+json rendering (RFC 9457)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+
+class AppError(Exception):
+    """Base of every error the API reports on purpose; subclasses set slug, title and status."""
+
+    slug: ClassVar[str] = "internal_error"
+    title: ClassVar[str] = "Internal server error"
+    status: ClassVar[int] = 500
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.detail = detail or self.title
+        self.headers = headers or {}
+        self.extra = extra or {}
+        super().__init__(self.detail)
+
+
+class NotFound(AppError):
+    slug = "not_found"
+    title = "Not found"
+    status = 404
+
+
+class Conflict(AppError):
+    slug = "conflict"
+    title = "Conflict"
+    status = 409
+
+
+class Unauthorized(AppError):
+    slug = "unauthorized"
+    title = "Missing or invalid credentials"
+    status = 401
+
+
+class Forbidden(AppError):
+    slug = "forbidden"
+    title = "Not allowed"
+    status = 403
+
+
+class InvalidRequest(AppError):
+    """A payload problem found after schema validation (e.g. an unknown model); still a 422."""
+
+    slug = "validation_error"
+    title = "Invalid request"
+    status = 422
+
+
+class RateLimited(AppError):
+    slug = "rate_limited"
+    title = "Too many requests"
+    status = 429
+
+
+class Problem(BaseModel):
+    """The problem+json body every error response carries."""
+
+    type: str
+    code: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    request_id: str | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+def problem_responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the given errors (grouped by status)."""
+    by_status: dict[int, list[type[AppError]]] = {}
+    for err in errors:
+        by_status.setdefault(err.status, []).append(err)
+    out: dict[int | str, dict[str, Any]] = {}
+    for status, errs in sorted(by_status.items()):
+        slugs = ", ".join(sorted({e.slug for e in errs}))
+        out[status] = {
+            "model": Problem,
+            "description": f"{errs[0].title if len(errs) == 1 else 'Error'} ({slugs})",
+            "content": {"application/problem+json": {}},
+        }
+    return out

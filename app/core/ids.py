@@ -1,0 +1,22 @@
+"""Time-ordered identifiers (UUIDv7), so ids sort by creation and work as list cursors."""
+
+import os
+import threading
+import time
+import uuid
+
+_lock = threading.Lock()
+_last = 0
+
+
+def uuid7() -> uuid.UUID:
+    """A UUIDv7 whose 48-bit ms timestamp and 12-bit counter are monotonic within the process."""
+    global _last  # noqa: PLW0603 - process-wide monotonic counter
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        candidate = ms << 12
+        _last = max(candidate, _last + 1)
+        ts_seq = _last
+    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = ((ts_seq >> 12) << 80) | (0x7 << 76) | ((ts_seq & 0xFFF) << 64) | (0b10 << 62) | rand
+    return uuid.UUID(int=value)

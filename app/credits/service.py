@@ -1,0 +1,160 @@
+"""The only writer of account rows, grants and ledger entries. Callers hold the account lock.
+
+Every function here takes a ``LockedAccount`` (read ``FOR UPDATE`` in the caller's transaction),
+changes it in memory, writes the row and exactly one ledger entry per change.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.ids import uuid7
+from app.core.money import ZERO
+from app.credits import repository as repo
+from app.credits.exceptions import InsufficientCredits
+from app.credits.repository import LockedAccount
+from app.db.models import Grant
+
+lock_for_user = repo.lock_for_user
+lock_by_id = repo.lock_by_id
+
+
+async def create_account_for_user(
+    session: AsyncSession,
+    *,
+    project_id: uuid.UUID,
+    user_id: str,
+    tier_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> bool:
+    """Create a user with an empty account; False if the user id already exists."""
+    return await repo.insert_user(
+        session,
+        project_id=project_id,
+        user_id=user_id,
+        account_id=uuid7(),
+        tier_id=tier_id,
+        metadata=metadata or {},
+    )
+
+
+async def _burn(session: AsyncSession, account: LockedAccount, amount: Decimal) -> None:
+    """Reduce ``total`` by ``amount``: grants first, whatever they cannot cover becomes debt."""
+    burned = ZERO
+    if account.grant_balance > 0:
+        burned = await repo.burn_grants(session, account.id, amount)
+    account.debt += amount - burned
+    account.total -= amount
+
+
+async def grant(
+    session: AsyncSession,
+    account: LockedAccount,
+    *,
+    amount: Decimal,
+    source: str,
+    reason: str | None = None,
+    expires_at: datetime | None = None,
+    transaction_id: uuid.UUID | None = None,
+    ledger_kind: str = "grant",
+) -> tuple[Grant, int]:
+    """Add a grant; it pays any debt first. Returns the grant and its ledger entry id."""
+    paid = min(account.debt, amount)
+    account.debt -= paid
+    account.total += amount
+    grant_row = await repo.insert_grant(
+        session,
+        account,
+        grant_id=uuid7(),
+        amount=amount,
+        remaining=amount - paid,
+        source=source,
+        reason=reason,
+        expires_at=expires_at,
+        transaction_id=transaction_id,
+    )
+    await repo.save_account(session, account)
+    entry = await repo.insert_ledger(
+        session,
+        account,
+        kind=ledger_kind,
+        amount=amount,
+        held_amount=ZERO,
+        grant_id=grant_row.id,
+        transaction_id=transaction_id,
+        reason=reason,
+    )
+    return grant_row, entry
+
+
+async def debit(
+    session: AsyncSession, account: LockedAccount, *, amount: Decimal, reason: str | None
+) -> int:
+    """Remove credits the user has available; more than available → 402."""
+    if amount > account.available:
+        raise InsufficientCredits(
+            f"Debit of {amount} exceeds the available balance of {account.available}."
+        )
+    await _burn(session, account, amount)
+    await repo.save_account(session, account)
+    return await repo.insert_ledger(
+        session, account, kind="debit", amount=-amount, held_amount=ZERO, reason=reason
+    )
+
+
+async def hold(
+    session: AsyncSession, account: LockedAccount, *, amount: Decimal, transaction_id: uuid.UUID
+) -> None:
+    """Reserve ``amount`` for a started transaction (admission was checked by the caller)."""
+    if amount == 0:
+        return
+    account.held += amount
+    await repo.save_account(session, account)
+    await repo.insert_ledger(
+        session,
+        account,
+        kind="hold",
+        amount=ZERO,
+        held_amount=amount,
+        transaction_id=transaction_id,
+    )
+
+
+async def settle(
+    session: AsyncSession,
+    account: LockedAccount,
+    *,
+    release: Decimal,
+    charge: Decimal,
+    transaction_id: uuid.UUID,
+    kind: str,
+    reason: str | None = None,
+) -> None:
+    """Release a hold and charge usage in one ledger entry (either may be zero).
+
+    The charge is never clamped: usage already happened, so it may create debt.
+    """
+    if release == 0 and charge == 0:
+        return
+    account.held -= release
+    if charge:
+        await _burn(session, account, charge)
+    await repo.save_account(session, account)
+    await repo.insert_ledger(
+        session,
+        account,
+        kind=kind,
+        amount=-charge,
+        held_amount=-release,
+        transaction_id=transaction_id,
+        reason=reason,
+    )
+
+
+list_grants = repo.list_grants
+list_ledger = repo.list_ledger

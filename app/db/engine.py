@@ -1,0 +1,44 @@
+"""The async engine: asyncpg, sane timeouts, JSON that keeps decimals exact."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from app.core.http import render_json
+from app.core.settings import DatabaseSettings, to_async_url
+
+
+def _json_dumps(value: Any) -> str:
+    return render_json(value).decode()
+
+
+def _json_loads(value: str) -> Any:
+    return json.loads(value, parse_float=Decimal)
+
+
+def create_engine(settings: DatabaseSettings, *, pool_size: int | None = None) -> AsyncEngine:
+    if not settings.url:
+        raise RuntimeError("no database URL configured")
+    return create_async_engine(
+        to_async_url(settings.url),
+        pool_size=pool_size or settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_timeout=settings.pool_timeout_seconds,
+        pool_recycle=1800,
+        echo=settings.echo,
+        json_serializer=_json_dumps,
+        json_deserializer=_json_loads,
+        connect_args={
+            "server_settings": {
+                "application_name": "creditd",
+                "statement_timeout": str(settings.statement_timeout_ms),
+                "lock_timeout": str(settings.lock_timeout_ms),
+                "idle_in_transaction_session_timeout": "60000",
+                "timezone": "UTC",
+            }
+        },
+    )

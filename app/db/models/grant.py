@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Text, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base, CreatedAt
+
+
+class Grant(CreatedAt, Base):
+    """A unit in which credits arrive; charges burn ``remaining`` soonest-expiry first."""
+
+    __tablename__ = "grants"
+    __table_args__ = (
+        CheckConstraint("remaining >= 0 AND remaining <= amount", name="remaining_in_range"),
+        Index(
+            "ix_grants_burn_order",
+            "account_id",
+            text("expires_at ASC NULLS LAST"),
+            "created_at",
+            "id",
+            postgresql_where=text("remaining > 0"),
+        ),
+        Index("ix_grants_project_id_user_id_id", "project_id", "user_id", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"))
+    user_id: Mapped[str] = mapped_column(Text)
+    amount: Mapped[Decimal]
+    remaining: Mapped[Decimal]
+    source: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime | None]
+    transaction_id: Mapped[uuid.UUID | None]

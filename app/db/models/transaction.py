@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, Text, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base, Timestamps
+
+
+class Transaction(Timestamps, Base):
+    """A usage transaction: a hold at start, a charge (or release) at completion.
+
+    Every change of ``status`` happens under the lock of the owning account row.
+    """
+
+    __tablename__ = "transactions"
+    __table_args__ = (
+        Index("ix_transactions_project_id_id", "project_id", "id"),
+        Index("ix_transactions_project_id_user_id_id", "project_id", "user_id", "id"),
+        Index(
+            "ix_transactions_pending_expiry",
+            "expires_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"))
+    user_id: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(Text)
+    feature_identifier: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    hold_amount: Mapped[Decimal]
+    credits_used: Mapped[Decimal]
+    refunded_total: Mapped[Decimal] = mapped_column(server_default="0")
+    provisional_tokens: Mapped[dict[str, Any] | None]
+    finalized_tokens: Mapped[dict[str, Any] | None]
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", server_default="{}")
+    expires_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    late: Mapped[bool] = mapped_column(server_default="false")
+    # SHA-256 of the canonical completion body: a re-completion is a replay only if it matches.
+    completion_hash: Mapped[str | None] = mapped_column(Text)
+    completion_result: Mapped[dict[str, Any] | None]

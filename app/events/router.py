@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from app.auth.dependencies import ReadKey
+from app.core.cursors import parse_id, uuid_cursor
+from app.core.errors import problem_responses
+from app.core.pagination import Page, PageParams, make_page, page_params
+from app.db.session import Session
+from app.events import service
+from app.events.schemas import EventOut
+from app.routing import TransactionalRoute
+
+router = APIRouter(prefix="/v1/events", tags=["events"], route_class=TransactionalRoute)
+
+
+@router.get(
+    "",
+    operation_id="events_list",
+    summary="List events (the outbox), oldest first",
+    response_model=Page[EventOut],
+)
+async def list_events(
+    session: Session,
+    principal: ReadKey,
+    page: Annotated[PageParams, Depends(page_params)],
+    type: Annotated[str | None, Query(max_length=100)] = None,
+    user_id: Annotated[str | None, Query(max_length=255)] = None,
+    created_after: datetime | None = None,
+) -> Page[EventOut]:
+    rows = await service.list_events(
+        session,
+        principal.project_id,
+        limit=page.limit,
+        after=uuid_cursor(page.starting_after),
+        type=type,
+        user_id=user_id,
+        created_after=created_after,
+    )
+    items = [EventOut.model_validate(r) for r in rows]
+    return make_page(items, page.limit, lambda e: e.id)
+
+
+@router.get(
+    "/{event_id}",
+    operation_id="events_get",
+    summary="Get one event",
+    response_model=EventOut,
+    responses=problem_responses(service.EventNotFound),
+)
+async def get_event(session: Session, principal: ReadKey, event_id: str) -> EventOut:
+    eid = parse_id(event_id, service.EventNotFound)
+    return EventOut.model_validate(await service.get(session, principal.project_id, eid))

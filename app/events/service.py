@@ -1,0 +1,68 @@
+"""The outbox: events are rows written in the same transaction as the change they describe."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.errors import NotFound
+from app.core.ids import uuid7
+from app.db.models import Event
+from app.db.scoping import scoped_select
+
+
+class EventNotFound(NotFound):
+    slug = "event_not_found"
+    title = "No such event"
+
+
+async def record(
+    session: AsyncSession,
+    *,
+    project_id: uuid.UUID,
+    type: str,
+    data: dict[str, Any],
+    user_id: str | None = None,
+) -> uuid.UUID:
+    event_id = uuid7()
+    await session.execute(
+        insert(Event).values(
+            id=event_id, project_id=project_id, type=type, user_id=user_id, data=data
+        )
+    )
+    return event_id
+
+
+async def get(session: AsyncSession, project_id: uuid.UUID, event_id: uuid.UUID) -> Event:
+    stmt = scoped_select(Event, project_id).where(Event.id == event_id)
+    event = (await session.execute(stmt)).scalar_one_or_none()
+    if event is None:
+        raise EventNotFound()
+    return event
+
+
+async def list_events(
+    session: AsyncSession,
+    project_id: uuid.UUID,
+    *,
+    limit: int,
+    after: uuid.UUID | None,
+    type: str | None = None,
+    user_id: str | None = None,
+    created_after: datetime | None = None,
+) -> list[Event]:
+    stmt = scoped_select(Event, project_id)
+    if type is not None:
+        stmt = stmt.where(Event.type == type)
+    if user_id is not None:
+        stmt = stmt.where(Event.user_id == user_id)
+    if created_after is not None:
+        stmt = stmt.where(Event.created_at >= created_after)
+    if after is not None:
+        stmt = stmt.where(Event.id > after)
+    stmt = stmt.order_by(Event.id).limit(limit + 1)
+    return list((await session.execute(stmt)).scalars())

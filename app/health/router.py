@@ -1,0 +1,70 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from sqlalchemy import text
+
+from app.core.http import JSONResponse
+from app.core.paths import ALEMBIC_INI
+from app.db.session import Database
+
+router = APIRouter(tags=["service"])
+
+
+class Health(BaseModel):
+    status: str
+    detail: str | None = None
+
+
+def expected_revision() -> str | None:
+    return ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).get_current_head()
+
+
+@router.get(
+    "/healthz", operation_id="service_healthz", summary="Liveness (no I/O)", response_model=Health
+)
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    operation_id="service_readyz",
+    summary="Readiness: database reachable and schema at head",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "Not ready"}},
+)
+async def readyz(request: Request) -> Response:
+    db: Database = request.app.state.db
+    try:
+        async with db.engine.connect() as conn:
+            current = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+    except Exception as exc:
+        return JSONResponse(
+            Health(status="unavailable", detail=type(exc).__name__), status_code=503
+        )
+    head = request.app.state.schema_head
+    if current != head:
+        return JSONResponse(
+            Health(status="migrations_pending", detail=f"database at {current}, code at {head}"),
+            status_code=503,
+        )
+    return JSONResponse(Health(status="ok"))
+
+
+@router.get(
+    "/metrics",
+    operation_id="service_metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}
+    },
+)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

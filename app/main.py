@@ -1,0 +1,137 @@
+"""create_app(): lifespan, middleware, routers, error handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.admin.router import router as admin_router
+from app.api_keys.router import router as api_keys_router
+from app.auth.ratelimit import RateLimiter
+from app.auth.service import KeyCache
+from app.core.errors import AppError
+from app.core.http import JSONResponse, ProblemResponse, problem_body, problem_from_error
+from app.core.logging import configure_logging
+from app.core.middleware import RequestContextMiddleware
+from app.core.settings import Settings, get_settings
+from app.credits.router import router as credits_router
+from app.db.engine import create_engine
+from app.db.session import Database
+from app.events.router import router as events_router
+from app.health.router import expected_revision
+from app.health.router import router as health_router
+from app.pricing.router import router as models_router
+from app.projects.router import router as project_router
+from app.transactions.router import router as transactions_router
+from app.users.router import router as users_router
+from app.workers.runner import run_workers
+
+VERSION = "0.1.0"
+
+
+def _clean_errors(errors: Any) -> list[dict[str, Any]]:
+    cleaned = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ())]
+        cleaned.append(
+            {"loc": loc, "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))}
+        )
+    return cleaned
+
+
+async def _app_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AppError)
+    return problem_from_error(request, exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = _clean_errors(exc.errors())
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    body = problem_body(
+        request,
+        slug="validation_error",
+        title="Request validation failed",
+        status=422,
+        detail=f"{'.'.join(first['loc'])}: {first['msg']}",
+        errors=errors,
+    )
+    return ProblemResponse(body, status_code=422)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    slugs = {
+        404: "not_found",
+        405: "method_not_allowed",
+        400: "bad_request",
+        413: "payload_too_large",
+    }
+    slug = slugs.get(exc.status_code, "http_error")
+    body = problem_body(
+        request,
+        slug=slug,
+        title=slug.replace("_", " ").capitalize(),
+        status=exc.status_code,
+        detail=str(exc.detail),
+    )
+    return ProblemResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def create_app(settings: Settings | None = None, *, run_background: bool = False) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(level=settings.log.level, json_output=settings.json_logs)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(create_engine(settings.database))
+        app.state.db = db
+        background = asyncio.create_task(run_workers(db, settings)) if run_background else None
+        try:
+            yield
+        finally:
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
+            await db.dispose()
+
+    app = FastAPI(
+        title="creditd",
+        version=VERSION,
+        summary="Credits for AI/LLM products: holds, usage, grants and an exact ledger.",
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+    )
+    app.state.settings = settings
+    app.state.key_cache = KeyCache(settings.api.key_cache_ttl_seconds)
+    app.state.rate_limiter = RateLimiter(
+        settings.api.rate_limit_per_second, settings.api.rate_limit_burst
+    )
+    app.state.schema_head = expected_revision()
+    app.add_middleware(RequestContextMiddleware)
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    for router in (
+        health_router,
+        admin_router,
+        project_router,
+        api_keys_router,
+        models_router,
+        users_router,
+        credits_router,
+        transactions_router,
+        events_router,
+    ):
+        app.include_router(router)
+    return app

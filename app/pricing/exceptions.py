@@ -1,0 +1,11 @@
+from app.core.errors import InvalidRequest, NotFound
+
+
+class UnknownModel(InvalidRequest):
+    slug = "unknown_model"
+    title = "No price for this model and no _default price"
+
+
+class ModelNotFound(NotFound):
+    slug = "model_not_found"
+    title = "No such model"

@@ -1,0 +1,91 @@
+"""Model prices and the cost of token usage."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from sqlalchemy import func
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.money import ZERO, quantize
+from app.db.models import ModelPrice
+from app.db.scoping import scoped_delete, scoped_select
+from app.pricing.exceptions import ModelNotFound, UnknownModel
+from app.pricing.schemas import ModelPriceIn, TokenUsage
+
+DEFAULT_MODEL = "_default"
+_THOUSAND = Decimal(1000)
+
+
+def cost(price: ModelPrice, tokens: TokenUsage | None) -> Decimal:
+    """Credits for ``tokens`` at ``price``, rounded half-up to 6 places; 0 without tokens."""
+    if tokens is None:
+        return ZERO
+    cached = price.cached_input_price_per_1k
+    if cached is None:
+        cached = price.input_price_per_1k
+    raw = (
+        tokens.input_tokens * price.input_price_per_1k
+        + tokens.output_tokens * price.output_price_per_1k
+        + tokens.cached_input_tokens * cached
+    ) / _THOUSAND + price.request_price
+    return quantize(raw)
+
+
+async def price_for(session: AsyncSession, project_id: uuid.UUID, model: str) -> ModelPrice:
+    """The model's own price, else ``_default``, else 422 ``unknown_model``."""
+    stmt = scoped_select(ModelPrice, project_id).where(ModelPrice.id.in_((model, DEFAULT_MODEL)))
+    rows = {p.id: p for p in (await session.execute(stmt)).scalars()}
+    found = rows.get(model) or rows.get(DEFAULT_MODEL)
+    if found is None:
+        raise UnknownModel(f"Model '{model}' has no price and the project has no '_default' price.")
+    return found
+
+
+async def upsert(
+    session: AsyncSession, project_id: uuid.UUID, model_id: str, body: ModelPriceIn
+) -> ModelPrice:
+    values = {
+        "input_price_per_1k": body.input_price_per_1k,
+        "output_price_per_1k": body.output_price_per_1k,
+        "cached_input_price_per_1k": body.cached_input_price_per_1k,
+        "request_price": body.request_price or ZERO,
+    }
+    stmt = (
+        insert(ModelPrice)
+        .values(project_id=project_id, id=model_id, **values)
+        .on_conflict_do_update(
+            index_elements=[ModelPrice.project_id, ModelPrice.id],
+            set_={**values, "updated_at": func.now()},
+        )
+        .returning(ModelPrice)
+    )
+    return (await session.execute(stmt)).scalar_one()
+
+
+async def get(session: AsyncSession, project_id: uuid.UUID, model_id: str) -> ModelPrice:
+    stmt = scoped_select(ModelPrice, project_id).where(ModelPrice.id == model_id)
+    found = (await session.execute(stmt)).scalar_one_or_none()
+    if found is None:
+        raise ModelNotFound()
+    return found
+
+
+async def list_models(
+    session: AsyncSession, project_id: uuid.UUID, *, limit: int, after: str | None
+) -> list[ModelPrice]:
+    stmt = scoped_select(ModelPrice, project_id)
+    if after is not None:
+        stmt = stmt.where(ModelPrice.id > after)
+    stmt = stmt.order_by(ModelPrice.id).limit(limit + 1)
+    return list((await session.execute(stmt)).scalars())
+
+
+async def delete(session: AsyncSession, project_id: uuid.UUID, model_id: str) -> None:
+    result = await session.execute(
+        scoped_delete(ModelPrice, project_id).where(ModelPrice.id == model_id)
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        raise ModelNotFound()

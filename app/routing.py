@@ -1,0 +1,123 @@
+"""The route class every /v1 route uses: one request = one database transaction.
+
+It opens the session, runs the handler, and commits before the response leaves. For a POST
+with ``Idempotency-Key`` it also takes a transaction-scoped advisory lock on the key, replays a
+stored response, and stores the new one *in the same transaction* as the effect it describes,
+so a stored response exists exactly when its effect was committed.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import timedelta
+from typing import Any
+
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.auth.dependencies import get_principal
+from app.core.clock import utcnow
+from app.core.errors import AppError
+from app.core.http import DecimalRequest, JSONResponse, problem_from_error
+from app.core.settings import Settings
+from app.db.session import Database
+from app.idempotency import repository as idem_repo
+from app.idempotency.exceptions import (
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
+    InvalidIdempotencyKey,
+)
+
+REPLAY_HEADER = "Idempotent-Replayed"
+_STORED_HEADERS = ("content-type", "location")
+
+
+def _render_models(endpoint: Callable[..., Any], status_code: int) -> Callable[..., Any]:
+    """Wrap an endpoint so a returned pydantic model becomes exact-decimal JSON."""
+
+    @functools.wraps(endpoint)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = endpoint(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        if isinstance(result, BaseModel | dict | list):
+            return JSONResponse(result, status_code=status_code)
+        return result
+
+    return wrapper
+
+
+class TransactionalRoute(APIRoute):
+    # Operator routes are not project-scoped, so they keep no idempotency records.
+    idempotent = True
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        status_code = kwargs.get("status_code") or 200
+        super().__init__(path, _render_models(endpoint, status_code), **kwargs)
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route_handler(request: Request) -> Response:
+            request = DecimalRequest(request.scope, request.receive)
+            db: Database = request.app.state.db
+            async with db.sessionmaker() as session, session.begin():
+                request.state.session = session
+                key = request.headers.get("idempotency-key")
+                if key is not None and request.method == "POST" and self.idempotent:
+                    return await _idempotent(request, handler, key)
+                return await handler(request)
+
+        return route_handler
+
+
+async def _idempotent(
+    request: Request, handler: Callable[[Request], Awaitable[Response]], key: str
+) -> Response:
+    if not key or len(key) > 255 or not key.isprintable():
+        raise InvalidIdempotencyKey()
+    principal = await get_principal(request)
+    session = request.state.session
+    body = await request.body()
+    request_hash = hashlib.sha256(
+        request.method.encode() + b" " + request.url.path.encode() + b"\n" + body
+    ).hexdigest()
+    if not await idem_repo.try_lock(session, principal.project_id, key):
+        raise IdempotencyKeyInFlight()
+    stored = await idem_repo.get_live(session, principal.project_id, key)
+    if stored is not None:
+        if stored.request_hash != request_hash:
+            raise IdempotencyKeyReused()
+        headers = {**stored.headers, REPLAY_HEADER: "true"}
+        return Response(stored.body, status_code=stored.status_code, headers=headers)
+    try:
+        async with session.begin_nested():
+            response = await handler(request)
+    except AppError as exc:
+        # Business errors are part of the first response and are replayed; their effects
+        # (if any) were rolled back with the savepoint.
+        response = problem_from_error(request, exc)
+    if response.status_code < 500:
+        settings: Settings = request.app.state.settings
+        await idem_repo.store(
+            session,
+            project_id=principal.project_id,
+            key=key,
+            method=request.method,
+            path=request.url.path,
+            request_hash=request_hash,
+            status_code=response.status_code,
+            headers={k: v for k, v in response.headers.items() if k in _STORED_HEADERS},
+            body=bytes(response.body),
+            expires_at=utcnow() + timedelta(hours=settings.api.idempotency_ttl_hours),
+        )
+    return response
+
+
+class OperatorRoute(TransactionalRoute):
+    idempotent = False

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from app.core.money import Money, NonNegativeAmount, PositiveAmount
+from app.pricing.schemas import TokenUsage
+from app.users.schemas import Metadata, UserId
+
+ModelName = Annotated[str, Field(min_length=1, max_length=200, examples=["gpt-4o"])]
+Feature = Annotated[str, Field(min_length=1, max_length=200, examples=["chat"])]
+HoldTtl = Annotated[int, Field(ge=1, le=7 * 86400, strict=True)]
+Status = Literal["pending", "completed", "failed", "expired", "denied"]
+DenyReason = Literal["insufficient_credits", "spend_cap_reached", "concurrency_limit"]
+
+
+class StartIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: UserId
+    model: ModelName
+    provisional_tokens: TokenUsage | None = Field(
+        default=None, description="Expected usage; its price is held. Absent: nothing is held."
+    )
+    feature_identifier: Feature | None = None
+    metadata: Metadata = Field(default_factory=dict)
+    hold_ttl_seconds: HoldTtl | None = Field(
+        default=None, description="Defaults to the project's default_hold_ttl_seconds"
+    )
+
+
+class StartOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    transaction_id: uuid.UUID
+    continue_: bool = Field(alias="continue")
+    balance: Money
+    credits_used: Money
+    hold_amount: Money
+    status: Literal["pending", "denied"]
+    expires_at: datetime | None
+    message: str
+    reason: DenyReason | None
+
+
+class CompleteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    success: bool = Field(strict=True)
+    finalized_tokens: TokenUsage | None = Field(
+        default=None, description="Actual usage; absent with success=true: the provisional tokens"
+    )
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class CompleteOut(BaseModel):
+    transaction_id: uuid.UUID
+    status: Literal["completed", "failed"]
+    credits_used: Money
+    balance: Money
+    balance_adjustment: Money = Field(
+        description="Hold released by this completion minus the charge (positive = returned)"
+    )
+    late: bool
+
+
+class ExtendIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hold_ttl_seconds: HoldTtl
+
+
+class RefundIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    amount: PositiveAmount | None = Field(
+        default=None, description="Defaults to everything not yet refunded"
+    )
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class RefundOut(BaseModel):
+    refund_id: uuid.UUID
+    amount: Money
+    refunded_total: Money
+    balance: Money
+
+
+class TransactionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    user_id: str
+    model: str
+    feature_identifier: str | None
+    status: Status
+    reason: str | None
+    hold_amount: Money
+    credits_used: Money
+    refunded_total: Money
+    provisional_tokens: dict[str, Any] | None
+    finalized_tokens: dict[str, Any] | None
+    metadata: dict[str, Any] = Field(validation_alias="metadata_")
+    late: bool
+    expires_at: datetime | None
+    completed_at: datetime | None
+    created_at: datetime
+
+
+class UsageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: UserId
+    model: ModelName
+    tokens: TokenUsage
+    feature_identifier: Feature | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class UsageOut(BaseModel):
+    transaction_id: uuid.UUID
+    status: Literal["completed"]
+    credits_used: Money
+    balance: Money
+
+
+class CheckIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: UserId
+    model: ModelName | None = None
+    provisional_tokens: TokenUsage | None = None
+    amount: NonNegativeAmount | None = Field(
+        default=None, description="Credits needed; instead of model + provisional_tokens"
+    )
+
+
+class CheckOut(BaseModel):
+    allowed: bool
+    reason: DenyReason | None
+    available: Money
+    required: Money
+
+
+class TransactionFilters(BaseModel):
+    user_id: str | None = None
+    status: Status | None = None
+    model: str | None = None
+    feature_identifier: str | None = None
+    created_after: AwareDatetime | None = None
+    created_before: AwareDatetime | None = None

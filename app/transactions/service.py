@@ -1,0 +1,394 @@
+"""Usage transactions: hold at start, charge or release at completion, sweep expired holds.
+
+Lock order everywhere: the account row first, then the transaction. Prices are looked up
+before the lock, so the lock is held only for the few statements that change the balance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.service import Principal
+from app.core.clock import utcnow
+from app.core.ids import uuid7
+from app.core.money import ZERO
+from app.credits import service as credits
+from app.credits.repository import LockedAccount
+from app.db.models import Transaction
+from app.events import service as events
+from app.pricing import service as pricing
+from app.pricing.schemas import TokenUsage
+from app.transactions import repository as repo
+from app.transactions.exceptions import (
+    OverRefund,
+    TransactionAlreadyCompleted,
+    TransactionDenied,
+    TransactionNotCompleted,
+    TransactionNotFound,
+    TransactionNotPending,
+)
+from app.transactions.schemas import (
+    CheckIn,
+    CheckOut,
+    CompleteIn,
+    CompleteOut,
+    ExtendIn,
+    RefundIn,
+    RefundOut,
+    StartIn,
+    StartOut,
+    TransactionFilters,
+    UsageIn,
+    UsageOut,
+)
+from app.users import repository as users_repo
+from app.users import service as users
+from app.users.exceptions import UserNotFound
+
+FINAL = ("completed", "failed")
+
+
+def _floor(account: LockedAccount) -> Decimal | None:
+    """The lowest available balance a start may leave; None = unlimited overage (tiers: #3)."""
+    return ZERO
+
+
+def _admits(available: Decimal, need: Decimal, floor: Decimal | None) -> bool:
+    if floor is None:
+        return True
+    if need > 0:
+        return available - need >= floor
+    return available > floor
+
+
+def _tokens_json(tokens: TokenUsage | None) -> dict[str, Any] | None:
+    return tokens.model_dump() if tokens is not None else None
+
+
+async def start(session: AsyncSession, principal: Principal, body: StartIn) -> StartOut:
+    price = await pricing.price_for(session, principal.project_id, body.model)
+    hold = pricing.cost(price, body.provisional_tokens)
+    account = await users.lock_account(session, principal, body.user_id, auto_create=True)
+    admitted = _admits(account.available, hold, _floor(account))
+    txn_id = uuid7()
+    now = utcnow()
+    ttl = body.hold_ttl_seconds or principal.settings.default_hold_ttl_seconds
+    expires_at = now + timedelta(seconds=ttl) if admitted else None
+    if admitted:
+        await credits.hold(session, account, amount=hold, transaction_id=txn_id)
+    status = "pending" if admitted else "denied"
+    reason = None if admitted else "insufficient_credits"
+    await repo.insert_transaction(
+        session,
+        {
+            "id": txn_id,
+            "project_id": principal.project_id,
+            "account_id": account.id,
+            "user_id": account.user_id,
+            "model": body.model,
+            "feature_identifier": body.feature_identifier,
+            "status": status,
+            "reason": reason,
+            "hold_amount": hold if admitted else ZERO,
+            "credits_used": ZERO,
+            "provisional_tokens": _tokens_json(body.provisional_tokens),
+            "metadata_": body.metadata,
+            "expires_at": expires_at,
+        },
+    )
+    out = StartOut(
+        transaction_id=txn_id,
+        continue_=admitted,
+        balance=account.available,
+        credits_used=hold if admitted else ZERO,
+        hold_amount=hold if admitted else ZERO,
+        status=status,
+        expires_at=expires_at,
+        message="Credits held; complete the transaction when usage is known."
+        if admitted
+        else "Not enough available credits for this request.",
+        reason=reason,
+    )
+    await events.record(
+        session,
+        project_id=principal.project_id,
+        type="transaction.started" if admitted else "transaction.denied",
+        user_id=account.user_id,
+        data={**out.model_dump(mode="python", by_alias=True), "model": body.model},
+    )
+    return out
+
+
+async def _get(session: AsyncSession, principal: Principal, txn_id: uuid.UUID) -> Transaction:
+    txn = await repo.get(session, principal.project_id, txn_id)
+    if txn is None:
+        raise TransactionNotFound()
+    return txn
+
+
+async def _lock(
+    session: AsyncSession, principal: Principal, txn: Transaction
+) -> tuple[LockedAccount, Transaction]:
+    account = await credits.lock_by_id(session, principal.project_id, txn.account_id, txn.user_id)
+    return account, await repo.refresh(session, txn)
+
+
+def _completion_hash(body: CompleteIn) -> str:
+    canonical = orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+async def complete(
+    session: AsyncSession, principal: Principal, txn_id: uuid.UUID, body: CompleteIn
+) -> CompleteOut:
+    txn = await _get(session, principal, txn_id)
+    digest = _completion_hash(body)
+    if txn.status in FINAL:  # fast path for retries: no lock needed to replay
+        return _replay(txn, digest)
+    if txn.status == "denied":
+        raise TransactionDenied()
+    tokens = body.finalized_tokens
+    if tokens is None and txn.provisional_tokens is not None:
+        tokens = TokenUsage.model_validate(txn.provisional_tokens)
+    charge = ZERO
+    if body.success:
+        charge = pricing.cost(
+            await pricing.price_for(session, principal.project_id, txn.model), tokens
+        )
+
+    account, txn = await _lock(session, principal, txn)
+    if txn.status in FINAL:
+        return _replay(txn, digest)
+    late = txn.status == "expired"
+    release = ZERO if late else txn.hold_amount
+    await credits.settle(
+        session,
+        account,
+        release=release,
+        charge=charge,
+        transaction_id=txn.id,
+        kind="usage" if body.success else "hold_release",
+    )
+    status = "completed" if body.success else "failed"
+    out = CompleteOut(
+        transaction_id=txn.id,
+        status=status,
+        credits_used=charge,
+        balance=account.available,
+        balance_adjustment=release - charge,
+        late=late,
+    )
+    result = out.model_dump(mode="python")
+    await repo.update_transaction(
+        session,
+        txn.id,
+        {
+            "status": status,
+            "credits_used": charge,
+            "finalized_tokens": _tokens_json(tokens)
+            if body.success
+            else _tokens_json(body.finalized_tokens),
+            "metadata_": {**txn.metadata_, **body.metadata},
+            "completed_at": utcnow(),
+            "late": late,
+            "completion_hash": digest,
+            "completion_result": result,
+        },
+    )
+    await events.record(
+        session,
+        project_id=principal.project_id,
+        type=f"transaction.{status}",
+        user_id=txn.user_id,
+        data={**result, "model": txn.model, "hold_amount": txn.hold_amount},
+    )
+    return out
+
+
+def _replay(txn: Transaction, digest: str) -> CompleteOut:
+    if txn.completion_hash != digest or txn.completion_result is None:
+        raise TransactionAlreadyCompleted()
+    return CompleteOut.model_validate(txn.completion_result)
+
+
+async def extend(
+    session: AsyncSession, principal: Principal, txn_id: uuid.UUID, body: ExtendIn
+) -> Transaction:
+    txn = await _get(session, principal, txn_id)
+    _, txn = await _lock(session, principal, txn)
+    now = utcnow()
+    if txn.status != "pending" or txn.expires_at is None or txn.expires_at <= now:
+        raise TransactionNotPending(f"The transaction is {txn.status}.")
+    await repo.update_transaction(
+        session, txn.id, {"expires_at": now + timedelta(seconds=body.hold_ttl_seconds)}
+    )
+    return await repo.refresh(session, txn)
+
+
+async def refund(
+    session: AsyncSession, principal: Principal, txn_id: uuid.UUID, body: RefundIn
+) -> RefundOut:
+    txn = await _get(session, principal, txn_id)
+    account, txn = await _lock(session, principal, txn)
+    if txn.status != "completed":
+        raise TransactionNotCompleted(f"The transaction is {txn.status}.")
+    refundable = txn.credits_used - txn.refunded_total
+    amount = body.amount if body.amount is not None else refundable
+    if amount <= 0 or amount > refundable:
+        raise OverRefund(f"At most {refundable} credits of this transaction can still be refunded.")
+    grant, _ = await credits.grant(
+        session,
+        account,
+        amount=amount,
+        source="refund",
+        reason=body.reason,
+        transaction_id=txn.id,
+        ledger_kind="refund",
+    )
+    refund_id = uuid7()
+    await repo.insert_refund(
+        session,
+        {
+            "id": refund_id,
+            "project_id": principal.project_id,
+            "transaction_id": txn.id,
+            "grant_id": grant.id,
+            "amount": amount,
+            "reason": body.reason,
+        },
+    )
+    refunded_total = txn.refunded_total + amount
+    await repo.update_transaction(session, txn.id, {"refunded_total": refunded_total})
+    out = RefundOut(
+        refund_id=refund_id, amount=amount, refunded_total=refunded_total, balance=account.available
+    )
+    await events.record(
+        session,
+        project_id=principal.project_id,
+        type="transaction.refunded",
+        user_id=txn.user_id,
+        data={**out.model_dump(mode="python"), "transaction_id": txn.id},
+    )
+    return out
+
+
+async def record_usage(session: AsyncSession, principal: Principal, body: UsageIn) -> UsageOut:
+    """One-shot usage: charged in full (the usage already happened), no admission check."""
+    price = await pricing.price_for(session, principal.project_id, body.model)
+    charge = pricing.cost(price, body.tokens)
+    account = await users.lock_account(session, principal, body.user_id, auto_create=True)
+    txn_id = uuid7()
+    await credits.settle(
+        session, account, release=ZERO, charge=charge, transaction_id=txn_id, kind="usage"
+    )
+    out = UsageOut(
+        transaction_id=txn_id, status="completed", credits_used=charge, balance=account.available
+    )
+    await repo.insert_transaction(
+        session,
+        {
+            "id": txn_id,
+            "project_id": principal.project_id,
+            "account_id": account.id,
+            "user_id": account.user_id,
+            "model": body.model,
+            "feature_identifier": body.feature_identifier,
+            "status": "completed",
+            "hold_amount": ZERO,
+            "credits_used": charge,
+            "finalized_tokens": _tokens_json(body.tokens),
+            "metadata_": body.metadata,
+            "completed_at": utcnow(),
+        },
+    )
+    await events.record(
+        session,
+        project_id=principal.project_id,
+        type="transaction.completed",
+        user_id=account.user_id,
+        data={**out.model_dump(mode="python"), "model": body.model},
+    )
+    return out
+
+
+async def check(session: AsyncSession, principal: Principal, body: CheckIn) -> CheckOut:
+    """Would a start with these tokens (or this amount) be admitted? Changes nothing."""
+    if body.amount is not None:
+        required = body.amount
+    elif body.model is not None:
+        price = await pricing.price_for(session, principal.project_id, body.model)
+        required = pricing.cost(price, body.provisional_tokens)
+    else:
+        required = ZERO
+    row = await users_repo.get_with_balance(session, principal.project_id, body.user_id)
+    if row is None and not principal.settings.auto_create_users:
+        raise UserNotFound()
+    available = row.total - row.held if row is not None else ZERO
+    allowed = _admits(available, required, ZERO)
+    return CheckOut(
+        allowed=allowed,
+        reason=None if allowed else "insufficient_credits",
+        available=available,
+        required=required,
+    )
+
+
+async def get(session: AsyncSession, principal: Principal, txn_id: uuid.UUID) -> Transaction:
+    return await _get(session, principal, txn_id)
+
+
+async def list_transactions(
+    session: AsyncSession,
+    principal: Principal,
+    filters: TransactionFilters,
+    *,
+    limit: int,
+    after: uuid.UUID | None,
+) -> list[Transaction]:
+    return await repo.list_transactions(
+        session, principal.project_id, filters, limit=limit, after=after
+    )
+
+
+async def sweep_expired_holds(session: AsyncSession, *, now: datetime, limit: int) -> int:
+    """Release holds past ``expires_at``; safe with several workers (SKIP LOCKED)."""
+    locked = await repo.lock_accounts_with_expired_holds(session, now, limit)
+    if not locked:
+        return 0
+    expired = await repo.expire_pending(session, [r.id for r in locked], now)
+    accounts = {r.id: r for r in locked}
+    state: dict[uuid.UUID, LockedAccount] = {}
+    for txn in expired:
+        row = accounts[txn.account_id]
+        account = state.setdefault(
+            row.id,
+            LockedAccount(row.id, row.project_id, txn.user_id, row.total, row.held, row.debt),
+        )
+        await credits.settle(
+            session,
+            account,
+            release=txn.hold_amount,
+            charge=ZERO,
+            transaction_id=txn.id,
+            kind="hold_expired",
+        )
+        await events.record(
+            session,
+            project_id=txn.project_id,
+            type="transaction.expired",
+            user_id=txn.user_id,
+            data={
+                "transaction_id": txn.id,
+                "model": txn.model,
+                "hold_amount": txn.hold_amount,
+                "balance": account.available,
+            },
+        )
+    return len(expired)

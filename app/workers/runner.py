@@ -1,0 +1,74 @@
+"""Background jobs: run by `creditd worker`, or inside `creditd serve` for a single process.
+
+Each job claims its work with SKIP LOCKED, so any number of workers cooperate safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from app.core.clock import utcnow
+from app.core.settings import Settings
+from app.db.session import Database
+from app.idempotency import repository as idempotency
+from app.transactions import service as transactions
+
+log = structlog.get_logger("creditd.worker")
+
+
+async def sweep_holds_once(db: Database, *, batch_size: int) -> int:
+    """Expire due holds in batches until none are left; returns how many were expired."""
+    total = 0
+    while True:
+        async with db.transaction() as session:
+            count = await transactions.sweep_expired_holds(session, now=utcnow(), limit=batch_size)
+        total += count
+        if count == 0:
+            return total
+
+
+async def purge_idempotency_once(db: Database, *, batch_size: int) -> int:
+    total = 0
+    while True:
+        async with db.transaction() as session:
+            count = await idempotency.purge_expired(session, limit=batch_size)
+        total += count
+        if count < batch_size:
+            return total
+
+
+async def _every(name: str, seconds: float, job: Callable[[], Awaitable[int]]) -> None:
+    while True:
+        try:
+            done = await job()
+            if done:
+                log.info("job_done", job=name, count=done)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job_failed", job=name)
+        await asyncio.sleep(seconds)
+
+
+async def run_workers(db: Database, settings: Settings) -> None:
+    """Run every background job until cancelled."""
+    cfg = settings.workers
+    jobs = [
+        _every("hold_sweeper", cfg.sweep_interval_seconds,
+               lambda: sweep_holds_once(db, batch_size=cfg.batch_size)),
+        _every("idempotency_purge", cfg.idempotency_cleanup_interval_seconds,
+               lambda: purge_idempotency_once(db, batch_size=cfg.batch_size)),
+    ]  # fmt: skip
+    tasks = [asyncio.create_task(j) for j in jobs]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t

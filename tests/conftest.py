@@ -1,0 +1,178 @@
+"""Test wiring: one real PostgreSQL database per run, migrated once; one project per test.
+
+Tests commit for real (the app owns its transactions, as in production) and stay isolated
+because every test works inside its own freshly created project: tenant scoping keeps them
+apart, and `creditd verify` runs over everything after the concurrency tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from app.cli import run_migrations
+from app.core.settings import ApiSettings, DatabaseSettings, Settings
+from app.credits.verify import verify
+from app.db.session import Database
+from app.main import create_app
+from tests.fixtures.database import test_database
+
+ADMIN_TOKEN = "test-operator-token-0123456789"
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    with test_database() as (url, _server):
+        run_migrations(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> Settings:
+    return Settings(
+        env="test",
+        admin_token=ADMIN_TOKEN,
+        database=DatabaseSettings(url=database_url, pool_size=30, max_overflow=20),
+        api=ApiSettings(rate_limit_per_second=100_000, rate_limit_burst=100_000),
+    )
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture(scope="session")
+def db(app: FastAPI) -> Database:
+    database: Database = app.state.db
+    return database
+
+
+@pytest.fixture(scope="session")
+async def live_url(app: FastAPI) -> AsyncIterator[str]:
+    """The same app served by uvicorn on a real 127.0.0.1 socket, for racing HTTP clients."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    for _ in range(1000):  # bounded wait for uvicorn's startup flag
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        yield c
+
+
+@dataclass
+class Project:
+    id: str
+    key: str
+    client: httpx.AsyncClient
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    async def post(self, path: str, json: Any = None, **kw: Any) -> httpx.Response:
+        return await self.client.post(
+            path, json=json, headers={**self.headers, **kw.pop("headers", {})}, **kw
+        )
+
+    async def get(self, path: str, **kw: Any) -> httpx.Response:
+        return await self.client.get(path, headers={**self.headers, **kw.pop("headers", {})}, **kw)
+
+    async def put(self, path: str, json: Any = None, **kw: Any) -> httpx.Response:
+        return await self.client.put(
+            path, json=json, headers={**self.headers, **kw.pop("headers", {})}, **kw
+        )
+
+    async def patch(self, path: str, json: Any = None, **kw: Any) -> httpx.Response:
+        return await self.client.patch(
+            path, json=json, headers={**self.headers, **kw.pop("headers", {})}, **kw
+        )
+
+    async def delete(self, path: str, **kw: Any) -> httpx.Response:
+        return await self.client.delete(
+            path, headers={**self.headers, **kw.pop("headers", {})}, **kw
+        )
+
+    async def grant(self, user_id: str, amount: Any, **extra: Any) -> dict[str, Any]:
+        r = await self.post(f"/v1/users/{user_id}/credits", {"amount": amount, **extra})
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    async def user(self, user_id: str, credits: Any = None) -> dict[str, Any]:
+        r = await self.post("/v1/users", {"id": user_id})
+        assert r.status_code == 201, r.text
+        if credits is not None:
+            await self.grant(user_id, credits)
+        return dict(r.json())
+
+    async def price(self, model: str, inp: Any, out: Any, **extra: Any) -> None:
+        body = {"input_price_per_1k": inp, "output_price_per_1k": out, **extra}
+        r = await self.put(f"/v1/models/{model}", body)
+        assert r.status_code == 200, r.text
+
+    async def balance(self, user_id: str) -> dict[str, Any]:
+        r = await self.get(f"/v1/users/{user_id}")
+        assert r.status_code == 200, r.text
+        return dict(r.json()["balance"])
+
+
+async def create_project(client: httpx.AsyncClient, name: str = "test") -> Project:
+    r = await client.post(
+        "/v1/admin/projects",
+        json={"name": name},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    assert r.status_code == 201, r.text
+    body = r.json()
+    return Project(id=body["id"], key=body["api_key"]["key"], client=client)
+
+
+@pytest.fixture
+async def project(client: httpx.AsyncClient) -> Project:
+    return await create_project(client)
+
+
+@pytest.fixture
+async def other_project(client: httpx.AsyncClient) -> Project:
+    return await create_project(client, "other")
+
+
+@pytest.fixture
+async def live_project(live_url: str, client: httpx.AsyncClient) -> AsyncIterator[Project]:
+    """A project whose client talks to the uvicorn server over TCP (for concurrency tests)."""
+    created = await create_project(client)
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx.AsyncClient(base_url=live_url, limits=limits, timeout=60) as live:
+        yield Project(id=created.id, key=created.key, client=live)
+
+
+async def assert_ledger_consistent(db: Database) -> None:
+    """`creditd verify`: balance == Σ ledger (and every other invariant) for every account."""
+    async with db.transaction() as session:
+        _, violations = await verify(session)
+    assert violations == [], violations

@@ -16,9 +16,16 @@ from starlette.responses import Response
 
 from app.admin.router import router as admin_router
 from app.api_keys.router import router as api_keys_router
+from app.auth.exceptions import InsufficientScope, InvalidApiKey, ProjectMismatch
 from app.auth.ratelimit import RateLimiter
 from app.auth.service import KeyCache
-from app.core.errors import AppError
+from app.core.errors import (
+    AppError,
+    InternalError,
+    RateLimited,
+    ValidationFailed,
+    problem_responses,
+)
 from app.core.http import JSONResponse, ProblemResponse, problem_body, problem_from_error
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
@@ -122,9 +129,17 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.include_router(health_router)
+    app.include_router(admin_router, responses=problem_responses(ValidationFailed, InternalError))
+    api_errors = problem_responses(
+        InvalidApiKey,
+        InsufficientScope,
+        ProjectMismatch,
+        ValidationFailed,
+        RateLimited,
+        InternalError,
+    )
     for router in (
-        health_router,
-        admin_router,
         project_router,
         api_keys_router,
         models_router,
@@ -133,5 +148,5 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         transactions_router,
         events_router,
     ):
-        app.include_router(router)
+        app.include_router(router, responses=api_errors)
     return app

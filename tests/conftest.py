@@ -20,18 +20,19 @@ import uvicorn
 from fastapi import FastAPI
 
 from app.cli import run_migrations
+from app.core.http import render_json
 from app.core.settings import ApiSettings, DatabaseSettings, Settings
 from app.credits.verify import verify
 from app.db.session import Database
 from app.main import create_app
-from tests.fixtures.database import test_database
+from tests.fixtures.database import fresh_database
 
 ADMIN_TOKEN = "test-operator-token-0123456789"
 
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
-    with test_database() as (url, _server):
+    with fresh_database() as (url, _server):
         run_migrations(url)
         yield url
 
@@ -95,28 +96,28 @@ class Project:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
 
+    async def request(self, method: str, path: str, json: Any = None, **kw: Any) -> httpx.Response:
+        headers = {**self.headers, **kw.pop("headers", {})}
+        if json is not None:
+            # Encoded like the app encodes: Decimals go out as exact JSON numbers.
+            kw["content"] = render_json(json)
+            headers.setdefault("Content-Type", "application/json")
+        return await self.client.request(method, path, headers=headers, **kw)
+
     async def post(self, path: str, json: Any = None, **kw: Any) -> httpx.Response:
-        return await self.client.post(
-            path, json=json, headers={**self.headers, **kw.pop("headers", {})}, **kw
-        )
+        return await self.request("POST", path, json, **kw)
 
     async def get(self, path: str, **kw: Any) -> httpx.Response:
-        return await self.client.get(path, headers={**self.headers, **kw.pop("headers", {})}, **kw)
+        return await self.request("GET", path, **kw)
 
     async def put(self, path: str, json: Any = None, **kw: Any) -> httpx.Response:
-        return await self.client.put(
-            path, json=json, headers={**self.headers, **kw.pop("headers", {})}, **kw
-        )
+        return await self.request("PUT", path, json, **kw)
 
     async def patch(self, path: str, json: Any = None, **kw: Any) -> httpx.Response:
-        return await self.client.patch(
-            path, json=json, headers={**self.headers, **kw.pop("headers", {})}, **kw
-        )
+        return await self.request("PATCH", path, json, **kw)
 
     async def delete(self, path: str, **kw: Any) -> httpx.Response:
-        return await self.client.delete(
-            path, headers={**self.headers, **kw.pop("headers", {})}, **kw
-        )
+        return await self.request("DELETE", path, **kw)
 
     async def grant(self, user_id: str, amount: Any, **extra: Any) -> dict[str, Any]:
         r = await self.post(f"/v1/users/{user_id}/credits", {"amount": amount, **extra})

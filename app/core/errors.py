@@ -78,6 +78,20 @@ class Problem(BaseModel):
     errors: list[dict[str, Any]] | None = None
 
 
+class ValidationFailed(AppError):
+    """Documentation only: request validation errors are rendered by the app's handler."""
+
+    slug = "validation_error"
+    title = "Request validation failed"
+    status = 422
+
+
+class InternalError(AppError):
+    slug = "internal_error"
+    title = "Internal server error"
+    status = 500
+
+
 def problem_responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for the given errors (grouped by status)."""
     by_status: dict[int, list[type[AppError]]] = {}

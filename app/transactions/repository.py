@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Account, Refund, Transaction
@@ -79,7 +79,7 @@ async def list_transactions(
 
 async def lock_accounts_with_expired_holds(
     session: AsyncSession, now: datetime, limit: int
-) -> list[Row[Any]]:
+) -> list[Any]:
     """Lock (skipping busy ones) the accounts owning pending transactions past ``expires_at``.
 
     Locking the account rather than the transaction keeps one lock order everywhere
@@ -96,12 +96,12 @@ async def lock_accounts_with_expired_holds(
         .where(Account.id.in_(due.scalar_subquery()))
         .with_for_update(skip_locked=True)
     )
-    return list((await session.execute(stmt)).tuples().all())  # type: ignore[arg-type]
+    return list((await session.execute(stmt)).all())
 
 
 async def expire_pending(
     session: AsyncSession, account_ids: list[uuid.UUID], now: datetime
-) -> list[Row[Any]]:
+) -> list[Any]:
     stmt = (
         update(Transaction)
         .where(
@@ -119,7 +119,7 @@ async def expire_pending(
             Transaction.model,
         )
     )
-    return list((await session.execute(stmt)).tuples().all())  # type: ignore[arg-type]
+    return list((await session.execute(stmt)).all())
 
 
 async def pending_hold_total(session: AsyncSession, project_id: uuid.UUID, user_id: str) -> Decimal:

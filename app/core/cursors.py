@@ -9,6 +9,7 @@ from app.core.errors import AppError, InvalidRequest
 
 class InvalidCursor(InvalidRequest):
     title = "starting_after is not a valid cursor"
+    loc = ("query", "starting_after")
 
 
 def uuid_cursor(value: str | None) -> uuid.UUID | None:

@@ -52,11 +52,25 @@ class Forbidden(AppError):
 
 
 class InvalidRequest(AppError):
-    """A payload problem found after schema validation (e.g. an unknown model); still a 422."""
+    """A payload problem found after schema validation (e.g. an unknown model); still a 422.
+
+    Like schema validation errors, it lists what is wrong in ``errors`` with a ``loc``.
+    """
 
     slug = "validation_error"
     title = "Invalid request"
     status = 422
+    loc: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, detail: str | None = None, *, loc: tuple[str, ...] | None = None) -> None:
+        super().__init__(detail)
+        where = list(loc if loc is not None else self.loc)
+        self.extra = {"errors": [{"loc": where, "msg": self.detail, "type": self.slug}]}
+
+
+class ExpiryInPast(InvalidRequest):
+    title = "expires_at must be in the future"
+    loc = ("body", "expires_at")
 
 
 class RateLimited(AppError):

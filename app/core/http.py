@@ -52,7 +52,15 @@ class DecimalRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             body = await self.body()
-            self._json = json.loads(body, parse_float=Decimal)
+            try:
+                self._json = json.loads(body, parse_float=Decimal)
+            except json.JSONDecodeError:
+                raise
+            except (ValueError, ArithmeticError) as exc:
+                # Numbers beyond Decimal's or int's limits, invalid UTF-8: still a malformed
+                # body (FastAPI answers 422 for JSONDecodeError, a generic 400 otherwise).
+                reason = f"unparseable JSON: {type(exc).__name__}"
+                raise json.JSONDecodeError(reason, "", 0) from exc
         return self._json
 
 

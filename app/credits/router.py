@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 from app.auth.dependencies import ReadKey, WriteKey
 from app.core.clock import utcnow
 from app.core.cursors import int_cursor, uuid_cursor
-from app.core.errors import InvalidRequest, problem_responses
+from app.core.errors import ExpiryInPast, problem_responses
 from app.core.pagination import Page, PageParams, make_page, page_params
 from app.credits import service as credits
 from app.credits.exceptions import InsufficientCredits
@@ -21,10 +21,6 @@ from app.users import service as users
 from app.users.exceptions import UserNotFound
 
 router = APIRouter(prefix="/v1/users/{user_id}", tags=["credits"], route_class=TransactionalRoute)
-
-
-class ExpiryInPast(InvalidRequest):
-    title = "expires_at must be in the future"
 
 
 @router.post(

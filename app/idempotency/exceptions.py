@@ -13,3 +13,4 @@ class IdempotencyKeyInFlight(Conflict):
 
 class InvalidIdempotencyKey(InvalidRequest):
     title = "Idempotency-Key must be 1-255 printable characters"
+    loc = ("header", "Idempotency-Key")

@@ -4,6 +4,7 @@ from app.core.errors import InvalidRequest, NotFound
 class UnknownModel(InvalidRequest):
     slug = "unknown_model"
     title = "No price for this model and no _default price"
+    loc = ("body", "model")
 
 
 class ModelNotFound(NotFound):

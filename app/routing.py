@@ -25,7 +25,7 @@ from app.core.clock import utcnow
 from app.core.errors import AppError
 from app.core.http import DecimalRequest, JSONResponse, problem_from_error
 from app.core.settings import Settings
-from app.db.session import Database
+from app.db.session import Database, driver
 from app.idempotency import repository as idem_repo
 from app.idempotency.exceptions import (
     IdempotencyKeyInFlight,
@@ -66,7 +66,7 @@ class TransactionalRoute(APIRoute):
         async def route_handler(request: Request) -> Response:
             request = DecimalRequest(request.scope, request.receive)
             db: Database = request.app.state.db
-            async with db.sessionmaker() as session, session.begin():
+            async with db.transaction() as session:
                 request.state.session = session
                 key = request.headers.get("idempotency-key")
                 if key is not None and request.method == "POST" and self.idempotent:
@@ -96,7 +96,7 @@ async def _idempotent(
         headers = {**stored.headers, REPLAY_HEADER: "true"}
         return Response(stored.body, status_code=stored.status_code, headers=headers)
     try:
-        async with session.begin_nested():
+        async with driver(session).transaction():  # a savepoint inside the request's transaction
             response = await handler(request)
     except AppError as exc:
         # Business errors are part of the first response and are replayed; their effects

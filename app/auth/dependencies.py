@@ -14,7 +14,6 @@ from app.auth.service import KeyCache, Principal, authenticate
 from app.core.errors import RateLimited
 from app.core.security import constant_time_equals
 from app.core.settings import Settings
-from app.db.session import get_session
 
 
 def _bearer(request: Request) -> str | None:
@@ -32,7 +31,7 @@ async def get_principal(request: Request) -> Principal:
     if principal is not None:
         return principal
     cache: KeyCache = request.app.state.key_cache
-    principal = await authenticate(get_session(request), cache, _bearer(request))
+    principal = await authenticate(request.state.session, cache, _bearer(request))
     project_header = request.headers.get("x-project-id")
     if project_header is not None and project_header.strip() != str(principal.project_id):
         raise ProjectMismatch()
@@ -75,7 +74,7 @@ UsageKey = Annotated[Principal, Depends(require_scopes("write", "usage"))]
 UserReadKey = Annotated[Principal, Depends(require_scopes("write", "read", "usage"))]
 
 
-def require_operator(request: Request) -> None:
+async def require_operator(request: Request) -> None:
     settings: Settings = request.app.state.settings
     token = _bearer(request)
     expected = settings.admin_token.get_secret_value() if settings.admin_token else ""

@@ -21,7 +21,7 @@ class PageParams(BaseModel):
     starting_after: str | None = None
 
 
-def page_params(
+async def page_params(
     limit: Annotated[int, Query(ge=1, le=100, description="Items per page (1-100)")] = 20,
     starting_after: Annotated[
         str | None, Query(max_length=255, description="Cursor: the id of the last item seen")

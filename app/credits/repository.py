@@ -8,12 +8,13 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.http import render_json
-from app.db.models import Account, Grant, LedgerEntry, User
+from app.db.models import Grant, LedgerEntry
 from app.db.scoping import scoped_select
+from app.db.session import driver
 
 
 @dataclass
@@ -36,34 +37,74 @@ class LockedAccount:
         return self.total + self.debt
 
 
-_ACCOUNT_COLUMNS = (Account.id, Account.total, Account.held, Account.debt)
+# Hot-path statements run on the raw driver (see app/db/session.py): a few round trips each,
+# no statement construction per call.
+_LOCK_FOR_USER = """
+    SELECT a.id, a.total, a.held, a.debt
+    FROM users u JOIN accounts a ON a.id = u.account_id
+    WHERE u.project_id = $1 AND u.id = $2 AND u.deleted_at IS NULL
+    FOR UPDATE OF a
+"""
+_BALANCE = """
+    SELECT a.total, a.held
+    FROM users u JOIN accounts a ON a.id = u.account_id
+    WHERE u.project_id = $1 AND u.id = $2 AND u.deleted_at IS NULL
+"""
+_LOCK_BY_ID = """
+    SELECT total, held, debt FROM accounts WHERE id = $1 AND project_id = $2 FOR UPDATE
+"""
+# One statement per balance change: burn ``$burn`` from the grants (soonest expiry first, no
+# expiry last, then oldest), write the account, append the ledger entry. Whatever the grants
+# could not cover becomes debt ($12 = credits to burn, $13 = debt increase before burning).
+_CHANGE = """
+    WITH ordered AS (
+        SELECT id, remaining,
+               sum(remaining) OVER (ORDER BY expires_at ASC NULLS LAST, created_at, id) AS running
+        FROM grants
+        WHERE account_id = $1 AND remaining > 0 AND $12::numeric > 0
+    ), take AS (
+        SELECT id, LEAST(remaining, $12::numeric - (running - remaining)) AS used
+        FROM ordered WHERE running - remaining < $12::numeric
+    ), burned AS (
+        UPDATE grants AS g SET remaining = g.remaining - take.used
+        FROM take WHERE g.id = take.id
+        RETURNING take.used
+    ), acc AS (
+        UPDATE accounts
+        SET total = $3, held = $4, updated_at = now(),
+            debt = debt + $13::numeric - (SELECT coalesce(sum(used), 0) FROM burned)
+        WHERE id = $1
+        RETURNING debt
+    )
+    INSERT INTO ledger_entries (project_id, account_id, user_id, kind, amount, held_amount,
+                                total_after, held_after, transaction_id, grant_id, reason)
+    VALUES ($2, $1, $5, $6, $7, $8, $3, $4, $9, $10, $11)
+    RETURNING id, (SELECT debt FROM acc) AS debt
+"""
 
 
 async def lock_for_user(
     session: AsyncSession, project_id: uuid.UUID, user_id: str
 ) -> LockedAccount | None:
-    stmt = (
-        select(*_ACCOUNT_COLUMNS)
-        .join(User, User.account_id == Account.id)
-        .where(User.project_id == project_id, User.id == user_id, User.deleted_at.is_(None))
-        .with_for_update(of=Account)
-    )
-    row = (await session.execute(stmt)).first()
+    row = await driver(session).fetchrow(_LOCK_FOR_USER, project_id, user_id)
     if row is None:
         return None
-    return LockedAccount(row.id, project_id, user_id, row.total, row.held, row.debt)
+    return LockedAccount(row["id"], project_id, user_id, row["total"], row["held"], row["debt"])
+
+
+async def read_balance(
+    session: AsyncSession, project_id: uuid.UUID, user_id: str
+) -> tuple[Decimal, Decimal] | None:
+    """(total, held) without a lock, for side-effect-free reads such as /v1/check."""
+    row = await driver(session).fetchrow(_BALANCE, project_id, user_id)
+    return None if row is None else (row["total"], row["held"])
 
 
 async def lock_by_id(
     session: AsyncSession, project_id: uuid.UUID, account_id: uuid.UUID, user_id: str
 ) -> LockedAccount:
-    stmt = (
-        select(*_ACCOUNT_COLUMNS)
-        .where(Account.id == account_id, Account.project_id == project_id)
-        .with_for_update()
-    )
-    row = (await session.execute(stmt)).one()
-    return LockedAccount(row.id, project_id, user_id, row.total, row.held, row.debt)
+    row = await driver(session).fetchrow(_LOCK_BY_ID, account_id, project_id)
+    return LockedAccount(account_id, project_id, user_id, row["total"], row["held"], row["debt"])
 
 
 async def insert_user(
@@ -76,60 +117,54 @@ async def insert_user(
     metadata: dict[str, Any],
 ) -> bool:
     """Insert a user and its account; False if the id exists (even concurrently inserted)."""
-    result = await session.execute(
-        text(
-            "INSERT INTO users (project_id, id, account_id, tier_id, metadata) "
-            "VALUES (:p, :u, :a, :t, CAST(:m AS jsonb)) ON CONFLICT DO NOTHING RETURNING 1"
-        ),
-        {"p": project_id, "u": user_id, "a": account_id, "t": tier_id, "m": _json(metadata)},
+    inserted = await driver(session).fetchval(
+        "INSERT INTO users (project_id, id, account_id, tier_id, metadata) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1",
+        project_id,
+        user_id,
+        account_id,
+        tier_id,
+        render_json(metadata).decode(),
     )
-    if result.first() is None:
+    if inserted is None:
         return False
-    await session.execute(insert(Account).values(id=account_id, project_id=project_id))
+    await driver(session).execute(
+        "INSERT INTO accounts (id, project_id) VALUES ($1, $2)", account_id, project_id
+    )
     return True
 
 
-def _json(value: dict[str, Any]) -> str:
-    return render_json(value).decode()
-
-
-async def save_account(session: AsyncSession, account: LockedAccount) -> None:
-    await session.execute(
-        update(Account)
-        .where(Account.id == account.id)
-        .values(total=account.total, held=account.held, debt=account.debt, updated_at=func.now())
-    )
-
-
-async def insert_ledger(
+async def change(
     session: AsyncSession,
     account: LockedAccount,
     *,
     kind: str,
     amount: Decimal,
     held_amount: Decimal,
-    transaction_id: uuid.UUID | None = None,
-    grant_id: uuid.UUID | None = None,
-    reason: str | None = None,
-) -> int:
-    stmt = (
-        insert(LedgerEntry)
-        .values(
-            project_id=account.project_id,
-            account_id=account.id,
-            user_id=account.user_id,
-            kind=kind,
-            amount=amount,
-            held_amount=held_amount,
-            total_after=account.total,
-            held_after=account.held,
-            transaction_id=transaction_id,
-            grant_id=grant_id,
-            reason=reason,
-        )
-        .returning(LedgerEntry.id)
+    burn: Decimal,
+    debt_delta: Decimal,
+    transaction_id: uuid.UUID | None,
+    grant_id: uuid.UUID | None,
+    reason: str | None,
+) -> tuple[int, Decimal]:
+    """Write ``account``'s new total/held and one ledger entry; returns (entry id, new debt)."""
+    row = await driver(session).fetchrow(
+        _CHANGE,
+        account.id,
+        account.project_id,
+        account.total,
+        account.held,
+        account.user_id,
+        kind,
+        amount,
+        held_amount,
+        transaction_id,
+        grant_id,
+        reason,
+        burn,
+        debt_delta,
     )
-    return int((await session.execute(stmt)).scalar_one())
+    return int(row["id"]), row["debt"]
 
 
 async def insert_grant(
@@ -161,32 +196,6 @@ async def insert_grant(
         .returning(Grant)
     )
     return (await session.execute(stmt)).scalar_one()
-
-
-# Burn ``amount`` from the account's grants: soonest expiry first (no expiry last), then oldest.
-_BURN = text(
-    """
-    WITH ordered AS (
-        SELECT id, remaining,
-               sum(remaining) OVER (ORDER BY expires_at ASC NULLS LAST, created_at, id) AS running
-        FROM grants
-        WHERE account_id = :account_id AND remaining > 0
-    ), take AS (
-        SELECT id, LEAST(remaining, :amount - (running - remaining)) AS used
-        FROM ordered
-        WHERE running - remaining < :amount
-    )
-    UPDATE grants AS g SET remaining = g.remaining - take.used
-    FROM take WHERE g.id = take.id
-    RETURNING take.used
-    """
-)
-
-
-async def burn_grants(session: AsyncSession, account_id: uuid.UUID, amount: Decimal) -> Decimal:
-    """Take up to ``amount`` from grant remainders; returns how much was taken."""
-    rows = await session.execute(_BURN, {"account_id": account_id, "amount": amount})
-    return sum((r[0] for r in rows), Decimal(0))
 
 
 async def list_grants(

@@ -22,6 +22,7 @@ from app.db.models import Grant
 
 lock_for_user = repo.lock_for_user
 lock_by_id = repo.lock_by_id
+read_balance = repo.read_balance
 
 
 async def create_account_for_user(
@@ -43,13 +44,35 @@ async def create_account_for_user(
     )
 
 
-async def _burn(session: AsyncSession, account: LockedAccount, amount: Decimal) -> None:
-    """Reduce ``total`` by ``amount``: grants first, whatever they cannot cover becomes debt."""
-    burned = ZERO
-    if account.grant_balance > 0:
-        burned = await repo.burn_grants(session, account.id, amount)
-    account.debt += amount - burned
-    account.total -= amount
+async def _change(
+    session: AsyncSession,
+    account: LockedAccount,
+    *,
+    kind: str,
+    amount: Decimal = ZERO,
+    held_amount: Decimal = ZERO,
+    burn: Decimal = ZERO,
+    debt_delta: Decimal = ZERO,
+    transaction_id: uuid.UUID | None = None,
+    grant_id: uuid.UUID | None = None,
+    reason: str | None = None,
+) -> int:
+    """Apply one change to ``total``/``held`` (burning grants as needed) and ledger it."""
+    account.total += amount
+    account.held += held_amount
+    entry, account.debt = await repo.change(
+        session,
+        account,
+        kind=kind,
+        amount=amount,
+        held_amount=held_amount,
+        burn=burn,
+        debt_delta=debt_delta,
+        transaction_id=transaction_id,
+        grant_id=grant_id,
+        reason=reason,
+    )
+    return entry
 
 
 async def grant(
@@ -65,8 +88,6 @@ async def grant(
 ) -> tuple[Grant, int]:
     """Add a grant; it pays any debt first. Returns the grant and its ledger entry id."""
     paid = min(account.debt, amount)
-    account.debt -= paid
-    account.total += amount
     grant_row = await repo.insert_grant(
         session,
         account,
@@ -78,13 +99,12 @@ async def grant(
         expires_at=expires_at,
         transaction_id=transaction_id,
     )
-    await repo.save_account(session, account)
-    entry = await repo.insert_ledger(
+    entry = await _change(
         session,
         account,
         kind=ledger_kind,
         amount=amount,
-        held_amount=ZERO,
+        debt_delta=-paid,
         grant_id=grant_row.id,
         transaction_id=transaction_id,
         reason=reason,
@@ -100,10 +120,14 @@ async def debit(
         raise InsufficientCredits(
             f"Debit of {amount} exceeds the available balance of {account.available}."
         )
-    await _burn(session, account, amount)
-    await repo.save_account(session, account)
-    return await repo.insert_ledger(
-        session, account, kind="debit", amount=-amount, held_amount=ZERO, reason=reason
+    return await _change(
+        session,
+        account,
+        kind="debit",
+        amount=-amount,
+        burn=amount,
+        debt_delta=amount,
+        reason=reason,
     )
 
 
@@ -111,18 +135,10 @@ async def hold(
     session: AsyncSession, account: LockedAccount, *, amount: Decimal, transaction_id: uuid.UUID
 ) -> None:
     """Reserve ``amount`` for a started transaction (admission was checked by the caller)."""
-    if amount == 0:
-        return
-    account.held += amount
-    await repo.save_account(session, account)
-    await repo.insert_ledger(
-        session,
-        account,
-        kind="hold",
-        amount=ZERO,
-        held_amount=amount,
-        transaction_id=transaction_id,
-    )
+    if amount:
+        await _change(
+            session, account, kind="hold", held_amount=amount, transaction_id=transaction_id
+        )
 
 
 async def settle(
@@ -139,21 +155,18 @@ async def settle(
 
     The charge is never clamped: usage already happened, so it may create debt.
     """
-    if release == 0 and charge == 0:
-        return
-    account.held -= release
-    if charge:
-        await _burn(session, account, charge)
-    await repo.save_account(session, account)
-    await repo.insert_ledger(
-        session,
-        account,
-        kind=kind,
-        amount=-charge,
-        held_amount=-release,
-        transaction_id=transaction_id,
-        reason=reason,
-    )
+    if release or charge:
+        await _change(
+            session,
+            account,
+            kind=kind,
+            amount=-charge,
+            held_amount=-release,
+            burn=charge,
+            debt_delta=charge,
+            transaction_id=transaction_id,
+            reason=reason,
+        )
 
 
 list_grants = repo.list_grants

@@ -30,6 +30,9 @@ def create_engine(settings: DatabaseSettings, *, pool_size: int | None = None) -
         pool_timeout=settings.pool_timeout_seconds,
         pool_recycle=1800,
         echo=settings.echo,
+        # SQLAlchemy issues no BEGIN/COMMIT of its own: Database.transaction() owns the
+        # transaction through asyncpg, so ORM statements and raw hot-path statements share it.
+        isolation_level="AUTOCOMMIT",
         json_serializer=_json_dumps,
         json_deserializer=_json_loads,
         connect_args={

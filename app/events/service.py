@@ -6,13 +6,16 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import NotFound
+from app.core.http import render_json
 from app.core.ids import uuid7
 from app.db.models import Event
 from app.db.scoping import scoped_select
+from app.db.session import driver
+
+_INSERT = "INSERT INTO events (id, project_id, type, user_id, data) VALUES ($1, $2, $3, $4, $5)"
 
 
 class EventNotFound(NotFound):
@@ -29,10 +32,8 @@ async def record(
     user_id: str | None = None,
 ) -> uuid.UUID:
     event_id = uuid7()
-    await session.execute(
-        insert(Event).values(
-            id=event_id, project_id=project_id, type=type, user_id=user_id, data=data
-        )
+    await driver(session).execute(
+        _INSERT, event_id, project_id, type, user_id, render_json(data).decode()
     )
     return event_id
 

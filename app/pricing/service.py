@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
 
 from sqlalchemy import func
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.money import ZERO, quantize
 from app.db.models import ModelPrice
 from app.db.scoping import scoped_delete, scoped_select
+from app.db.session import driver
 from app.pricing.exceptions import ModelNotFound, UnknownModel
 from app.pricing.schemas import ModelPriceIn, TokenUsage
 
@@ -19,7 +21,7 @@ DEFAULT_MODEL = "_default"
 _THOUSAND = Decimal(1000)
 
 
-def cost(price: ModelPrice, tokens: TokenUsage | None) -> Decimal:
+def cost(price: Price, tokens: TokenUsage | None) -> Decimal:
     """Credits for ``tokens`` at ``price``, rounded half-up to 6 places; 0 without tokens."""
     if tokens is None:
         return ZERO
@@ -34,14 +36,27 @@ def cost(price: ModelPrice, tokens: TokenUsage | None) -> Decimal:
     return quantize(raw)
 
 
-async def price_for(session: AsyncSession, project_id: uuid.UUID, model: str) -> ModelPrice:
-    """The model's own price, else ``_default``, else 422 ``unknown_model``."""
-    stmt = scoped_select(ModelPrice, project_id).where(ModelPrice.id.in_((model, DEFAULT_MODEL)))
-    rows = {p.id: p for p in (await session.execute(stmt)).scalars()}
-    found = rows.get(model) or rows.get(DEFAULT_MODEL)
-    if found is None:
+@dataclass(frozen=True)
+class Price:
+    input_price_per_1k: Decimal
+    output_price_per_1k: Decimal
+    cached_input_price_per_1k: Decimal | None
+    request_price: Decimal
+
+
+_PRICE_FOR = """
+    SELECT input_price_per_1k, output_price_per_1k, cached_input_price_per_1k, request_price
+    FROM models WHERE project_id = $1 AND id IN ($2, '_default')
+    ORDER BY id = '_default' LIMIT 1
+"""
+
+
+async def price_for(session: AsyncSession, project_id: uuid.UUID, model: str) -> Price:
+    """The model's own price, else ``_default``, else 422 ``unknown_model`` (hot path: raw SQL)."""
+    row = await driver(session).fetchrow(_PRICE_FOR, project_id, model)
+    if row is None:
         raise UnknownModel(f"Model '{model}' has no price and the project has no '_default' price.")
-    return found
+    return Price(*row)
 
 
 async def upsert(

@@ -1,18 +1,206 @@
-"""SQL for usage transactions. Status changes happen only under the owning account's lock."""
+"""SQL for usage transactions.
+
+Lock order everywhere: the transaction row first, then the account row. A transaction's
+status, expiry and refunds change only under its row lock; balances only under the account's.
+"""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import Account, Refund, Transaction
-from app.db.scoping import scoped_columns, scoped_select
+from app.core.http import render_json
+from app.db.models import Transaction
+from app.db.scoping import scoped_select
+from app.db.session import driver
 from app.transactions.schemas import TransactionFilters
+
+
+@dataclass(frozen=True)
+class LockedTransaction:
+    """A transaction row read ``FOR UPDATE``: valid until the database transaction ends."""
+
+    id: uuid.UUID
+    account_id: uuid.UUID
+    user_id: str
+    model: str
+    status: str
+    hold_amount: Decimal
+    credits_used: Decimal
+    refunded_total: Decimal
+    provisional_tokens: dict[str, Any] | None
+    metadata: dict[str, Any]
+    expires_at: datetime | None
+    completion_hash: str | None
+    completion_result: dict[str, Any] | None
+
+
+_LOCK = """
+    SELECT id, account_id, user_id, model, status, hold_amount, credits_used, refunded_total,
+           provisional_tokens, metadata, expires_at, completion_hash, completion_result
+    FROM transactions WHERE project_id = $1 AND id = $2
+    FOR UPDATE
+"""
+_INSERT = """
+    INSERT INTO transactions (id, project_id, account_id, user_id, model, feature_identifier,
+        status, reason, hold_amount, credits_used, provisional_tokens, finalized_tokens,
+        metadata, expires_at, completed_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+"""
+_COMPLETE = """
+    UPDATE transactions
+    SET status = $2, credits_used = $3, finalized_tokens = $4, metadata = $5, late = $6,
+        completion_hash = $7, completion_result = $8, completed_at = now(), updated_at = now()
+    WHERE id = $1
+"""
+_LOCK_DUE = """
+    SELECT id, project_id, account_id, user_id, hold_amount, model
+    FROM transactions
+    WHERE status = 'pending' AND expires_at <= $1
+    ORDER BY expires_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+"""
+# Accounts locked in id order, so sweepers working on overlapping accounts cannot deadlock.
+_LOCK_ACCOUNTS = """
+    SELECT id, project_id, total, held, debt FROM accounts
+    WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
+"""
+
+
+def _json(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else render_json(value).decode()
+
+
+async def lock(
+    session: AsyncSession, project_id: uuid.UUID, transaction_id: uuid.UUID
+) -> LockedTransaction | None:
+    row = await driver(session).fetchrow(_LOCK, project_id, transaction_id)
+    return None if row is None else LockedTransaction(*row)
+
+
+async def insert(
+    session: AsyncSession,
+    *,
+    transaction_id: uuid.UUID,
+    project_id: uuid.UUID,
+    account_id: uuid.UUID,
+    user_id: str,
+    model: str,
+    feature_identifier: str | None,
+    status: str,
+    reason: str | None,
+    hold_amount: Decimal,
+    credits_used: Decimal,
+    provisional_tokens: dict[str, Any] | None,
+    finalized_tokens: dict[str, Any] | None,
+    metadata: dict[str, Any],
+    expires_at: datetime | None,
+    completed_at: datetime | None,
+) -> None:
+    await driver(session).execute(
+        _INSERT,
+        transaction_id,
+        project_id,
+        account_id,
+        user_id,
+        model,
+        feature_identifier,
+        status,
+        reason,
+        hold_amount,
+        credits_used,
+        _json(provisional_tokens),
+        _json(finalized_tokens),
+        _json(metadata),
+        expires_at,
+        completed_at,
+    )
+
+
+async def record_completion(
+    session: AsyncSession,
+    transaction_id: uuid.UUID,
+    *,
+    status: str,
+    credits_used: Decimal,
+    finalized_tokens: dict[str, Any] | None,
+    metadata: dict[str, Any],
+    late: bool,
+    completion_hash: str,
+    completion_result: dict[str, Any],
+) -> None:
+    await driver(session).execute(
+        _COMPLETE,
+        transaction_id,
+        status,
+        credits_used,
+        _json(finalized_tokens),
+        _json(metadata),
+        late,
+        completion_hash,
+        _json(completion_result),
+    )
+
+
+async def set_expiry(
+    session: AsyncSession, transaction_id: uuid.UUID, expires_at: datetime
+) -> None:
+    await driver(session).execute(
+        "UPDATE transactions SET expires_at = $2, updated_at = now() WHERE id = $1",
+        transaction_id,
+        expires_at,
+    )
+
+
+async def add_refund(
+    session: AsyncSession,
+    *,
+    refund_id: uuid.UUID,
+    project_id: uuid.UUID,
+    transaction_id: uuid.UUID,
+    grant_id: uuid.UUID,
+    amount: Decimal,
+    reason: str | None,
+) -> None:
+    conn = driver(session)
+    await conn.execute(
+        "INSERT INTO refunds (id, project_id, transaction_id, grant_id, amount, reason) "
+        "VALUES ($1, $2, $3, $4, $5, $6)",
+        refund_id,
+        project_id,
+        transaction_id,
+        grant_id,
+        amount,
+        reason,
+    )
+    await conn.execute(
+        "UPDATE transactions SET refunded_total = refunded_total + $2, updated_at = now() "
+        "WHERE id = $1",
+        transaction_id,
+        amount,
+    )
+
+
+async def lock_due(session: AsyncSession, now: datetime, limit: int) -> list[Any]:
+    """Pending transactions past ``expires_at`` that no other worker is handling."""
+    return list(await driver(session).fetch(_LOCK_DUE, now, limit))
+
+
+async def lock_accounts(session: AsyncSession, account_ids: list[uuid.UUID]) -> list[Any]:
+    return list(await driver(session).fetch(_LOCK_ACCOUNTS, account_ids))
+
+
+async def mark_expired(session: AsyncSession, transaction_ids: list[uuid.UUID]) -> None:
+    await driver(session).execute(
+        "UPDATE transactions SET status = 'expired', updated_at = now() WHERE id = ANY($1::uuid[])",
+        transaction_ids,
+    )
 
 
 async def get(
@@ -20,34 +208,6 @@ async def get(
 ) -> Transaction | None:
     stmt = scoped_select(Transaction, project_id).where(Transaction.id == transaction_id)
     return (await session.execute(stmt)).scalar_one_or_none()
-
-
-async def refresh(session: AsyncSession, txn: Transaction) -> Transaction:
-    """Re-read a transaction after its account was locked (its status may have moved)."""
-    stmt = (
-        select(Transaction)
-        .where(Transaction.id == txn.id)
-        .execution_options(populate_existing=True)
-    )
-    return (await session.execute(stmt)).scalar_one()
-
-
-async def insert_transaction(session: AsyncSession, values: dict[str, Any]) -> None:
-    await session.execute(insert(Transaction).values(**values))
-
-
-async def update_transaction(
-    session: AsyncSession, transaction_id: uuid.UUID, values: dict[str, Any]
-) -> None:
-    await session.execute(
-        update(Transaction)
-        .where(Transaction.id == transaction_id)
-        .values(**values, updated_at=func.now())
-    )
-
-
-async def insert_refund(session: AsyncSession, values: dict[str, Any]) -> None:
-    await session.execute(insert(Refund).values(**values))
 
 
 async def list_transactions(
@@ -75,55 +235,3 @@ async def list_transactions(
         stmt = stmt.where(Transaction.id > after)
     stmt = stmt.order_by(Transaction.id).limit(limit + 1)
     return list((await session.execute(stmt)).scalars())
-
-
-async def lock_accounts_with_expired_holds(
-    session: AsyncSession, now: datetime, limit: int
-) -> list[Any]:
-    """Lock (skipping busy ones) the accounts owning pending transactions past ``expires_at``.
-
-    Locking the account rather than the transaction keeps one lock order everywhere
-    (account, then transaction), so the sweeper cannot deadlock with completions.
-    """
-    due = (
-        select(Transaction.account_id)
-        .where(Transaction.status == "pending", Transaction.expires_at <= now)
-        .order_by(Transaction.expires_at)
-        .limit(limit)
-    )
-    stmt = (
-        select(Account.id, Account.project_id, Account.total, Account.held, Account.debt)
-        .where(Account.id.in_(due.scalar_subquery()))
-        .with_for_update(skip_locked=True)
-    )
-    return list((await session.execute(stmt)).all())
-
-
-async def expire_pending(
-    session: AsyncSession, account_ids: list[uuid.UUID], now: datetime
-) -> list[Any]:
-    stmt = (
-        update(Transaction)
-        .where(
-            Transaction.account_id.in_(account_ids),
-            Transaction.status == "pending",
-            Transaction.expires_at <= now,
-        )
-        .values(status="expired", updated_at=func.now())
-        .returning(
-            Transaction.id,
-            Transaction.project_id,
-            Transaction.account_id,
-            Transaction.user_id,
-            Transaction.hold_amount,
-            Transaction.model,
-        )
-    )
-    return list((await session.execute(stmt)).all())
-
-
-async def pending_hold_total(session: AsyncSession, project_id: uuid.UUID, user_id: str) -> Decimal:
-    stmt = scoped_columns(
-        Transaction, project_id, func.coalesce(func.sum(Transaction.hold_amount), 0)
-    ).where(Transaction.user_id == user_id, Transaction.status == "pending")
-    return Decimal((await session.execute(stmt)).scalar_one())

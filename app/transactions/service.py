@@ -1,7 +1,7 @@
 """Usage transactions: hold at start, charge or release at completion, sweep expired holds.
 
-Lock order everywhere: the account row first, then the transaction. Prices are looked up
-before the lock, so the lock is held only for the few statements that change the balance.
+Lock order everywhere: the transaction row, then the account row. Prices are looked up before
+the account lock, so it is held only for the statements that change the balance.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from app.transactions.exceptions import (
     TransactionNotFound,
     TransactionNotPending,
 )
+from app.transactions.repository import LockedTransaction
 from app.transactions.schemas import (
     CheckIn,
     CheckOut,
@@ -48,14 +49,13 @@ from app.transactions.schemas import (
     UsageIn,
     UsageOut,
 )
-from app.users import repository as users_repo
 from app.users import service as users
 from app.users.exceptions import UserNotFound
 
 FINAL = ("completed", "failed")
 
 
-def _floor(account: LockedAccount) -> Decimal | None:
+def _floor(account: LockedAccount | None) -> Decimal | None:
     """The lowest available balance a start may leave; None = unlimited overage (tiers: #3)."""
     return ZERO
 
@@ -78,37 +78,38 @@ async def start(session: AsyncSession, principal: Principal, body: StartIn) -> S
     account = await users.lock_account(session, principal, body.user_id, auto_create=True)
     admitted = _admits(account.available, hold, _floor(account))
     txn_id = uuid7()
-    now = utcnow()
     ttl = body.hold_ttl_seconds or principal.settings.default_hold_ttl_seconds
-    expires_at = now + timedelta(seconds=ttl) if admitted else None
+    expires_at = utcnow() + timedelta(seconds=ttl) if admitted else None
     if admitted:
         await credits.hold(session, account, amount=hold, transaction_id=txn_id)
+    else:
+        hold = ZERO
     status = "pending" if admitted else "denied"
     reason = None if admitted else "insufficient_credits"
-    await repo.insert_transaction(
+    await repo.insert(
         session,
-        {
-            "id": txn_id,
-            "project_id": principal.project_id,
-            "account_id": account.id,
-            "user_id": account.user_id,
-            "model": body.model,
-            "feature_identifier": body.feature_identifier,
-            "status": status,
-            "reason": reason,
-            "hold_amount": hold if admitted else ZERO,
-            "credits_used": ZERO,
-            "provisional_tokens": _tokens_json(body.provisional_tokens),
-            "metadata_": body.metadata,
-            "expires_at": expires_at,
-        },
+        transaction_id=txn_id,
+        project_id=principal.project_id,
+        account_id=account.id,
+        user_id=account.user_id,
+        model=body.model,
+        feature_identifier=body.feature_identifier,
+        status=status,
+        reason=reason,
+        hold_amount=hold,
+        credits_used=ZERO,
+        provisional_tokens=_tokens_json(body.provisional_tokens),
+        finalized_tokens=None,
+        metadata=body.metadata,
+        expires_at=expires_at,
+        completed_at=None,
     )
     out = StartOut(
         transaction_id=txn_id,
         continue_=admitted,
         balance=account.available,
-        credits_used=hold if admitted else ZERO,
-        hold_amount=hold if admitted else ZERO,
+        credits_used=hold,
+        hold_amount=hold,
         status=status,
         expires_at=expires_at,
         message="Credits held; complete the transaction when usage is known."
@@ -126,18 +127,19 @@ async def start(session: AsyncSession, principal: Principal, body: StartIn) -> S
     return out
 
 
-async def _get(session: AsyncSession, principal: Principal, txn_id: uuid.UUID) -> Transaction:
-    txn = await repo.get(session, principal.project_id, txn_id)
+async def _lock(
+    session: AsyncSession, principal: Principal, txn_id: uuid.UUID
+) -> LockedTransaction:
+    txn = await repo.lock(session, principal.project_id, txn_id)
     if txn is None:
         raise TransactionNotFound()
     return txn
 
 
-async def _lock(
-    session: AsyncSession, principal: Principal, txn: Transaction
-) -> tuple[LockedAccount, Transaction]:
-    account = await credits.lock_by_id(session, principal.project_id, txn.account_id, txn.user_id)
-    return account, await repo.refresh(session, txn)
+async def _lock_account(
+    session: AsyncSession, principal: Principal, txn: LockedTransaction
+) -> LockedAccount:
+    return await credits.lock_by_id(session, principal.project_id, txn.account_id, txn.user_id)
 
 
 def _completion_hash(body: CompleteIn) -> str:
@@ -145,12 +147,18 @@ def _completion_hash(body: CompleteIn) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
+def _replay(txn: LockedTransaction, digest: str) -> CompleteOut:
+    if txn.completion_hash != digest or txn.completion_result is None:
+        raise TransactionAlreadyCompleted()
+    return CompleteOut.model_validate(txn.completion_result)
+
+
 async def complete(
     session: AsyncSession, principal: Principal, txn_id: uuid.UUID, body: CompleteIn
 ) -> CompleteOut:
-    txn = await _get(session, principal, txn_id)
+    txn = await _lock(session, principal, txn_id)
     digest = _completion_hash(body)
-    if txn.status in FINAL:  # fast path for retries: no lock needed to replay
+    if txn.status in FINAL:
         return _replay(txn, digest)
     if txn.status == "denied":
         raise TransactionDenied()
@@ -159,15 +167,11 @@ async def complete(
         tokens = TokenUsage.model_validate(txn.provisional_tokens)
     charge = ZERO
     if body.success:
-        charge = pricing.cost(
-            await pricing.price_for(session, principal.project_id, txn.model), tokens
-        )
-
-    account, txn = await _lock(session, principal, txn)
-    if txn.status in FINAL:
-        return _replay(txn, digest)
-    late = txn.status == "expired"
+        price = await pricing.price_for(session, principal.project_id, txn.model)
+        charge = pricing.cost(price, tokens)
+    late = txn.status == "expired"  # the sweeper already released the hold
     release = ZERO if late else txn.hold_amount
+    account = await _lock_account(session, principal, txn)
     await credits.settle(
         session,
         account,
@@ -186,21 +190,16 @@ async def complete(
         late=late,
     )
     result = out.model_dump(mode="python")
-    await repo.update_transaction(
+    await repo.record_completion(
         session,
         txn.id,
-        {
-            "status": status,
-            "credits_used": charge,
-            "finalized_tokens": _tokens_json(tokens)
-            if body.success
-            else _tokens_json(body.finalized_tokens),
-            "metadata_": {**txn.metadata_, **body.metadata},
-            "completed_at": utcnow(),
-            "late": late,
-            "completion_hash": digest,
-            "completion_result": result,
-        },
+        status=status,
+        credits_used=charge,
+        finalized_tokens=_tokens_json(tokens if body.success else body.finalized_tokens),
+        metadata={**txn.metadata, **body.metadata},
+        late=late,
+        completion_hash=digest,
+        completion_result=result,
     )
     await events.record(
         session,
@@ -212,37 +211,29 @@ async def complete(
     return out
 
 
-def _replay(txn: Transaction, digest: str) -> CompleteOut:
-    if txn.completion_hash != digest or txn.completion_result is None:
-        raise TransactionAlreadyCompleted()
-    return CompleteOut.model_validate(txn.completion_result)
-
-
 async def extend(
     session: AsyncSession, principal: Principal, txn_id: uuid.UUID, body: ExtendIn
 ) -> Transaction:
-    txn = await _get(session, principal, txn_id)
-    _, txn = await _lock(session, principal, txn)
+    """Move a pending hold's expiry; the row lock keeps the sweeper out meanwhile."""
+    txn = await _lock(session, principal, txn_id)
     now = utcnow()
     if txn.status != "pending" or txn.expires_at is None or txn.expires_at <= now:
         raise TransactionNotPending(f"The transaction is {txn.status}.")
-    await repo.update_transaction(
-        session, txn.id, {"expires_at": now + timedelta(seconds=body.hold_ttl_seconds)}
-    )
-    return await repo.refresh(session, txn)
+    await repo.set_expiry(session, txn.id, now + timedelta(seconds=body.hold_ttl_seconds))
+    return await get(session, principal, txn_id)
 
 
 async def refund(
     session: AsyncSession, principal: Principal, txn_id: uuid.UUID, body: RefundIn
 ) -> RefundOut:
-    txn = await _get(session, principal, txn_id)
-    account, txn = await _lock(session, principal, txn)
+    txn = await _lock(session, principal, txn_id)
     if txn.status != "completed":
         raise TransactionNotCompleted(f"The transaction is {txn.status}.")
     refundable = txn.credits_used - txn.refunded_total
     amount = body.amount if body.amount is not None else refundable
     if amount <= 0 or amount > refundable:
         raise OverRefund(f"At most {refundable} credits of this transaction can still be refunded.")
+    account = await _lock_account(session, principal, txn)
     grant, _ = await credits.grant(
         session,
         account,
@@ -253,21 +244,20 @@ async def refund(
         ledger_kind="refund",
     )
     refund_id = uuid7()
-    await repo.insert_refund(
+    await repo.add_refund(
         session,
-        {
-            "id": refund_id,
-            "project_id": principal.project_id,
-            "transaction_id": txn.id,
-            "grant_id": grant.id,
-            "amount": amount,
-            "reason": body.reason,
-        },
+        refund_id=refund_id,
+        project_id=principal.project_id,
+        transaction_id=txn.id,
+        grant_id=grant.id,
+        amount=amount,
+        reason=body.reason,
     )
-    refunded_total = txn.refunded_total + amount
-    await repo.update_transaction(session, txn.id, {"refunded_total": refunded_total})
     out = RefundOut(
-        refund_id=refund_id, amount=amount, refunded_total=refunded_total, balance=account.available
+        refund_id=refund_id,
+        amount=amount,
+        refunded_total=txn.refunded_total + amount,
+        balance=account.available,
     )
     await events.record(
         session,
@@ -291,22 +281,23 @@ async def record_usage(session: AsyncSession, principal: Principal, body: UsageI
     out = UsageOut(
         transaction_id=txn_id, status="completed", credits_used=charge, balance=account.available
     )
-    await repo.insert_transaction(
+    await repo.insert(
         session,
-        {
-            "id": txn_id,
-            "project_id": principal.project_id,
-            "account_id": account.id,
-            "user_id": account.user_id,
-            "model": body.model,
-            "feature_identifier": body.feature_identifier,
-            "status": "completed",
-            "hold_amount": ZERO,
-            "credits_used": charge,
-            "finalized_tokens": _tokens_json(body.tokens),
-            "metadata_": body.metadata,
-            "completed_at": utcnow(),
-        },
+        transaction_id=txn_id,
+        project_id=principal.project_id,
+        account_id=account.id,
+        user_id=account.user_id,
+        model=body.model,
+        feature_identifier=body.feature_identifier,
+        status="completed",
+        reason=None,
+        hold_amount=ZERO,
+        credits_used=charge,
+        provisional_tokens=None,
+        finalized_tokens=_tokens_json(body.tokens),
+        metadata=body.metadata,
+        expires_at=None,
+        completed_at=utcnow(),
     )
     await events.record(
         session,
@@ -327,11 +318,11 @@ async def check(session: AsyncSession, principal: Principal, body: CheckIn) -> C
         required = pricing.cost(price, body.provisional_tokens)
     else:
         required = ZERO
-    row = await users_repo.get_with_balance(session, principal.project_id, body.user_id)
-    if row is None and not principal.settings.auto_create_users:
+    balance = await credits.read_balance(session, principal.project_id, body.user_id)
+    if balance is None and not principal.settings.auto_create_users:
         raise UserNotFound()
-    available = row.total - row.held if row is not None else ZERO
-    allowed = _admits(available, required, ZERO)
+    available = balance[0] - balance[1] if balance is not None else ZERO
+    allowed = _admits(available, required, _floor(None))
     return CheckOut(
         allowed=allowed,
         reason=None if allowed else "insufficient_credits",
@@ -341,7 +332,10 @@ async def check(session: AsyncSession, principal: Principal, body: CheckIn) -> C
 
 
 async def get(session: AsyncSession, principal: Principal, txn_id: uuid.UUID) -> Transaction:
-    return await _get(session, principal, txn_id)
+    txn = await repo.get(session, principal.project_id, txn_id)
+    if txn is None:
+        raise TransactionNotFound()
+    return txn
 
 
 async def list_transactions(
@@ -359,36 +353,41 @@ async def list_transactions(
 
 async def sweep_expired_holds(session: AsyncSession, *, now: datetime, limit: int) -> int:
     """Release holds past ``expires_at``; safe with several workers (SKIP LOCKED)."""
-    locked = await repo.lock_accounts_with_expired_holds(session, now, limit)
-    if not locked:
+    due = await repo.lock_due(session, now, limit)
+    if not due:
         return 0
-    expired = await repo.expire_pending(session, [r.id for r in locked], now)
-    accounts = {r.id: r for r in locked}
+    accounts = {
+        row["id"]: row
+        for row in await repo.lock_accounts(session, list({t["account_id"] for t in due}))
+    }
+    await repo.mark_expired(session, [t["id"] for t in due])
     state: dict[uuid.UUID, LockedAccount] = {}
-    for txn in expired:
-        row = accounts[txn.account_id]
+    for txn in due:
+        row = accounts[txn["account_id"]]
         account = state.setdefault(
-            row.id,
-            LockedAccount(row.id, row.project_id, txn.user_id, row.total, row.held, row.debt),
+            row["id"],
+            LockedAccount(
+                row["id"], row["project_id"], txn["user_id"], row["total"], row["held"], row["debt"]
+            ),
         )
         await credits.settle(
             session,
             account,
-            release=txn.hold_amount,
+            release=txn["hold_amount"],
             charge=ZERO,
-            transaction_id=txn.id,
+            transaction_id=txn["id"],
             kind="hold_expired",
         )
         await events.record(
             session,
-            project_id=txn.project_id,
+            project_id=txn["project_id"],
             type="transaction.expired",
-            user_id=txn.user_id,
+            user_id=txn["user_id"],
             data={
-                "transaction_id": txn.id,
-                "model": txn.model,
-                "hold_amount": txn.hold_amount,
+                "transaction_id": txn["id"],
+                "model": txn["model"],
+                "hold_amount": txn["hold_amount"],
                 "balance": account.available,
             },
         )
-    return len(expired)
+    return len(due)

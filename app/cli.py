@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -77,6 +78,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     _database(settings, migrate=args.migrate)
+    if args.workers < 1:
+        raise SystemExit("--workers must be at least 1")
     if args.demo:
         key = asyncio.run(_demo_key(settings))
         shown_host = "localhost" if args.host in ("0.0.0.0", "127.0.0.1") else args.host  # noqa: S104
@@ -90,9 +93,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "  (price models first: PUT /v1/models/_default; see README.md)\n",
             flush=True,
         )
-    app = create_app(settings, run_background=not args.no_workers)
+    if args.workers > 1:
+        # Worker processes build the app from the environment (uvicorn imports the factory),
+        # so hand them what this process resolved: the database URL and the jobs switch.
+        os.environ["DATABASE_URL"] = settings.database.url or ""
+        os.environ["CREDITD_WORKERS__IN_PROCESS"] = "false" if args.no_workers else "true"
+        target: Any = "app.main:serve_app"
+    else:
+        target = create_app(settings, run_background=not args.no_workers)
     uvicorn.run(
-        app,
+        target,
+        factory=args.workers > 1,
+        workers=args.workers,
         host=args.host,
         port=args.port,
         log_config=None,
@@ -194,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--no-workers", action="store_true", help="Do not run background jobs here")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="HTTP worker processes (e.g. one per core)"
+    )
     serve.add_argument("--migrate", action="store_true", help="Migrate DATABASE_URL first")
     serve.add_argument("--demo", action="store_true", help="Bootstrap and print a demo project")
     serve.set_defaults(func=cmd_serve)

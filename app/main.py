@@ -94,6 +94,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return ProblemResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
+def serve_app() -> FastAPI:
+    """The factory `creditd serve --workers N` hands to uvicorn: settings from the environment."""
+    settings = get_settings()
+    return create_app(settings, run_background=settings.workers.in_process)
+
+
 def create_app(settings: Settings | None = None, *, run_background: bool = False) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(level=settings.log.level, json_output=settings.json_logs)
@@ -129,8 +135,6 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.include_router(health_router)
-    app.include_router(admin_router, responses=problem_responses(ValidationFailed, InternalError))
     api_errors = problem_responses(
         InvalidApiKey,
         InsufficientScope,
@@ -139,14 +143,17 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         RateLimited,
         InternalError,
     )
+    # Routes match in order: the metering hot path first.
     for router in (
-        project_router,
-        api_keys_router,
-        models_router,
+        transactions_router,
         users_router,
         credits_router,
-        transactions_router,
+        models_router,
+        project_router,
+        api_keys_router,
         events_router,
     ):
         app.include_router(router, responses=api_errors)
+    app.include_router(health_router)
+    app.include_router(admin_router, responses=problem_responses(ValidationFailed, InternalError))
     return app

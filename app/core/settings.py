@@ -35,6 +35,7 @@ class ApiSettings(BaseModel):
 
 
 class WorkerSettings(BaseModel):
+    in_process: bool = True  # `creditd serve` also runs the background jobs
     sweep_interval_seconds: float = 1.0
     batch_size: int = 100
     idempotency_cleanup_interval_seconds: float = 300.0

@@ -1,0 +1,1 @@
+"""The creditd benchmark: `python -m bench` (see `python -m bench --help`)."""

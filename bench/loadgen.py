@@ -1,0 +1,164 @@
+"""The load generator, run in its own process: `python -m bench.loadgen < spec.json > results.json`.
+
+It drives fixed-duration phases of start→complete pairs or checks over keep-alive connections
+and prints one JSON list of PhaseResult on stdout (progress goes to stderr).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import uvloop
+
+from bench.cpu import CpuSample
+from bench.http import Connection
+from bench.stats import OpStats, PhaseResult
+
+TOKENS = {"input_tokens": 100, "output_tokens": 100}
+COMPLETE_BODY = {"success": True, "finalized_tokens": {"input_tokens": 50, "output_tokens": 80}}
+HOT_USER = "hot"
+
+
+def user_ids(count: int) -> list[str]:
+    """The ids of the seeded many-users population."""
+    return [f"u{i:05d}" for i in range(count)]
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    """One phase: `pairs` (start then complete) or `check`, over many users or the hot one."""
+
+    name: str
+    kind: str
+    clients: int
+    hot: bool
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """Everything the load generator needs, sent as JSON on stdin."""
+
+    port: int
+    token: str
+    users: int
+    duration: float
+    warmup: float
+    phases: list[PhaseSpec]
+    service_pid: int
+    postmaster_pid: int | None
+
+    def to_json(self) -> bytes:
+        """The JSON form."""
+        return orjson.dumps(self)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> LoadSpec:
+        """The inverse of to_json."""
+        data = orjson.loads(raw)
+        return cls(**{**data, "phases": [PhaseSpec(**p) for p in data["phases"]]})
+
+
+@dataclass
+class Recorder:
+    """Latencies and error counts of the requests that finish inside the measured window."""
+
+    window_start: float
+    window_end: float
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def record(self, op: str, started: float, ok: bool) -> None:
+        """Record one request that started at `started` and has just finished."""
+        now = time.perf_counter()
+        if not self.window_start <= now <= self.window_end:
+            return
+        if ok:
+            self.latencies.setdefault(op, []).append(now - started)
+        else:
+            self.errors[op] = self.errors.get(op, 0) + 1
+
+    def summary(self, ops: tuple[str, ...]) -> dict[str, OpStats]:
+        """Per-operation stats over the window."""
+        seconds = self.window_end - self.window_start
+        return {
+            op: OpStats.from_samples(self.latencies.get(op, []), self.errors.get(op, 0), seconds)
+            for op in ops
+        }
+
+
+async def _call(
+    conn: Connection, rec: Recorder, op: str, path: str, body: object
+) -> dict[str, Any] | None:
+    """One timed POST; the decoded body when it succeeded, else None (counted as an error)."""
+    started = time.perf_counter()
+    try:
+        response = await conn.request("POST", path, body)
+    except Exception:
+        rec.record(op, started, ok=False)
+        await asyncio.sleep(0.01)  # do not spin if the service went away
+        return None
+    rec.record(op, started, ok=response.ok)
+    return response.json() if response.ok else None
+
+
+async def pairs_client(conn: Connection, rec: Recorder, users: list[str]) -> None:
+    """Start then complete transactions until the window closes."""
+    while time.perf_counter() < rec.window_end:
+        body = {"user_id": random.choice(users), "model": "gpt-4o", "provisional_tokens": TOKENS}
+        started = await _call(conn, rec, "start", "/v1/transactions/start", body)
+        if started is not None:
+            path = f"/v1/transactions/{started['transaction_id']}/complete"
+            await _call(conn, rec, "complete", path, COMPLETE_BODY)
+
+
+async def check_client(conn: Connection, rec: Recorder, users: list[str]) -> None:
+    """Check admission until the window closes."""
+    while time.perf_counter() < rec.window_end:
+        body = {"user_id": random.choice(users), "model": "gpt-4o", "provisional_tokens": TOKENS}
+        await _call(conn, rec, "check", "/v1/check", body)
+
+
+async def run_phase(spec: LoadSpec, phase: PhaseSpec) -> PhaseResult:
+    """Run one phase: warm up, measure for `duration`, then let the clients finish."""
+    users = [HOT_USER] if phase.hot else user_ids(spec.users)
+    now = time.perf_counter()
+    rec = Recorder(now + spec.warmup, now + spec.warmup + spec.duration)
+    client = pairs_client if phase.kind == "pairs" else check_client
+    conns = [Connection(spec.port, spec.token) for _ in range(phase.clients)]
+    tasks = [asyncio.create_task(client(conn, rec, users)) for conn in conns]
+    await asyncio.sleep(spec.warmup)
+    before = CpuSample.take(spec.service_pid, spec.postmaster_pid)
+    await asyncio.sleep(spec.duration)
+    cpu = CpuSample.take(spec.service_pid, spec.postmaster_pid).percent_since(before)
+    await asyncio.gather(*tasks)
+    for conn in conns:
+        await conn.close()
+    ops = ("start", "complete") if phase.kind == "pairs" else ("check",)
+    return PhaseResult(phase.name, phase.clients, len(users), spec.duration, rec.summary(ops), cpu)
+
+
+async def run(spec: LoadSpec) -> list[PhaseResult]:
+    """Run every phase in order."""
+    results = []
+    for phase in spec.phases:
+        result = await run_phase(spec, phase)
+        print(f"  {phase.name}: {result.rps:.0f} req/s, {result.errors} errors", file=sys.stderr)
+        results.append(result)
+    return results
+
+
+def main() -> None:
+    """Read the spec from stdin, write the results to stdout."""
+    spec = LoadSpec.from_json(sys.stdin.buffer.read())
+    results = uvloop.run(run(spec))
+    sys.stdout.buffer.write(orjson.dumps([r.to_json() for r in results]))
+
+
+if __name__ == "__main__":
+    main()

@@ -15,9 +15,12 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.http import render_json
+from app.credits.repository import LockedAccount
 from app.db.models import Transaction
 from app.db.scoping import scoped_select
 from app.db.session import driver
+from app.events.service import outbox_cte
+from app.pricing.service import PRICE_COLUMNS, Price, optional_price, price_lateral
 from app.transactions.schemas import TransactionFilters
 
 
@@ -38,21 +41,34 @@ class LockedTransaction:
     expires_at: datetime | None
     completion_hash: str | None
     completion_result: dict[str, Any] | None
+    price: Price | None  # the model's current price (read in the same statement)
 
 
-_LOCK = """
-    SELECT id, account_id, user_id, model, status, hold_amount, credits_used, refunded_total,
-           provisional_tokens, metadata, expires_at, completion_hash, completion_result
-    FROM transactions WHERE project_id = $1 AND id = $2
-    FOR UPDATE
+_TXN_FIELDS = [f for f in LockedTransaction.__dataclass_fields__ if f != "price"]
+_TXN_COLUMNS = ", ".join(f"t.{f}" for f in _TXN_FIELDS)
+_LOCK = f"""
+    SELECT {_TXN_COLUMNS}, {PRICE_COLUMNS}
+    FROM transactions t {price_lateral("t.project_id", "t.model")}
+    WHERE t.project_id = $1 AND t.id = $2
+    FOR UPDATE OF t
 """
-_INSERT = """
+# Start: the user's account, locked, with the price of the model asked for.
+_LOCK_ACCOUNT = f"""
+    SELECT a.id, a.total, a.held, a.debt, {PRICE_COLUMNS}
+    FROM users u JOIN accounts a ON a.id = u.account_id {price_lateral("$1", "$3")}
+    WHERE u.project_id = $1 AND u.id = $2 AND u.deleted_at IS NULL
+    FOR UPDATE OF a
+"""
+# Writes carry their outbox event in the same statement.
+_INSERT = f"""
+    WITH {outbox_cte(16)}
     INSERT INTO transactions (id, project_id, account_id, user_id, model, feature_identifier,
         status, reason, hold_amount, credits_used, provisional_tokens, finalized_tokens,
         metadata, expires_at, completed_at)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 """
-_COMPLETE = """
+_COMPLETE = f"""
+    WITH {outbox_cte(9)}
     UPDATE transactions
     SET status = $2, credits_used = $3, finalized_tokens = $4, metadata = $5, late = $6,
         completion_hash = $7, completion_result = $8, completed_at = now(), updated_at = now()
@@ -81,7 +97,23 @@ async def lock(
     session: AsyncSession, project_id: uuid.UUID, transaction_id: uuid.UUID
 ) -> LockedTransaction | None:
     row = await driver(session).fetchrow(_LOCK, project_id, transaction_id)
-    return None if row is None else LockedTransaction(*row)
+    if row is None:
+        return None
+    return LockedTransaction(**{f: row[f] for f in _TXN_FIELDS}, price=optional_price(row))
+
+
+async def lock_account(
+    session: AsyncSession, project_id: uuid.UUID, user_id: str, model: str
+) -> tuple[LockedAccount | None, Price | None]:
+    """Lock the user's account (if the user exists) and read the model's price, in one trip.
+
+    Reading and locking only: the credits service still makes every change to the account.
+    """
+    row = await driver(session).fetchrow(_LOCK_ACCOUNT, project_id, user_id, model)
+    if row is None:
+        return None, None
+    account = LockedAccount(row["id"], project_id, user_id, row["total"], row["held"], row["debt"])
+    return account, optional_price(row)
 
 
 async def insert(
@@ -102,7 +134,9 @@ async def insert(
     metadata: dict[str, Any],
     expires_at: datetime | None,
     completed_at: datetime | None,
+    event: tuple[Any, ...],
 ) -> None:
+    """Insert a transaction and its outbox event (``events.outbox_args``)."""
     await driver(session).execute(
         _INSERT,
         transaction_id,
@@ -120,6 +154,7 @@ async def insert(
         _json(metadata),
         expires_at,
         completed_at,
+        *event,
     )
 
 
@@ -134,7 +169,9 @@ async def record_completion(
     late: bool,
     completion_hash: str,
     completion_result: dict[str, Any],
+    event: tuple[Any, ...],
 ) -> None:
+    """Record a completion and its outbox event (``events.outbox_args``)."""
     await driver(session).execute(
         _COMPLETE,
         transaction_id,
@@ -145,6 +182,7 @@ async def record_completion(
         late,
         completion_hash,
         _json(completion_result),
+        *event,
     )
 
 

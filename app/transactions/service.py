@@ -73,9 +73,13 @@ def _tokens_json(tokens: TokenUsage | None) -> dict[str, Any] | None:
 
 
 async def start(session: AsyncSession, principal: Principal, body: StartIn) -> StartOut:
-    price = await pricing.price_for(session, principal.project_id, body.model)
-    hold = pricing.cost(price, body.provisional_tokens)
-    account = await users.lock_account(session, principal, body.user_id, auto_create=True)
+    account, price = await repo.lock_account(
+        session, principal.project_id, body.user_id, body.model
+    )
+    if account is None:  # first usage: price first (an unknown model creates nobody)
+        price = await pricing.price_for(session, principal.project_id, body.model)
+        account = await users.lock_account(session, principal, body.user_id, auto_create=True)
+    hold = pricing.cost(pricing.require(price, body.model), body.provisional_tokens)
     admitted = _admits(account.available, hold, _floor(account))
     txn_id = uuid7()
     ttl = body.hold_ttl_seconds or principal.settings.default_hold_ttl_seconds
@@ -86,6 +90,19 @@ async def start(session: AsyncSession, principal: Principal, body: StartIn) -> S
         hold = ZERO
     status = "pending" if admitted else "denied"
     reason = None if admitted else "insufficient_credits"
+    out = StartOut(
+        transaction_id=txn_id,
+        continue_=admitted,
+        balance=account.available,
+        credits_used=hold,
+        hold_amount=hold,
+        status=status,
+        expires_at=expires_at,
+        message="Credits held; complete the transaction when usage is known."
+        if admitted
+        else "Not enough available credits for this request.",
+        reason=reason,
+    )
     await repo.insert(
         session,
         transaction_id=txn_id,
@@ -103,26 +120,12 @@ async def start(session: AsyncSession, principal: Principal, body: StartIn) -> S
         metadata=body.metadata,
         expires_at=expires_at,
         completed_at=None,
-    )
-    out = StartOut(
-        transaction_id=txn_id,
-        continue_=admitted,
-        balance=account.available,
-        credits_used=hold,
-        hold_amount=hold,
-        status=status,
-        expires_at=expires_at,
-        message="Credits held; complete the transaction when usage is known."
-        if admitted
-        else "Not enough available credits for this request.",
-        reason=reason,
-    )
-    await events.record(
-        session,
-        project_id=principal.project_id,
-        type="transaction.started" if admitted else "transaction.denied",
-        user_id=account.user_id,
-        data={**out.model_dump(mode="python", by_alias=True), "model": body.model},
+        event=events.outbox_args(
+            project_id=principal.project_id,
+            type="transaction.started" if admitted else "transaction.denied",
+            user_id=account.user_id,
+            data={**out.model_dump(mode="python", by_alias=True), "model": body.model},
+        ),
     )
     return out
 
@@ -167,8 +170,7 @@ async def complete(
         tokens = TokenUsage.model_validate(txn.provisional_tokens)
     charge = ZERO
     if body.success:
-        price = await pricing.price_for(session, principal.project_id, txn.model)
-        charge = pricing.cost(price, tokens)
+        charge = pricing.cost(pricing.require(txn.price, txn.model), tokens)
     late = txn.status == "expired"  # the sweeper already released the hold
     release = ZERO if late else txn.hold_amount
     account = await _lock_account(session, principal, txn)
@@ -200,13 +202,12 @@ async def complete(
         late=late,
         completion_hash=digest,
         completion_result=result,
-    )
-    await events.record(
-        session,
-        project_id=principal.project_id,
-        type=f"transaction.{status}",
-        user_id=txn.user_id,
-        data={**result, "model": txn.model, "hold_amount": txn.hold_amount},
+        event=events.outbox_args(
+            project_id=principal.project_id,
+            type=f"transaction.{status}",
+            user_id=txn.user_id,
+            data={**result, "model": txn.model, "hold_amount": txn.hold_amount},
+        ),
     )
     return out
 
@@ -298,13 +299,12 @@ async def record_usage(session: AsyncSession, principal: Principal, body: UsageI
         metadata=body.metadata,
         expires_at=None,
         completed_at=utcnow(),
-    )
-    await events.record(
-        session,
-        project_id=principal.project_id,
-        type="transaction.completed",
-        user_id=account.user_id,
-        data={**out.model_dump(mode="python"), "model": body.model},
+        event=events.outbox_args(
+            project_id=principal.project_id,
+            type="transaction.completed",
+            user_id=account.user_id,
+            data={**out.model_dump(mode="python"), "model": body.model},
+        ),
     )
     return out
 

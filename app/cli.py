@@ -72,8 +72,7 @@ async def _demo_key(settings: Settings) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from app import server
     from app.main import create_app
 
     settings = get_settings()
@@ -94,24 +93,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     if args.workers > 1:
-        # Worker processes build the app from the environment (uvicorn imports the factory),
-        # so hand them what this process resolved: the database URL and the jobs switch.
+        # Worker processes build the app from the environment, so hand them what this
+        # process resolved: the database URL and whether they also run background jobs.
         os.environ["DATABASE_URL"] = settings.database.url or ""
         os.environ["CREDITD_WORKERS__IN_PROCESS"] = "false" if args.no_workers else "true"
-        target: Any = "app.main:serve_app"
-    else:
-        target = create_app(settings, run_background=not args.no_workers)
-    uvicorn.run(
-        target,
-        factory=args.workers > 1,
-        workers=args.workers,
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-        timeout_graceful_shutdown=10,
-    )
+        return server.serve_workers(args.workers, args.host, args.port)
+    server.serve(create_app(settings, run_background=not args.no_workers), args.host, args.port)
     return 0
 
 

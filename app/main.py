@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -109,6 +110,9 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         db = Database(create_engine(settings.database))
         app.state.db = db
         background = asyncio.create_task(run_workers(db, settings)) if run_background else None
+        # Everything built so far lives as long as the process: keep it out of GC scans.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

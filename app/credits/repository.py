@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -12,9 +13,11 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.http import render_json
+from app.db import writes
 from app.db.models import Grant, LedgerEntry
 from app.db.scoping import scoped_select
 from app.db.session import driver
+from app.db.writes import Write
 
 
 @dataclass
@@ -146,10 +149,11 @@ async def change(
     transaction_id: uuid.UUID | None,
     grant_id: uuid.UUID | None,
     reason: str | None,
+    carry: Sequence[Write],
 ) -> tuple[int, Decimal]:
-    """Write ``account``'s new total/held and one ledger entry; returns (entry id, new debt)."""
-    row = await driver(session).fetchrow(
-        _CHANGE,
+    """Write ``account``'s new total/held and one ledger entry (plus the ``carry`` writes, in
+    the same statement); returns (entry id, new debt)."""
+    args = (
         account.id,
         account.project_id,
         account.total,
@@ -164,6 +168,8 @@ async def change(
         burn,
         debt_delta,
     )
+    sql, params = writes.compose(_CHANGE, args, carry)
+    row = await driver(session).fetchrow(sql, *params)
     return int(row["id"]), row["debt"]
 
 

@@ -7,6 +7,7 @@ changes it in memory, writes the row and exactly one ledger entry per change.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -18,7 +19,9 @@ from app.core.money import ZERO
 from app.credits import repository as repo
 from app.credits.exceptions import InsufficientCredits
 from app.credits.repository import LockedAccount
+from app.db import writes
 from app.db.models import Grant
+from app.db.writes import Write
 
 lock_for_user = repo.lock_for_user
 lock_by_id = repo.lock_by_id
@@ -56,6 +59,7 @@ async def _change(
     transaction_id: uuid.UUID | None = None,
     grant_id: uuid.UUID | None = None,
     reason: str | None = None,
+    carry: Sequence[Write] = (),
 ) -> int:
     """Apply one change to ``total``/``held`` (burning grants as needed) and ledger it."""
     account.total += amount
@@ -71,6 +75,7 @@ async def _change(
         transaction_id=transaction_id,
         grant_id=grant_id,
         reason=reason,
+        carry=carry,
     )
     return entry
 
@@ -132,13 +137,28 @@ async def debit(
 
 
 async def hold(
-    session: AsyncSession, account: LockedAccount, *, amount: Decimal, transaction_id: uuid.UUID
+    session: AsyncSession,
+    account: LockedAccount,
+    *,
+    amount: Decimal,
+    transaction_id: uuid.UUID,
+    carry: Sequence[Write] = (),
 ) -> None:
-    """Reserve ``amount`` for a started transaction (admission was checked by the caller)."""
-    if amount:
-        await _change(
-            session, account, kind="hold", held_amount=amount, transaction_id=transaction_id
-        )
+    """Reserve ``amount`` for a started transaction (admission was checked by the caller).
+
+    ``carry``: the caller's writes, performed in the same statement (always performed).
+    """
+    if not amount:
+        await writes.run(session, carry)
+        return
+    await _change(
+        session,
+        account,
+        kind="hold",
+        held_amount=amount,
+        transaction_id=transaction_id,
+        carry=carry,
+    )
 
 
 async def settle(
@@ -150,23 +170,28 @@ async def settle(
     transaction_id: uuid.UUID,
     kind: str,
     reason: str | None = None,
+    carry: Sequence[Write] = (),
 ) -> None:
     """Release a hold and charge usage in one ledger entry (either may be zero).
 
     The charge is never clamped: usage already happened, so it may create debt.
+    ``carry``: the caller's writes, performed in the same statement (always performed).
     """
-    if release or charge:
-        await _change(
-            session,
-            account,
-            kind=kind,
-            amount=-charge,
-            held_amount=-release,
-            burn=charge,
-            debt_delta=charge,
-            transaction_id=transaction_id,
-            reason=reason,
-        )
+    if not (release or charge):
+        await writes.run(session, carry)
+        return
+    await _change(
+        session,
+        account,
+        kind=kind,
+        amount=-charge,
+        held_amount=-release,
+        burn=charge,
+        debt_delta=charge,
+        transaction_id=transaction_id,
+        reason=reason,
+        carry=carry,
+    )
 
 
 list_grants = repo.list_grants

@@ -11,26 +11,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.errors import NotFound
 from app.core.http import render_json
 from app.core.ids import uuid7
+from app.db import writes
 from app.db.models import Event
 from app.db.scoping import scoped_select
-from app.db.session import driver
+from app.db.writes import Write
 
-_COLUMNS = "id, project_id, type, user_id, data"
-_INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"
-
-
-def outbox_cte(first: int) -> str:
-    """A ``WITH`` item inserting one event from parameters ``$first`` .. ``$first+4``, so a
-    hot-path write can carry its event in the same statement (see ``outbox_args``)."""
-    params = ", ".join(f"${first + i}" for i in range(5))
-    return f"outbox AS (INSERT INTO events ({_COLUMNS}) VALUES ({params}))"
+_INSERT = "INSERT INTO events (id, project_id, type, user_id, data) VALUES ($1, $2, $3, $4, $5)"
 
 
-def outbox_args(
-    *, project_id: uuid.UUID, type: str, user_id: str | None, data: dict[str, Any]
-) -> tuple[Any, ...]:
-    """The parameters of ``outbox_cte``, in order."""
-    return (uuid7(), project_id, type, user_id, render_json(data).decode())
+def outbox(*, project_id: uuid.UUID, type: str, user_id: str | None, data: dict[str, Any]) -> Write:
+    """The event as a write that can ride in the statement making the change it describes."""
+    return Write(_INSERT, (uuid7(), project_id, type, user_id, render_json(data).decode()))
 
 
 class EventNotFound(NotFound):
@@ -46,9 +37,9 @@ async def record(
     data: dict[str, Any],
     user_id: str | None = None,
 ) -> uuid.UUID:
-    args = outbox_args(project_id=project_id, type=type, user_id=user_id, data=data)
-    await driver(session).execute(_INSERT, *args)
-    event_id: uuid.UUID = args[0]
+    event = outbox(project_id=project_id, type=type, user_id=user_id, data=data)
+    await writes.run(session, [event])
+    event_id: uuid.UUID = event.args[0]
     return event_id
 
 

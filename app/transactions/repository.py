@@ -19,7 +19,7 @@ from app.credits.repository import LockedAccount
 from app.db.models import Transaction
 from app.db.scoping import scoped_select
 from app.db.session import driver
-from app.events.service import outbox_cte
+from app.db.writes import Write
 from app.pricing.service import PRICE_COLUMNS, Price, optional_price, price_lateral
 from app.transactions.schemas import TransactionFilters
 
@@ -59,20 +59,27 @@ _LOCK_ACCOUNT = f"""
     WHERE u.project_id = $1 AND u.id = $2 AND u.deleted_at IS NULL
     FOR UPDATE OF a
 """
-# Writes carry their outbox event in the same statement.
-_INSERT = f"""
-    WITH {outbox_cte(16)}
+# Complete and refund: the transaction and its account, locked in that order (t, then a: the
+# lock order used everywhere), with the model's price. After any lock wait PostgreSQL re-reads
+# both rows, so the values returned are current.
+_LOCK_WITH_ACCOUNT = f"""
+    SELECT {_TXN_COLUMNS}, a.total, a.held, a.debt, {PRICE_COLUMNS}
+    FROM transactions t JOIN accounts a ON a.id = t.account_id
+    {price_lateral("t.project_id", "t.model")}
+    WHERE t.project_id = $1 AND t.id = $2
+    FOR UPDATE OF t, a
+"""
+_INSERT = """
     INSERT INTO transactions (id, project_id, account_id, user_id, model, feature_identifier,
         status, reason, hold_amount, credits_used, provisional_tokens, finalized_tokens,
         metadata, expires_at, completed_at)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 """
-_COMPLETE = f"""
-    WITH {outbox_cte(9)}
+_COMPLETE = """
     UPDATE transactions
-    SET status = $2, credits_used = $3, finalized_tokens = $4, metadata = $5, late = $6,
-        completion_hash = $7, completion_result = $8, completed_at = now(), updated_at = now()
-    WHERE id = $1
+    SET status = $3, credits_used = $4, finalized_tokens = $5, metadata = $6, late = $7,
+        completion_hash = $8, completion_result = $9, completed_at = now(), updated_at = now()
+    WHERE project_id = $1 AND id = $2
 """
 _LOCK_DUE = """
     SELECT id, project_id, account_id, user_id, hold_amount, model
@@ -93,13 +100,29 @@ def _json(value: dict[str, Any] | None) -> str | None:
     return None if value is None else render_json(value).decode()
 
 
+def _locked(row: Any) -> LockedTransaction:
+    return LockedTransaction(**{f: row[f] for f in _TXN_FIELDS}, price=optional_price(row))
+
+
 async def lock(
     session: AsyncSession, project_id: uuid.UUID, transaction_id: uuid.UUID
 ) -> LockedTransaction | None:
     row = await driver(session).fetchrow(_LOCK, project_id, transaction_id)
+    return None if row is None else _locked(row)
+
+
+async def lock_with_account(
+    session: AsyncSession, project_id: uuid.UUID, transaction_id: uuid.UUID
+) -> tuple[LockedTransaction, LockedAccount] | None:
+    """Lock the transaction, then its account (reading only: credits makes the changes)."""
+    row = await driver(session).fetchrow(_LOCK_WITH_ACCOUNT, project_id, transaction_id)
     if row is None:
         return None
-    return LockedTransaction(**{f: row[f] for f in _TXN_FIELDS}, price=optional_price(row))
+    txn = _locked(row)
+    account = LockedAccount(
+        txn.account_id, project_id, txn.user_id, row["total"], row["held"], row["debt"]
+    )
+    return txn, account
 
 
 async def lock_account(
@@ -116,8 +139,7 @@ async def lock_account(
     return account, optional_price(row)
 
 
-async def insert(
-    session: AsyncSession,
+def insert(
     *,
     transaction_id: uuid.UUID,
     project_id: uuid.UUID,
@@ -134,11 +156,9 @@ async def insert(
     metadata: dict[str, Any],
     expires_at: datetime | None,
     completed_at: datetime | None,
-    event: tuple[Any, ...],
-) -> None:
-    """Insert a transaction and its outbox event (``events.outbox_args``)."""
-    await driver(session).execute(
-        _INSERT,
+) -> Write:
+    """The insert of a new transaction, as a write to carry with its balance change."""
+    args = (
         transaction_id,
         project_id,
         account_id,
@@ -154,12 +174,12 @@ async def insert(
         _json(metadata),
         expires_at,
         completed_at,
-        *event,
     )
+    return Write(_INSERT, args)
 
 
-async def record_completion(
-    session: AsyncSession,
+def completion(
+    project_id: uuid.UUID,
     transaction_id: uuid.UUID,
     *,
     status: str,
@@ -169,11 +189,10 @@ async def record_completion(
     late: bool,
     completion_hash: str,
     completion_result: dict[str, Any],
-    event: tuple[Any, ...],
-) -> None:
-    """Record a completion and its outbox event (``events.outbox_args``)."""
-    await driver(session).execute(
-        _COMPLETE,
+) -> Write:
+    """The update recording a completion, as a write to carry with its balance change."""
+    args = (
+        project_id,
         transaction_id,
         status,
         credits_used,
@@ -182,15 +201,17 @@ async def record_completion(
         late,
         completion_hash,
         _json(completion_result),
-        *event,
     )
+    return Write(_COMPLETE, args)
 
 
 async def set_expiry(
-    session: AsyncSession, transaction_id: uuid.UUID, expires_at: datetime
+    session: AsyncSession, project_id: uuid.UUID, transaction_id: uuid.UUID, expires_at: datetime
 ) -> None:
     await driver(session).execute(
-        "UPDATE transactions SET expires_at = $2, updated_at = now() WHERE id = $1",
+        "UPDATE transactions SET expires_at = $3, updated_at = now() "
+        "WHERE project_id = $1 AND id = $2",
+        project_id,
         transaction_id,
         expires_at,
     )
@@ -218,8 +239,9 @@ async def add_refund(
         reason,
     )
     await conn.execute(
-        "UPDATE transactions SET refunded_total = refunded_total + $2, updated_at = now() "
-        "WHERE id = $1",
+        "UPDATE transactions SET refunded_total = refunded_total + $3, updated_at = now() "
+        "WHERE project_id = $1 AND id = $2",
+        project_id,
         transaction_id,
         amount,
     )
@@ -234,10 +256,14 @@ async def lock_accounts(session: AsyncSession, account_ids: list[uuid.UUID]) -> 
     return list(await driver(session).fetch(_LOCK_ACCOUNTS, account_ids))
 
 
-async def mark_expired(session: AsyncSession, transaction_ids: list[uuid.UUID]) -> None:
+async def mark_expired(session: AsyncSession, due: list[Any]) -> None:
+    """Mark the transactions ``lock_due`` returned as expired."""
     await driver(session).execute(
-        "UPDATE transactions SET status = 'expired', updated_at = now() WHERE id = ANY($1::uuid[])",
-        transaction_ids,
+        "UPDATE transactions AS t SET status = 'expired', updated_at = now() "
+        "FROM unnest($1::uuid[], $2::uuid[]) AS d(project_id, id) "
+        "WHERE t.project_id = d.project_id AND t.id = d.id",
+        [row["project_id"] for row in due],
+        [row["id"] for row in due],
     )
 
 

@@ -84,16 +84,15 @@ async def start(session: AsyncSession, principal: Principal, body: StartIn) -> S
     txn_id = uuid7()
     ttl = body.hold_ttl_seconds or principal.settings.default_hold_ttl_seconds
     expires_at = utcnow() + timedelta(seconds=ttl) if admitted else None
-    if admitted:
-        await credits.hold(session, account, amount=hold, transaction_id=txn_id)
-    else:
+    if not admitted:
         hold = ZERO
     status = "pending" if admitted else "denied"
     reason = None if admitted else "insufficient_credits"
+    available_after = account.available - hold
     out = StartOut(
         transaction_id=txn_id,
         continue_=admitted,
-        balance=account.available,
+        balance=available_after,
         credits_used=hold,
         hold_amount=hold,
         status=status,
@@ -103,30 +102,33 @@ async def start(session: AsyncSession, principal: Principal, body: StartIn) -> S
         else "Not enough available credits for this request.",
         reason=reason,
     )
-    await repo.insert(
-        session,
-        transaction_id=txn_id,
-        project_id=principal.project_id,
-        account_id=account.id,
-        user_id=account.user_id,
-        model=body.model,
-        feature_identifier=body.feature_identifier,
-        status=status,
-        reason=reason,
-        hold_amount=hold,
-        credits_used=ZERO,
-        provisional_tokens=_tokens_json(body.provisional_tokens),
-        finalized_tokens=None,
-        metadata=body.metadata,
-        expires_at=expires_at,
-        completed_at=None,
-        event=events.outbox_args(
+    carry = [
+        repo.insert(
+            transaction_id=txn_id,
+            project_id=principal.project_id,
+            account_id=account.id,
+            user_id=account.user_id,
+            model=body.model,
+            feature_identifier=body.feature_identifier,
+            status=status,
+            reason=reason,
+            hold_amount=hold,
+            credits_used=ZERO,
+            provisional_tokens=_tokens_json(body.provisional_tokens),
+            finalized_tokens=None,
+            metadata=body.metadata,
+            expires_at=expires_at,
+            completed_at=None,
+        ),
+        events.outbox(
             project_id=principal.project_id,
             type="transaction.started" if admitted else "transaction.denied",
             user_id=account.user_id,
             data={**out.model_dump(mode="python", by_alias=True), "model": body.model},
         ),
-    )
+    ]
+    # One statement: the hold (if any), the transaction row and its event.
+    await credits.hold(session, account, amount=hold, transaction_id=txn_id, carry=carry)
     return out
 
 
@@ -139,10 +141,13 @@ async def _lock(
     return txn
 
 
-async def _lock_account(
-    session: AsyncSession, principal: Principal, txn: LockedTransaction
-) -> LockedAccount:
-    return await credits.lock_by_id(session, principal.project_id, txn.account_id, txn.user_id)
+async def _lock_with_account(
+    session: AsyncSession, principal: Principal, txn_id: uuid.UUID
+) -> tuple[LockedTransaction, LockedAccount]:
+    locked = await repo.lock_with_account(session, principal.project_id, txn_id)
+    if locked is None:
+        raise TransactionNotFound()
+    return locked
 
 
 def _completion_hash(body: CompleteIn) -> str:
@@ -159,7 +164,7 @@ def _replay(txn: LockedTransaction, digest: str) -> CompleteOut:
 async def complete(
     session: AsyncSession, principal: Principal, txn_id: uuid.UUID, body: CompleteIn
 ) -> CompleteOut:
-    txn = await _lock(session, principal, txn_id)
+    txn, account = await _lock_with_account(session, principal, txn_id)
     digest = _completion_hash(body)
     if txn.status in FINAL:
         return _replay(txn, digest)
@@ -173,7 +178,36 @@ async def complete(
         charge = pricing.cost(pricing.require(txn.price, txn.model), tokens)
     late = txn.status == "expired"  # the sweeper already released the hold
     release = ZERO if late else txn.hold_amount
-    account = await _lock_account(session, principal, txn)
+    status = "completed" if body.success else "failed"
+    out = CompleteOut(
+        transaction_id=txn.id,
+        status=status,
+        credits_used=charge,
+        balance=account.available + release - charge,
+        balance_adjustment=release - charge,
+        late=late,
+    )
+    result = out.model_dump(mode="python")
+    carry = [
+        repo.completion(
+            principal.project_id,
+            txn.id,
+            status=status,
+            credits_used=charge,
+            finalized_tokens=_tokens_json(tokens if body.success else body.finalized_tokens),
+            metadata={**txn.metadata, **body.metadata},
+            late=late,
+            completion_hash=digest,
+            completion_result=result,
+        ),
+        events.outbox(
+            project_id=principal.project_id,
+            type=f"transaction.{status}",
+            user_id=txn.user_id,
+            data={**result, "model": txn.model, "hold_amount": txn.hold_amount},
+        ),
+    ]
+    # One statement: release and charge, the transaction's new state and its event.
     await credits.settle(
         session,
         account,
@@ -181,33 +215,7 @@ async def complete(
         charge=charge,
         transaction_id=txn.id,
         kind="usage" if body.success else "hold_release",
-    )
-    status = "completed" if body.success else "failed"
-    out = CompleteOut(
-        transaction_id=txn.id,
-        status=status,
-        credits_used=charge,
-        balance=account.available,
-        balance_adjustment=release - charge,
-        late=late,
-    )
-    result = out.model_dump(mode="python")
-    await repo.record_completion(
-        session,
-        txn.id,
-        status=status,
-        credits_used=charge,
-        finalized_tokens=_tokens_json(tokens if body.success else body.finalized_tokens),
-        metadata={**txn.metadata, **body.metadata},
-        late=late,
-        completion_hash=digest,
-        completion_result=result,
-        event=events.outbox_args(
-            project_id=principal.project_id,
-            type=f"transaction.{status}",
-            user_id=txn.user_id,
-            data={**result, "model": txn.model, "hold_amount": txn.hold_amount},
-        ),
+        carry=carry,
     )
     return out
 
@@ -220,21 +228,21 @@ async def extend(
     now = utcnow()
     if txn.status != "pending" or txn.expires_at is None or txn.expires_at <= now:
         raise TransactionNotPending(f"The transaction is {txn.status}.")
-    await repo.set_expiry(session, txn.id, now + timedelta(seconds=body.hold_ttl_seconds))
+    expires_at = now + timedelta(seconds=body.hold_ttl_seconds)
+    await repo.set_expiry(session, principal.project_id, txn.id, expires_at)
     return await get(session, principal, txn_id)
 
 
 async def refund(
     session: AsyncSession, principal: Principal, txn_id: uuid.UUID, body: RefundIn
 ) -> RefundOut:
-    txn = await _lock(session, principal, txn_id)
+    txn, account = await _lock_with_account(session, principal, txn_id)
     if txn.status != "completed":
         raise TransactionNotCompleted(f"The transaction is {txn.status}.")
     refundable = txn.credits_used - txn.refunded_total
     amount = body.amount if body.amount is not None else refundable
     if amount <= 0 or amount > refundable:
         raise OverRefund(f"At most {refundable} credits of this transaction can still be refunded.")
-    account = await _lock_account(session, principal, txn)
     grant, _ = await credits.grant(
         session,
         account,
@@ -272,39 +280,53 @@ async def refund(
 
 async def record_usage(session: AsyncSession, principal: Principal, body: UsageIn) -> UsageOut:
     """One-shot usage: charged in full (the usage already happened), no admission check."""
-    price = await pricing.price_for(session, principal.project_id, body.model)
-    charge = pricing.cost(price, body.tokens)
-    account = await users.lock_account(session, principal, body.user_id, auto_create=True)
+    account, price = await repo.lock_account(
+        session, principal.project_id, body.user_id, body.model
+    )
+    if account is None:
+        price = await pricing.price_for(session, principal.project_id, body.model)
+        account = await users.lock_account(session, principal, body.user_id, auto_create=True)
+    charge = pricing.cost(pricing.require(price, body.model), body.tokens)
     txn_id = uuid7()
-    await credits.settle(
-        session, account, release=ZERO, charge=charge, transaction_id=txn_id, kind="usage"
-    )
     out = UsageOut(
-        transaction_id=txn_id, status="completed", credits_used=charge, balance=account.available
-    )
-    await repo.insert(
-        session,
         transaction_id=txn_id,
-        project_id=principal.project_id,
-        account_id=account.id,
-        user_id=account.user_id,
-        model=body.model,
-        feature_identifier=body.feature_identifier,
         status="completed",
-        reason=None,
-        hold_amount=ZERO,
         credits_used=charge,
-        provisional_tokens=None,
-        finalized_tokens=_tokens_json(body.tokens),
-        metadata=body.metadata,
-        expires_at=None,
-        completed_at=utcnow(),
-        event=events.outbox_args(
+        balance=account.available - charge,
+    )
+    carry = [
+        repo.insert(
+            transaction_id=txn_id,
+            project_id=principal.project_id,
+            account_id=account.id,
+            user_id=account.user_id,
+            model=body.model,
+            feature_identifier=body.feature_identifier,
+            status="completed",
+            reason=None,
+            hold_amount=ZERO,
+            credits_used=charge,
+            provisional_tokens=None,
+            finalized_tokens=_tokens_json(body.tokens),
+            metadata=body.metadata,
+            expires_at=None,
+            completed_at=utcnow(),
+        ),
+        events.outbox(
             project_id=principal.project_id,
             type="transaction.completed",
             user_id=account.user_id,
             data={**out.model_dump(mode="python"), "model": body.model},
         ),
+    ]
+    await credits.settle(
+        session,
+        account,
+        release=ZERO,
+        charge=charge,
+        transaction_id=txn_id,
+        kind="usage",
+        carry=carry,
     )
     return out
 
@@ -360,7 +382,7 @@ async def sweep_expired_holds(session: AsyncSession, *, now: datetime, limit: in
         row["id"]: row
         for row in await repo.lock_accounts(session, list({t["account_id"] for t in due}))
     }
-    await repo.mark_expired(session, [t["id"] for t in due])
+    await repo.mark_expired(session, due)
     state: dict[uuid.UUID, LockedAccount] = {}
     for txn in due:
         row = accounts[txn["account_id"]]

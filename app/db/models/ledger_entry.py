@@ -19,7 +19,6 @@ class LedgerEntry(CreatedAt, Base):
     __tablename__ = "ledger_entries"
     __table_args__ = (
         Index("ix_ledger_entries_project_id_user_id_id", "project_id", "user_id", "id"),
-        Index("ix_ledger_entries_account_id_id", "account_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)

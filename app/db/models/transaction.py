@@ -5,7 +5,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Text, text
+from sqlalchemy import ForeignKey, Index, PrimaryKeyConstraint, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, Timestamps
@@ -19,7 +19,8 @@ class Transaction(Timestamps, Base):
 
     __tablename__ = "transactions"
     __table_args__ = (
-        Index("ix_transactions_project_id_id", "project_id", "id"),
+        # Tenant-leading primary key: serves lookups by id and tenant-scoped lists alike.
+        PrimaryKeyConstraint("project_id", "id"),
         Index("ix_transactions_project_id_user_id_id", "project_id", "user_id", "id"),
         Index(
             "ix_transactions_pending_expiry",
@@ -28,7 +29,7 @@ class Transaction(Timestamps, Base):
         ),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    id: Mapped[uuid.UUID]
     project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"))
     user_id: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,85 @@
+"""Running the HTTP server: one process, or N worker processes with SO_REUSEPORT sockets.
+
+uvicorn's own ``--workers`` shares one listening socket, so whichever worker wins the accept
+race takes the connection: a few long-lived keep-alive clients can all land on one process
+while the others idle. Here each worker binds its own socket with SO_REUSEPORT and the kernel
+spreads incoming connections across them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import signal
+import socket
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+UVICORN_OPTIONS: dict[str, Any] = {
+    "log_config": None,
+    "access_log": False,
+    "proxy_headers": True,
+    "timeout_graceful_shutdown": 10,
+}
+
+
+def _listen(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(app: Any, host: str, port: int) -> None:
+    """Serve ``app`` in this process."""
+    uvicorn.run(app, host=host, port=port, **UVICORN_OPTIONS)
+
+
+def _worker(host: str, port: int) -> None:
+    from app.main import serve_app  # noqa: PLC0415 - imported in the child process
+
+    sock = _listen(host, port, reuse_port=True)
+    server = uvicorn.Server(uvicorn.Config(serve_app(), **UVICORN_OPTIONS))
+    server.run(sockets=[sock])
+
+
+def serve_workers(workers: int, host: str, port: int) -> int:
+    """Run ``workers`` processes sharing ``host:port``; stop all when one stops or on a signal.
+
+    Settings reach the workers through the environment (see `creditd serve`).
+    """
+    # Fail fast, in the parent, if the address is unusable.
+    _listen(host, port, reuse_port=True).close()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(host, port), daemon=False) for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+
+    stopping = False
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                proc.terminate()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    # Supervise: the first worker to exit (crash or signal) brings the others down, so an
+    # orchestrator sees the failure and restarts the whole service.
+    multiprocessing.connection.wait([p.sentinel for p in procs])
+    stop(signal.SIGTERM, None)
+    for proc in procs:
+        proc.join(timeout=15)
+        if proc.is_alive():
+            proc.kill()
+    codes = [proc.exitcode or 0 for proc in procs]
+    return 0 if stopping and all(c in (0, -signal.SIGTERM) for c in codes) else 1

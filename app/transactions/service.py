@@ -1,7 +1,8 @@
 """Usage transactions: hold at start, charge or release at completion, sweep expired holds.
 
-Lock order everywhere: the transaction row, then the account row. Prices are looked up before
-the account lock, so it is held only for the statements that change the balance.
+Lock order everywhere: the transaction row, then the account row. Each request is a few
+statements: the locks (with the model's price read in the same statement), then one statement
+that changes the balance and carries the transaction's row and its outbox event.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from app.db.base import Base, Timestamps
 class Transaction(Timestamps, Base):
     """A usage transaction: a hold at start, a charge (or release) at completion.
 
-    Every change of ``status`` happens under the lock of the owning account row.
+    A transaction's own row lock guards its status, expiry and refunds; balance changes take
+    the account's lock after it (lock order: transaction, then account).
     """
 
     __tablename__ = "transactions"

@@ -1,27 +1,42 @@
 """Every table, imported so that ``Base.metadata`` is complete (Alembic and tests rely on it)."""
 
 from app.db.models.account import Account
+from app.db.models.allocation import Allocation
 from app.db.models.api_key import ApiKey
 from app.db.models.event import Event
 from app.db.models.grant import Grant
 from app.db.models.idempotency_key import IdempotencyKey
 from app.db.models.ledger_entry import LedgerEntry
 from app.db.models.model_price import ModelPrice
+from app.db.models.plan import Plan
 from app.db.models.project import Project
+from app.db.models.promo import Promo, PromoRedemption
 from app.db.models.refund import Refund
+from app.db.models.spend_cap import SpendCap
+from app.db.models.subscription import Subscription
+from app.db.models.tier import Tier
 from app.db.models.transaction import Transaction
+from app.db.models.usage_daily import UsageDaily
 from app.db.models.user import User
 
 __all__ = [
     "Account",
+    "Allocation",
     "ApiKey",
     "Event",
     "Grant",
     "IdempotencyKey",
     "LedgerEntry",
     "ModelPrice",
+    "Plan",
     "Project",
+    "Promo",
+    "PromoRedemption",
     "Refund",
+    "SpendCap",
+    "Subscription",
+    "Tier",
     "Transaction",
+    "UsageDaily",
     "User",
 ]

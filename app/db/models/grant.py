@@ -25,6 +25,11 @@ class Grant(CreatedAt, Base):
             postgresql_where=text("remaining > 0"),
         ),
         Index("ix_grants_project_id_user_id_id", "project_id", "user_id", "id"),
+        Index(
+            "ix_grants_due_expiry",
+            "expires_at",
+            postgresql_where=text("expires_at IS NOT NULL AND expired_at IS NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
@@ -37,3 +42,5 @@ class Grant(CreatedAt, Base):
     reason: Mapped[str | None] = mapped_column(Text)
     expires_at: Mapped[datetime | None]
     transaction_id: Mapped[uuid.UUID | None]
+    expired_at: Mapped[datetime | None]  # set when the expiry worker removed the remainder
+    expiry_notified_at: Mapped[datetime | None]  # "credits.expiring" sent

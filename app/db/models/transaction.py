@@ -24,6 +24,12 @@ class Transaction(Timestamps, Base):
         PrimaryKeyConstraint("project_id", "id"),
         Index("ix_transactions_project_id_user_id_id", "project_id", "user_id", "id"),
         Index(
+            "ix_transactions_pending_per_user",
+            "project_id",
+            "user_id",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index(
             "ix_transactions_pending_expiry",
             "expires_at",
             postgresql_where=text("status = 'pending'"),

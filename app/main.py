@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.admin.router import router as admin_router
+from app.analytics.router import router as analytics_router
 from app.api_keys.router import router as api_keys_router
 from app.auth.exceptions import InsufficientScope, InvalidApiKey, ProjectMismatch
 from app.auth.ratelimit import RateLimiter
@@ -37,8 +38,11 @@ from app.db.session import Database
 from app.events.router import router as events_router
 from app.health.router import expected_revision
 from app.health.router import router as health_router
+from app.plans.router import router as plans_router
 from app.pricing.router import router as models_router
 from app.projects.router import router as project_router
+from app.promos.router import router as promos_router
+from app.tiers.router import router as tiers_router
 from app.transactions.router import router as transactions_router
 from app.users.router import router as users_router
 from app.workers.runner import run_workers
@@ -153,6 +157,10 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         users_router,
         credits_router,
         models_router,
+        tiers_router,
+        plans_router,
+        promos_router,
+        analytics_router,
         project_router,
         api_keys_router,
         events_router,

@@ -32,6 +32,7 @@ class LockedTransaction:
     account_id: uuid.UUID
     user_id: str
     model: str
+    feature_identifier: str | None
     status: str
     hold_amount: Decimal
     credits_used: Decimal
@@ -39,6 +40,7 @@ class LockedTransaction:
     provisional_tokens: dict[str, Any] | None
     metadata: dict[str, Any]
     expires_at: datetime | None
+    completed_at: datetime | None
     completion_hash: str | None
     completion_result: dict[str, Any] | None
     price: Price | None  # the model's current price (read in the same statement)

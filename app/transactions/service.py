@@ -16,12 +16,14 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.analytics import repository as analytics
 from app.auth.service import Principal
 from app.core.clock import utcnow
 from app.core.ids import uuid7
 from app.core.money import ZERO
 from app.credits import service as credits
 from app.credits.repository import LockedAccount
+from app.db import writes
 from app.db.models import Transaction
 from app.events import service as events
 from app.pricing import service as pricing
@@ -208,6 +210,17 @@ async def complete(
             data={**result, "model": txn.model, "hold_amount": txn.hold_amount},
         ),
     ]
+    if body.success:
+        carry.append(
+            analytics.add_usage(
+                project_id=principal.project_id,
+                at=utcnow(),
+                user_id=txn.user_id,
+                model=txn.model,
+                feature=txn.feature_identifier,
+                credits=charge,
+            )
+        )
     # One statement: release and charge, the transaction's new state and its event.
     await credits.settle(
         session,
@@ -263,6 +276,21 @@ async def refund(
         amount=amount,
         reason=body.reason,
     )
+    if txn.completed_at is not None:  # refunds come off the usage of the day it was charged
+        await writes.run(
+            session,
+            [
+                analytics.add_usage(
+                    project_id=principal.project_id,
+                    at=txn.completed_at,
+                    user_id=txn.user_id,
+                    model=txn.model,
+                    feature=txn.feature_identifier,
+                    credits=-amount,
+                    transactions=0,
+                )
+            ],
+        )
     out = RefundOut(
         refund_id=refund_id,
         amount=amount,
@@ -289,6 +317,7 @@ async def record_usage(session: AsyncSession, principal: Principal, body: UsageI
         account = await users.lock_account(session, principal, body.user_id, auto_create=True)
     charge = pricing.cost(pricing.require(price, body.model), body.tokens)
     txn_id = uuid7()
+    now = utcnow()
     out = UsageOut(
         transaction_id=txn_id,
         status="completed",
@@ -311,13 +340,21 @@ async def record_usage(session: AsyncSession, principal: Principal, body: UsageI
             finalized_tokens=_tokens_json(body.tokens),
             metadata=body.metadata,
             expires_at=None,
-            completed_at=utcnow(),
+            completed_at=now,
         ),
         events.outbox(
             project_id=principal.project_id,
             type="transaction.completed",
             user_id=account.user_id,
             data={**out.model_dump(mode="python"), "model": body.model},
+        ),
+        analytics.add_usage(
+            project_id=principal.project_id,
+            at=now,
+            user_id=account.user_id,
+            model=body.model,
+            feature=body.feature_identifier,
+            credits=charge,
         ),
     ]
     await credits.settle(

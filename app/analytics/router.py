@@ -1,0 +1,7 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.routing import TransactionalRoute
+
+router = APIRouter(prefix="/v1", tags=["analytics"], route_class=TransactionalRoute)

@@ -42,6 +42,7 @@ from app.plans.router import router as plans_router
 from app.pricing.router import router as models_router
 from app.projects.router import router as project_router
 from app.promos.router import router as promos_router
+from app.spend_caps.router import router as spend_caps_router
 from app.tiers.router import router as tiers_router
 from app.transactions.router import router as transactions_router
 from app.users.router import router as users_router
@@ -160,6 +161,7 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         tiers_router,
         plans_router,
         promos_router,
+        spend_caps_router,
         analytics_router,
         project_router,
         api_keys_router,

@@ -20,9 +20,9 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.auth.dependencies import get_principal
+from app.auth.dependencies import check_scopes, get_principal
 from app.core.clock import utcnow
-from app.core.errors import AppError
+from app.core.errors import AppError, InvalidRequest
 from app.core.http import DecimalRequest, JSONResponse, problem_from_error
 from app.core.settings import Settings
 from app.db.session import Database, driver
@@ -34,6 +34,13 @@ from app.idempotency.exceptions import (
 )
 
 REPLAY_HEADER = "Idempotent-Replayed"
+
+
+class UnstorableInput(InvalidRequest):
+    title = "The path or query contains a NUL character"
+    loc = ("path",)
+
+
 _STORED_HEADERS = ("content-type", "location")
 
 
@@ -59,29 +66,42 @@ class TransactionalRoute(APIRoute):
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         status_code = kwargs.get("status_code") or 200
         super().__init__(path, _render_models(endpoint, status_code), **kwargs)
+        # The scopes the endpoint demands: a replayed response must pass the same check.
+        scopes = [getattr(dep.call, "required_scopes", None) for dep in self.dependant.dependencies]
+        self.required_scopes: frozenset[str] | None = next(
+            (s for s in scopes if s is not None), None
+        )
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def route_handler(request: Request) -> Response:
+            if "\x00" in request.scope["path"] or b"%00" in request.scope["query_string"]:
+                raise UnstorableInput()
             request = DecimalRequest(request.scope, request.receive)
             db: Database = request.app.state.db
             async with db.transaction() as session:
                 request.state.session = session
                 key = request.headers.get("idempotency-key")
                 if key is not None and request.method == "POST" and self.idempotent:
-                    return await _idempotent(request, handler, key)
+                    return await _idempotent(request, handler, key, self.required_scopes)
                 return await handler(request)
 
         return route_handler
 
 
 async def _idempotent(
-    request: Request, handler: Callable[[Request], Awaitable[Response]], key: str
+    request: Request,
+    handler: Callable[[Request], Awaitable[Response]],
+    key: str,
+    required_scopes: frozenset[str] | None,
 ) -> Response:
     if not key or len(key) > 255 or not key.isprintable():
         raise InvalidIdempotencyKey()
     principal = await get_principal(request)
+    # Authorise before anything can be replayed: a stored response is only for callers
+    # allowed to make the request (the handler's own dependency checks the same again).
+    check_scopes(principal, required_scopes if required_scopes is not None else frozenset())
     session = request.state.session
     body = await request.body()
     request_hash = hashlib.sha256(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
@@ -25,6 +26,13 @@ def _bearer(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
+def _same_project(header: str, principal: Principal) -> bool:
+    try:
+        return uuid.UUID(header.strip()) == principal.project_id
+    except ValueError:
+        return False
+
+
 async def get_principal(request: Request) -> Principal:
     """Authenticate once per request (the idempotency layer may already have done it)."""
     principal: Principal | None = getattr(request.state, "principal", None)
@@ -33,7 +41,7 @@ async def get_principal(request: Request) -> Principal:
     cache: KeyCache = request.app.state.key_cache
     principal = await authenticate(request.state.session, cache, _bearer(request))
     project_header = request.headers.get("x-project-id")
-    if project_header is not None and project_header.strip() != str(principal.project_id):
+    if project_header is not None and not _same_project(project_header, principal):
         raise ProjectMismatch()
     limiter: RateLimiter = request.app.state.rate_limiter
     decision = limiter.hit(principal.key_id)
@@ -57,13 +65,18 @@ def require_scopes(*scopes: str) -> Callable[[Request], Awaitable[Principal]]:
 
     async def dependency(request: Request) -> Principal:
         principal = await get_principal(request)
-        if not principal.has_any(wanted):
-            needed = " or ".join(sorted({"admin", *wanted}))
-            raise InsufficientScope(f"This operation needs a key with scope {needed}.")
+        check_scopes(principal, wanted)
         return principal
 
     dependency.__name__ = f"require_{'_'.join(sorted(wanted)) or 'admin'}"
+    dependency.required_scopes = wanted  # type: ignore[attr-defined]  # read by the route class
     return dependency
+
+
+def check_scopes(principal: Principal, wanted: frozenset[str]) -> None:
+    if not principal.has_any(wanted):
+        needed = " or ".join(sorted({"admin", *wanted}))
+        raise InsufficientScope(f"This operation needs a key with scope {needed}.")
 
 
 # Scope groups of API.md: `write` includes reading; `usage` is the metering subset.

@@ -24,7 +24,7 @@ def uuid_cursor(value: str | None) -> uuid.UUID | None:
 def int_cursor(value: str | None) -> int | None:
     if value is None:
         return None
-    if not value.isdigit() or len(value) > 19:
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
         raise InvalidCursor()
     return int(value)
 

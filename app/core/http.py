@@ -46,14 +46,45 @@ class ProblemResponse(JSONResponse):
     media_type = "application/problem+json"
 
 
+_MAX_INT = 2**63 - 1
+_MAX_EXPONENT = 1000
+
+
+def _storable(value: Any) -> bool:
+    """Whether PostgreSQL (text, jsonb, numeric) can store every value of a parsed body."""
+    if isinstance(value, str):
+        return "\x00" not in value and (value.isascii() or _encodes(value))
+    if isinstance(value, bool) or value is None:
+        return True
+    if isinstance(value, int):
+        return -_MAX_INT <= value <= _MAX_INT
+    if isinstance(value, Decimal):
+        return not value.is_finite() or abs(value.adjusted()) <= _MAX_EXPONENT
+    if isinstance(value, list):
+        return all(_storable(v) for v in value)
+    if isinstance(value, dict):
+        return all(_storable(k) and _storable(v) for k, v in value.items())
+    return True  # floats: only NaN/Infinity get here; the schemas refuse them
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates ("\ud800")
+        return False
+    return True
+
+
 class DecimalRequest(Request):
-    """A request whose JSON numbers with a fraction or exponent parse as ``Decimal``."""
+    """A request whose JSON numbers with a fraction or exponent parse as ``Decimal``, and whose
+    body is refused (422) when it holds what PostgreSQL cannot store: NUL characters, lone
+    surrogates, integers beyond 64 bits, exponents beyond 1000."""
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             body = await self.body()
             try:
-                self._json = json.loads(body, parse_float=Decimal)
+                parsed = json.loads(body, parse_float=Decimal)
             except json.JSONDecodeError:
                 raise
             except (ValueError, ArithmeticError) as exc:
@@ -61,6 +92,10 @@ class DecimalRequest(Request):
                 # body (FastAPI answers 422 for JSONDecodeError, a generic 400 otherwise).
                 reason = f"unparseable JSON: {type(exc).__name__}"
                 raise json.JSONDecodeError(reason, "", 0) from exc
+            if not _storable(parsed):
+                reason = "unsupported value: NUL, lone surrogate, or number out of range"
+                raise json.JSONDecodeError(reason, "", 0)
+            self._json = parsed
         return self._json
 
 

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import decimal
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, WithJsonSchema
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, WithJsonSchema
+
+# Amount arithmetic never rounds silently: 60 significant digits hold any sum of NUMERIC(38, 6)
+# values exactly, and a result that would not fit raises instead of losing digits. Set on the
+# default context (new threads and tasks) and on this one.
+_CONTEXT = decimal.Context(
+    prec=60, rounding=decimal.ROUND_HALF_EVEN,
+    traps=[decimal.InvalidOperation, decimal.DivisionByZero, decimal.Overflow, decimal.Inexact],
+)  # fmt: skip
+decimal.DefaultContext.prec = _CONTEXT.prec
+decimal.DefaultContext.traps = dict(_CONTEXT.traps)
+decimal.setcontext(_CONTEXT.copy())
 
 SCALE = 6
 QUANTUM = Decimal(1).scaleb(-SCALE)
@@ -16,7 +29,9 @@ ZERO = Decimal(0)
 
 def quantize(value: Decimal) -> Decimal:
     """Round half-up to 6 fractional digits (the rule for computed costs)."""
-    return value.quantize(QUANTUM, rounding=ROUND_HALF_UP)
+    with decimal.localcontext() as ctx:
+        ctx.traps[decimal.Inexact] = False  # this rounding is the intended one
+        return value.quantize(QUANTUM, rounding=ROUND_HALF_UP)
 
 
 def _as_decimal(value: Any) -> Decimal:
@@ -49,6 +64,24 @@ def _non_negative(value: Any) -> Decimal:
 
 
 _SCHEMA = {"type": "number", "description": "Exact decimal, at most 6 fractional digits"}
+
+
+def _bounded_utc(value: datetime) -> datetime:
+    utc = value.astimezone(UTC)  # raises OverflowError past year 9999 → validation error
+    if not 1 <= utc.year <= 9999:
+        raise ValueError("must be between years 1 and 9999 in UTC")
+    return utc
+
+
+def _checked_utc(value: datetime) -> datetime:
+    try:
+        return _bounded_utc(value)
+    except OverflowError:
+        raise ValueError("must be between years 1 and 9999 in UTC") from None
+
+
+# A timestamp with a zone, normalised to UTC and storable by PostgreSQL.
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_checked_utc)]
 
 Amount = Annotated[Decimal, BeforeValidator(_as_decimal), WithJsonSchema(_SCHEMA)]
 PositiveAmount = Annotated[

@@ -45,16 +45,13 @@ class LockedAccount:
 _LOCK_FOR_USER = """
     SELECT a.id, a.total, a.held, a.debt
     FROM users u JOIN accounts a ON a.id = u.account_id
-    WHERE u.project_id = $1 AND u.id = $2 AND u.deleted_at IS NULL
+    WHERE u.project_id = $1 AND u.id = $2 AND u.deleted_at IS NULL AND a.closed_at IS NULL
     FOR UPDATE OF a
 """
 _BALANCE = """
     SELECT a.total, a.held
     FROM users u JOIN accounts a ON a.id = u.account_id
     WHERE u.project_id = $1 AND u.id = $2 AND u.deleted_at IS NULL
-"""
-_LOCK_BY_ID = """
-    SELECT total, held, debt FROM accounts WHERE id = $1 AND project_id = $2 FOR UPDATE
 """
 # One statement per balance change: burn ``$burn`` from the grants (soonest expiry first, no
 # expiry last, then oldest), write the account, append the ledger entry. Whatever the grants
@@ -95,6 +92,43 @@ async def lock_for_user(
     return LockedAccount(row["id"], project_id, user_id, row["total"], row["held"], row["debt"])
 
 
+_TRY_LOCK_BY_ID = """
+    SELECT total, held, debt FROM accounts
+    WHERE id = $1 AND project_id = $2 AND closed_at IS NULL
+    FOR UPDATE SKIP LOCKED
+"""
+_LIVE_GRANTS = """
+    SELECT id, remaining, expires_at FROM grants
+    WHERE account_id = $1 AND source = $2 AND remaining > 0 AND expired_at IS NULL
+    ORDER BY created_at, id
+"""
+# Take an exact amount from one grant (expiry, tier reset); the account change carries it.
+_TAKE_FROM_GRANT = """
+    UPDATE grants SET remaining = remaining - $2,
+                      expired_at = CASE WHEN $3 THEN now() ELSE expired_at END
+    WHERE id = $1
+"""
+
+
+async def try_lock_by_id(
+    session: AsyncSession, project_id: uuid.UUID, account_id: uuid.UUID, user_id: str
+) -> LockedAccount | None:
+    """Lock the account unless another transaction holds it (workers retry later)."""
+    row = await driver(session).fetchrow(_TRY_LOCK_BY_ID, account_id, project_id)
+    if row is None:
+        return None
+    return LockedAccount(account_id, project_id, user_id, row["total"], row["held"], row["debt"])
+
+
+async def live_grants(session: AsyncSession, account_id: uuid.UUID, source: str) -> list[Any]:
+    """Unexpired grants of ``source`` with credits left, oldest first (caller holds the lock)."""
+    return list(await driver(session).fetch(_LIVE_GRANTS, account_id, source))
+
+
+def take_from_grant(grant_id: uuid.UUID, amount: Decimal, *, close: bool) -> Write:
+    return Write(_TAKE_FROM_GRANT, (grant_id, amount, close))
+
+
 async def read_balance(
     session: AsyncSession, project_id: uuid.UUID, user_id: str
 ) -> tuple[Decimal, Decimal] | None:
@@ -103,30 +137,21 @@ async def read_balance(
     return None if row is None else (row["total"], row["held"])
 
 
-async def lock_by_id(
-    session: AsyncSession, project_id: uuid.UUID, account_id: uuid.UUID, user_id: str
-) -> LockedAccount:
-    row = await driver(session).fetchrow(_LOCK_BY_ID, account_id, project_id)
-    return LockedAccount(account_id, project_id, user_id, row["total"], row["held"], row["debt"])
-
-
 async def insert_user(
     session: AsyncSession,
     *,
     project_id: uuid.UUID,
     user_id: str,
     account_id: uuid.UUID,
-    tier_id: str | None,
     metadata: dict[str, Any],
 ) -> bool:
     """Insert a user and its account; False if the id exists (even concurrently inserted)."""
     inserted = await driver(session).fetchval(
-        "INSERT INTO users (project_id, id, account_id, tier_id, metadata) "
-        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1",
+        "INSERT INTO users (project_id, id, account_id, metadata) "
+        "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING 1",
         project_id,
         user_id,
         account_id,
-        tier_id,
         render_json(metadata).decode(),
     )
     if inserted is None:

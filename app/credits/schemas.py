@@ -4,9 +4,9 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from app.core.money import Money, PositiveAmount
+from app.core.money import Money, PositiveAmount, UtcDatetime
 
 GrantSource = Literal["adjustment", "purchase", "promo", "bonus"]
 
@@ -16,7 +16,7 @@ class CreditIn(BaseModel):
 
     amount: PositiveAmount
     reason: str | None = Field(default=None, max_length=500)
-    expires_at: AwareDatetime | None = Field(default=None, description="Must be in the future")
+    expires_at: UtcDatetime | None = Field(default=None, description="Must be in the future")
     source: GrantSource = "adjustment"
 
 

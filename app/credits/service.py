@@ -24,7 +24,6 @@ from app.db.models import Grant
 from app.db.writes import Write
 
 lock_for_user = repo.lock_for_user
-lock_by_id = repo.lock_by_id
 read_balance = repo.read_balance
 
 
@@ -33,7 +32,6 @@ async def create_account_for_user(
     *,
     project_id: uuid.UUID,
     user_id: str,
-    tier_id: str | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> bool:
     """Create a user with an empty account; False if the user id already exists."""
@@ -42,7 +40,6 @@ async def create_account_for_user(
         project_id=project_id,
         user_id=user_id,
         account_id=uuid7(),
-        tier_id=tier_id,
         metadata=metadata or {},
     )
 
@@ -194,5 +191,31 @@ async def settle(
     )
 
 
+async def remove_from_grant(
+    session: AsyncSession,
+    account: LockedAccount,
+    *,
+    grant_id: uuid.UUID,
+    amount: Decimal,
+    kind: str,
+    reason: str | None = None,
+    close: bool = True,
+    carry: Sequence[Write] = (),
+) -> int:
+    """Remove ``amount`` (at most what it has left) from one grant: expiry, tier reset,
+    rollover cap. With ``close`` the grant is marked expired. One ledger entry, even for 0."""
+    return await _change(
+        session,
+        account,
+        kind=kind,
+        amount=-amount,
+        grant_id=grant_id,
+        reason=reason,
+        carry=[repo.take_from_grant(grant_id, amount, close=close), *carry],
+    )
+
+
+try_lock_by_id = repo.try_lock_by_id
+live_grants = repo.live_grants
 list_grants = repo.list_grants
 list_ledger = repo.list_ledger

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -8,6 +7,7 @@ from fastapi import APIRouter, Depends, Query
 from app.auth.dependencies import ReadKey
 from app.core.cursors import parse_id, uuid_cursor
 from app.core.errors import problem_responses
+from app.core.money import UtcDatetime
 from app.core.pagination import Page, PageParams, make_page, page_params
 from app.db.session import Session
 from app.events import service
@@ -29,7 +29,7 @@ async def list_events(
     page: Annotated[PageParams, Depends(page_params)],
     type: Annotated[str | None, Query(max_length=100)] = None,
     user_id: Annotated[str | None, Query(max_length=255)] = None,
-    created_after: datetime | None = None,
+    created_after: UtcDatetime | None = None,
 ) -> Page[EventOut]:
     rows = await service.list_events(
         session,

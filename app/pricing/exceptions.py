@@ -7,6 +7,12 @@ class UnknownModel(InvalidRequest):
     loc = ("body", "model")
 
 
+class CostTooLarge(InvalidRequest):
+    slug = "cost_too_large"
+    title = "The computed cost exceeds 15 integer digits"
+    loc = ("body",)
+
+
 class ModelNotFound(NotFound):
     slug = "model_not_found"
     title = "No such model"

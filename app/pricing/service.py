@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -12,19 +12,20 @@ from sqlalchemy import func
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.money import ZERO, quantize
+from app.core.money import LIMIT, ZERO, quantize
 from app.db.models import ModelPrice
 from app.db.scoping import scoped_delete, scoped_select
 from app.db.session import driver
-from app.pricing.exceptions import ModelNotFound, UnknownModel
+from app.pricing.exceptions import CostTooLarge, ModelNotFound, UnknownModel
 from app.pricing.schemas import ModelPriceIn, TokenUsage
 
 DEFAULT_MODEL = "_default"
 _THOUSAND = Decimal(1000)
 
 
-def cost(price: Price, tokens: TokenUsage | None) -> Decimal:
-    """Credits for ``tokens`` at ``price``, rounded half-up to 6 places; 0 without tokens."""
+def cost(price: Price, tokens: TokenUsage | None, multiplier: Decimal = Decimal(1)) -> Decimal:
+    """Credits for ``tokens`` at ``price`` times ``multiplier``, rounded half-up to 6 places
+    (once, at the end); 0 without tokens."""
     if tokens is None:
         return ZERO
     cached = price.cached_input_price_per_1k
@@ -35,7 +36,31 @@ def cost(price: Price, tokens: TokenUsage | None) -> Decimal:
         + tokens.output_tokens * price.output_price_per_1k
         + tokens.cached_input_tokens * cached
     ) / _THOUSAND + price.request_price
-    return quantize(raw)
+    result = quantize(raw * multiplier)
+    if result >= LIMIT:
+        raise CostTooLarge(f"{tokens.model_dump()} at this price costs {result} credits.")
+    return result
+
+
+def for_tier(
+    price: Price | None, multiplier: Decimal, override: Mapping[str, Any] | None
+) -> tuple[Price | None, Decimal]:
+    """Apply a tier's per-model override: its prices replace the project's (a model priced
+    only by the override needs its input and output prices), its multiplier the tier's."""
+    if not override:
+        return price, multiplier
+    multiplier = override.get("price_multiplier", multiplier)
+    fields = {c: Decimal(override[c]) for c in _COLUMNS if override.get(c) is not None}
+    if price is not None:
+        price = replace(price, **fields)
+    elif "input_price_per_1k" in fields and "output_price_per_1k" in fields:
+        price = Price(
+            fields["input_price_per_1k"],
+            fields["output_price_per_1k"],
+            fields.get("cached_input_price_per_1k"),
+            fields.get("request_price", ZERO),
+        )
+    return price, Decimal(multiplier)
 
 
 @dataclass(frozen=True)

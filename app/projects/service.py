@@ -61,7 +61,7 @@ async def patch(session: AsyncSession, project_id: uuid.UUID, body: ProjectPatch
         values["name"] = body.name
     if body.settings is not None:
         merged = ProjectSettings.model_validate(
-            {**project.settings, **body.settings.model_dump(exclude_unset=True)}
+            {**project.settings, **body.settings.model_dump(exclude_unset=True, exclude_none=True)}
         )
         values["settings"] = merged.model_dump(mode="python")
     if values:

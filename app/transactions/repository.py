@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -21,6 +21,7 @@ from app.db.scoping import scoped_select
 from app.db.session import driver
 from app.db.writes import Write
 from app.pricing.service import PRICE_COLUMNS, Price, optional_price, price_lateral
+from app.tiers.rules import TIER_COLUMNS, Rules, tier_join
 from app.transactions.schemas import TransactionFilters
 
 
@@ -56,19 +57,55 @@ _LOCK = f"""
 """
 # Start: the user's account, locked, with the price of the model asked for.
 _LOCK_ACCOUNT = f"""
-    SELECT a.id, a.total, a.held, a.debt, {PRICE_COLUMNS}
-    FROM users u JOIN accounts a ON a.id = u.account_id {price_lateral("$1", "$3")}
-    WHERE u.project_id = $1 AND u.id = $2 AND u.deleted_at IS NULL
+    SELECT a.id, a.total, a.held, a.debt, {PRICE_COLUMNS}, {TIER_COLUMNS},
+           EXISTS (SELECT 1 FROM spend_caps c WHERE c.project_id = $1 AND c.user_id = $2)
+               AS has_spend_caps
+    FROM users u JOIN accounts a ON a.id = u.account_id
+    {tier_join("u")}
+    {price_lateral("$1", "$3")}
+    WHERE u.project_id = $1 AND u.id = $2 AND u.deleted_at IS NULL AND a.closed_at IS NULL
     FOR UPDATE OF a
+"""
+# /v1/check reads the same without locking anything.
+_READ_ACCOUNT = _LOCK_ACCOUNT.replace("FOR UPDATE OF a", "")
+# What a user auto-created now would start with: the default tier's allocation and rules.
+_DEFAULT_TIER = f"""
+    SELECT tr.credits AS tier_credits, {TIER_COLUMNS}, false AS has_spend_caps,
+           {PRICE_COLUMNS}
+    FROM (SELECT 1) AS one
+    LEFT JOIN tiers tr ON tr.project_id = $1 AND tr.is_default
+    {price_lateral("$1", "$2")}
+"""
+_PENDING_COUNT = """
+    SELECT count(*) FROM transactions
+    WHERE project_id = $1 AND user_id = $2 AND status = 'pending'
+"""
+# Per spend cap: credits charged in its current UTC window (from the daily rollup) and
+# credits held by pending transactions, both for the cap's model ('' = every model).
+_CAP_USAGE = """
+    SELECT c.period, c.model, c."limit", c.action,
+           coalesce((SELECT sum(d.credits) FROM usage_daily d
+                     WHERE d.project_id = $1 AND d.user_id = $2
+                       AND d.day >= CASE WHEN c.period = 'day' THEN $3::date
+                                         ELSE date_trunc('month', $3::date)::date END
+                       AND (c.model = '' OR d.model = c.model)), 0) AS spent,
+           coalesce((SELECT sum(t.hold_amount) FROM transactions t
+                     WHERE t.project_id = $1 AND t.user_id = $2 AND t.status = 'pending'
+                       AND (c.model = '' OR t.model = c.model)), 0) AS held
+    FROM spend_caps c
+    WHERE c.project_id = $1 AND c.user_id = $2 AND (c.model = '' OR c.model = $4)
+    ORDER BY c.period, c.model
 """
 # Complete and refund: the transaction and its account, locked in that order (t, then a: the
 # lock order used everywhere), with the model's price. After any lock wait PostgreSQL re-reads
 # both rows, so the values returned are current.
 _LOCK_WITH_ACCOUNT = f"""
-    SELECT {_TXN_COLUMNS}, a.total, a.held, a.debt, {PRICE_COLUMNS}
+    SELECT {_TXN_COLUMNS}, a.total, a.held, a.debt, {PRICE_COLUMNS}, {TIER_COLUMNS}
     FROM transactions t JOIN accounts a ON a.id = t.account_id
+    JOIN users u ON u.project_id = t.project_id AND u.id = t.user_id
+    {tier_join("u")}
     {price_lateral("t.project_id", "t.model")}
-    WHERE t.project_id = $1 AND t.id = $2
+    WHERE t.project_id = $1 AND t.id = $2 AND a.closed_at IS NULL
     FOR UPDATE OF t, a
 """
 _INSERT = """
@@ -115,7 +152,7 @@ async def lock(
 
 async def lock_with_account(
     session: AsyncSession, project_id: uuid.UUID, transaction_id: uuid.UUID
-) -> tuple[LockedTransaction, LockedAccount] | None:
+) -> tuple[LockedTransaction, LockedAccount, Rules] | None:
     """Lock the transaction, then its account (reading only: credits makes the changes)."""
     row = await driver(session).fetchrow(_LOCK_WITH_ACCOUNT, project_id, transaction_id)
     if row is None:
@@ -124,21 +161,63 @@ async def lock_with_account(
     account = LockedAccount(
         txn.account_id, project_id, txn.user_id, row["total"], row["held"], row["debt"]
     )
-    return txn, account
+    return txn, account, Rules.from_row(row)
+
+
+@dataclass(frozen=True)
+class LockedForStart:
+    account: LockedAccount
+    price: Price | None
+    rules: Rules
 
 
 async def lock_account(
     session: AsyncSession, project_id: uuid.UUID, user_id: str, model: str
-) -> tuple[LockedAccount | None, Price | None]:
-    """Lock the user's account (if the user exists) and read the model's price, in one trip.
-
-    Reading and locking only: the credits service still makes every change to the account.
+) -> LockedForStart | None:
+    """Lock the user's account (if the user exists) and read the model's price and the tier's
+    rules, in one trip. Reading and locking only: credits makes every change to the account.
     """
     row = await driver(session).fetchrow(_LOCK_ACCOUNT, project_id, user_id, model)
     if row is None:
-        return None, None
+        return None
     account = LockedAccount(row["id"], project_id, user_id, row["total"], row["held"], row["debt"])
-    return account, optional_price(row)
+    rules = Rules.from_row(row, has_spend_caps=row["has_spend_caps"])
+    return LockedForStart(account, optional_price(row), rules)
+
+
+async def read_for_check(
+    session: AsyncSession, project_id: uuid.UUID, user_id: str, model: str
+) -> tuple[Decimal, Price | None, Rules]:
+    """(available, price, rules) for /v1/check, without locks; a user that does not exist is
+    seen as the new user a usage call would create (on the default tier)."""
+    conn = driver(session)
+    row = await conn.fetchrow(_READ_ACCOUNT, project_id, user_id, model)
+    if row is not None:
+        available = row["total"] - row["held"]
+    else:
+        row = await conn.fetchrow(_DEFAULT_TIER, project_id, model)
+        available = row["tier_credits"] or Decimal(0)
+    return available, optional_price(row), Rules.from_row(row, has_spend_caps=row["has_spend_caps"])
+
+
+async def user_exists(session: AsyncSession, project_id: uuid.UUID, user_id: str) -> bool:
+    found = await driver(session).fetchval(
+        "SELECT 1 FROM users WHERE project_id = $1 AND id = $2 AND deleted_at IS NULL",
+        project_id,
+        user_id,
+    )
+    return found is not None
+
+
+async def pending_count(session: AsyncSession, project_id: uuid.UUID, user_id: str) -> int:
+    return int(await driver(session).fetchval(_PENDING_COUNT, project_id, user_id))
+
+
+async def cap_usage(
+    session: AsyncSession, project_id: uuid.UUID, user_id: str, model: str, today: date
+) -> list[Any]:
+    """The caps that apply to ``model``, each with what its window has spent and holds."""
+    return list(await driver(session).fetch(_CAP_USAGE, project_id, user_id, today, model))
 
 
 def insert(

@@ -4,9 +4,9 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from app.core.money import Money, NonNegativeAmount, PositiveAmount
+from app.core.money import Money, NonNegativeAmount, PositiveAmount, UtcDatetime
 from app.pricing.schemas import TokenUsage
 from app.users.schemas import Metadata, UserId
 
@@ -150,5 +150,5 @@ class TransactionFilters(BaseModel):
     status: Status | None = None
     model: str | None = None
     feature_identifier: str | None = None
-    created_after: AwareDatetime | None = None
-    created_before: AwareDatetime | None = None
+    created_after: UtcDatetime | None = None
+    created_before: UtcDatetime | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -28,6 +29,7 @@ from app.db.models import Transaction
 from app.events import service as events
 from app.pricing import service as pricing
 from app.pricing.schemas import TokenUsage
+from app.tiers.rules import Rules
 from app.transactions import repository as repo
 from app.transactions.exceptions import (
     OverRefund,
@@ -43,6 +45,7 @@ from app.transactions.schemas import (
     CheckOut,
     CompleteIn,
     CompleteOut,
+    DenyReason,
     ExtendIn,
     RefundIn,
     RefundOut,
@@ -58,11 +61,6 @@ from app.users.exceptions import UserNotFound
 FINAL = ("completed", "failed")
 
 
-def _floor(account: LockedAccount | None) -> Decimal | None:
-    """The lowest available balance a start may leave; None = unlimited overage (tiers: #3)."""
-    return ZERO
-
-
 def _admits(available: Decimal, need: Decimal, floor: Decimal | None) -> bool:
     if floor is None:
         return True
@@ -71,26 +69,84 @@ def _admits(available: Decimal, need: Decimal, floor: Decimal | None) -> bool:
     return available > floor
 
 
+@dataclass(frozen=True)
+class Admission:
+    reason: DenyReason | None
+    warnings: list[dict[str, Any]]
+
+
+async def _admission(
+    session: AsyncSession,
+    principal: Principal,
+    user_id: str,
+    available: Decimal,
+    rules: Rules,
+    model: str,
+    need: Decimal,
+) -> Admission:
+    """May a start needing ``need`` go ahead? Checked in this order, first failure wins:
+    balance (``insufficient_credits``, against the tier's overage floor), spend caps
+    (``spend_cap_reached`` for a deny cap; a warn cap only yields a warning), the tier's
+    concurrency limit (``concurrency_limit``). Callers that change anything hold the lock."""
+    if not _admits(available, need, rules.floor):
+        return Admission("insufficient_credits", [])
+    warnings: list[dict[str, Any]] = []
+    if rules.has_spend_caps:
+        today = utcnow().date()
+        for cap in await repo.cap_usage(session, principal.project_id, user_id, model, today):
+            used = cap["spent"] + cap["held"]
+            over = used + need > cap["limit"] if need > 0 else used >= cap["limit"]
+            if not over:
+                continue
+            if cap["action"] == "deny":
+                return Admission("spend_cap_reached", [])
+            warnings.append(
+                {"period": cap["period"], "model": cap["model"] or None, "limit": cap["limit"],
+                 "spent": cap["spent"], "held": cap["held"], "requested": need}
+            )  # fmt: skip
+    if rules.max_concurrent is not None:
+        pending = await repo.pending_count(session, principal.project_id, user_id)
+        if pending >= rules.max_concurrent:
+            return Admission("concurrency_limit", [])
+    return Admission(None, warnings)
+
+
+_MESSAGES = {
+    None: "Credits held; complete the transaction when usage is known.",
+    "insufficient_credits": "Not enough available credits for this request.",
+    "spend_cap_reached": "A spend cap of this user does not allow this request.",
+    "concurrency_limit": "The user's tier allows no more concurrent transactions.",
+}
+
+
 def _tokens_json(tokens: TokenUsage | None) -> dict[str, Any] | None:
     return tokens.model_dump() if tokens is not None else None
 
 
 async def start(session: AsyncSession, principal: Principal, body: StartIn) -> StartOut:
-    account, price = await repo.lock_account(
-        session, principal.project_id, body.user_id, body.model
+    locked = await repo.lock_account(session, principal.project_id, body.user_id, body.model)
+    if locked is None:  # first usage: price first (an unknown model creates nobody)
+        await pricing.price_for(session, principal.project_id, body.model)
+        await users.lock_account(session, principal, body.user_id, auto_create=True)
+        locked = await repo.lock_account(session, principal.project_id, body.user_id, body.model)
+        if locked is None:  # pragma: no cover - the user was created under our lock
+            raise UserNotFound()
+    account, rules = locked.account, locked.rules
+    price, multiplier = pricing.for_tier(
+        locked.price, rules.price_multiplier, rules.override(body.model)
     )
-    if account is None:  # first usage: price first (an unknown model creates nobody)
-        price = await pricing.price_for(session, principal.project_id, body.model)
-        account = await users.lock_account(session, principal, body.user_id, auto_create=True)
-    hold = pricing.cost(pricing.require(price, body.model), body.provisional_tokens)
-    admitted = _admits(account.available, hold, _floor(account))
+    hold = pricing.cost(pricing.require(price, body.model), body.provisional_tokens, multiplier)
+    admission = await _admission(
+        session, principal, account.user_id, account.available, rules, body.model, hold
+    )
+    admitted = admission.reason is None
     txn_id = uuid7()
     ttl = body.hold_ttl_seconds or principal.settings.default_hold_ttl_seconds
     expires_at = utcnow() + timedelta(seconds=ttl) if admitted else None
     if not admitted:
         hold = ZERO
     status = "pending" if admitted else "denied"
-    reason = None if admitted else "insufficient_credits"
+    reason = admission.reason
     available_after = account.available - hold
     out = StartOut(
         transaction_id=txn_id,
@@ -100,9 +156,7 @@ async def start(session: AsyncSession, principal: Principal, body: StartIn) -> S
         hold_amount=hold,
         status=status,
         expires_at=expires_at,
-        message="Credits held; complete the transaction when usage is known."
-        if admitted
-        else "Not enough available credits for this request.",
+        message=_MESSAGES[reason],
         reason=reason,
     )
     carry = [
@@ -129,8 +183,17 @@ async def start(session: AsyncSession, principal: Principal, body: StartIn) -> S
             user_id=account.user_id,
             data={**out.model_dump(mode="python", by_alias=True), "model": body.model},
         ),
+        *(
+            events.outbox(
+                project_id=principal.project_id,
+                type="spend_cap.exceeded",
+                user_id=account.user_id,
+                data={**warning, "action": "warn", "transaction_id": txn_id},
+            )
+            for warning in admission.warnings
+        ),
     ]
-    # One statement: the hold (if any), the transaction row and its event.
+    # One statement: the hold (if any), the transaction row and its events.
     await credits.hold(session, account, amount=hold, transaction_id=txn_id, carry=carry)
     return out
 
@@ -146,7 +209,7 @@ async def _lock(
 
 async def _lock_with_account(
     session: AsyncSession, principal: Principal, txn_id: uuid.UUID
-) -> tuple[LockedTransaction, LockedAccount]:
+) -> tuple[LockedTransaction, LockedAccount, Rules]:
     locked = await repo.lock_with_account(session, principal.project_id, txn_id)
     if locked is None:
         raise TransactionNotFound()
@@ -167,7 +230,7 @@ def _replay(txn: LockedTransaction, digest: str) -> CompleteOut:
 async def complete(
     session: AsyncSession, principal: Principal, txn_id: uuid.UUID, body: CompleteIn
 ) -> CompleteOut:
-    txn, account = await _lock_with_account(session, principal, txn_id)
+    txn, account, rules = await _lock_with_account(session, principal, txn_id)
     digest = _completion_hash(body)
     if txn.status in FINAL:
         return _replay(txn, digest)
@@ -176,9 +239,14 @@ async def complete(
     tokens = body.finalized_tokens
     if tokens is None and txn.provisional_tokens is not None:
         tokens = TokenUsage.model_validate(txn.provisional_tokens)
+    if tokens is None:
+        tokens = TokenUsage()  # no counts at all: the usage still costs the request price
     charge = ZERO
     if body.success:
-        charge = pricing.cost(pricing.require(txn.price, txn.model), tokens)
+        price, multiplier = pricing.for_tier(
+            txn.price, rules.price_multiplier, rules.override(txn.model)
+        )
+        charge = pricing.cost(pricing.require(price, txn.model), tokens, multiplier)
     late = txn.status == "expired"  # the sweeper already released the hold
     release = ZERO if late else txn.hold_amount
     status = "completed" if body.success else "failed"
@@ -250,7 +318,7 @@ async def extend(
 async def refund(
     session: AsyncSession, principal: Principal, txn_id: uuid.UUID, body: RefundIn
 ) -> RefundOut:
-    txn, account = await _lock_with_account(session, principal, txn_id)
+    txn, account, _ = await _lock_with_account(session, principal, txn_id)
     if txn.status != "completed":
         raise TransactionNotCompleted(f"The transaction is {txn.status}.")
     refundable = txn.credits_used - txn.refunded_total
@@ -309,13 +377,18 @@ async def refund(
 
 async def record_usage(session: AsyncSession, principal: Principal, body: UsageIn) -> UsageOut:
     """One-shot usage: charged in full (the usage already happened), no admission check."""
-    account, price = await repo.lock_account(
-        session, principal.project_id, body.user_id, body.model
+    locked = await repo.lock_account(session, principal.project_id, body.user_id, body.model)
+    if locked is None:
+        await pricing.price_for(session, principal.project_id, body.model)
+        await users.lock_account(session, principal, body.user_id, auto_create=True)
+        locked = await repo.lock_account(session, principal.project_id, body.user_id, body.model)
+        if locked is None:  # pragma: no cover - the user was created under our lock
+            raise UserNotFound()
+    account, rules = locked.account, locked.rules
+    price, multiplier = pricing.for_tier(
+        locked.price, rules.price_multiplier, rules.override(body.model)
     )
-    if account is None:
-        price = await pricing.price_for(session, principal.project_id, body.model)
-        account = await users.lock_account(session, principal, body.user_id, auto_create=True)
-    charge = pricing.cost(pricing.require(price, body.model), body.tokens)
+    charge = pricing.cost(pricing.require(price, body.model), body.tokens, multiplier)
     txn_id = uuid7()
     now = utcnow()
     out = UsageOut(
@@ -370,22 +443,31 @@ async def record_usage(session: AsyncSession, principal: Principal, body: UsageI
 
 
 async def check(session: AsyncSession, principal: Principal, body: CheckIn) -> CheckOut:
-    """Would a start with these tokens (or this amount) be admitted? Changes nothing."""
+    """Would a start with these tokens (or this amount) be admitted now? Changes nothing.
+
+    The same rules as a start, read without locks: a concurrent request may change the answer.
+    """
+    model = body.model or ""
+    available, price, rules = await repo.read_for_check(
+        session, principal.project_id, body.user_id, model
+    )
+    if not principal.settings.auto_create_users and not await repo.user_exists(
+        session, principal.project_id, body.user_id
+    ):
+        raise UserNotFound()
     if body.amount is not None:
         required = body.amount
     elif body.model is not None:
-        price = await pricing.price_for(session, principal.project_id, body.model)
-        required = pricing.cost(price, body.provisional_tokens)
+        price, multiplier = pricing.for_tier(price, rules.price_multiplier, rules.override(model))
+        required = pricing.cost(pricing.require(price, model), body.provisional_tokens, multiplier)
     else:
         required = ZERO
-    balance = await credits.read_balance(session, principal.project_id, body.user_id)
-    if balance is None and not principal.settings.auto_create_users:
-        raise UserNotFound()
-    available = balance[0] - balance[1] if balance is not None else ZERO
-    allowed = _admits(available, required, _floor(None))
+    admission = await _admission(
+        session, principal, body.user_id, available, rules, model, required
+    )
     return CheckOut(
-        allowed=allowed,
-        reason=None if allowed else "insufficient_credits",
+        allowed=admission.reason is None,
+        reason=admission.reason,
         available=available,
         required=required,
     )

@@ -6,8 +6,10 @@ from typing import Any
 from sqlalchemy import Row, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import Account, Transaction, User
+from app.core.http import render_json
+from app.db.models import Account, Tier, Transaction, User
 from app.db.scoping import scoped_update
+from app.db.session import driver
 
 _USER_WITH_BALANCE = (
     User.id,
@@ -16,6 +18,7 @@ _USER_WITH_BALANCE = (
     User.created_at,
     Account.total,
     Account.held,
+    Tier.features,
 )
 
 
@@ -23,6 +26,7 @@ def _base(project_id: uuid.UUID) -> Any:
     return (
         select(*_USER_WITH_BALANCE)
         .join(Account, Account.id == User.account_id)
+        .outerjoin(Tier, (Tier.project_id == User.project_id) & (Tier.id == User.tier_id))
         .where(User.project_id == project_id, User.deleted_at.is_(None))
     )
 
@@ -50,13 +54,20 @@ async def exists_including_deleted(
     return bool((await session.execute(stmt)).scalar())
 
 
-async def update_metadata(
-    session: AsyncSession, project_id: uuid.UUID, user_id: str, metadata: dict[str, Any]
+async def merge_metadata(
+    session: AsyncSession, project_id: uuid.UUID, user_id: str, changes: dict[str, Any]
 ) -> None:
-    await session.execute(
-        scoped_update(User, project_id)
-        .where(User.id == user_id)
-        .values(metadata_=metadata, updated_at=func.now())
+    """Merge in one statement (concurrent patches of different keys both land); a null value
+    removes its key."""
+    kept = {k: v for k, v in changes.items() if v is not None}
+    removed = [k for k, v in changes.items() if v is None]
+    await driver(session).execute(
+        "UPDATE users SET metadata = (metadata || $3::jsonb) - $4::text[], updated_at = now() "
+        "WHERE project_id = $1 AND id = $2",
+        project_id,
+        user_id,
+        render_json(kept).decode(),
+        removed,
     )
 
 
@@ -73,9 +84,17 @@ async def has_pending_transactions(
     return bool((await session.execute(stmt)).scalar())
 
 
-async def soft_delete(session: AsyncSession, project_id: uuid.UUID, user_id: str) -> None:
+async def soft_delete(
+    session: AsyncSession, project_id: uuid.UUID, user_id: str, account_id: uuid.UUID
+) -> None:
+    """Mark the user deleted and close its account (the caller holds the account lock)."""
     await session.execute(
         scoped_update(User, project_id)
         .where(User.id == user_id)
         .values(deleted_at=func.now(), updated_at=func.now())
+    )
+    await session.execute(
+        scoped_update(Account, project_id)
+        .where(Account.id == account_id)
+        .values(closed_at=func.now(), updated_at=func.now())
     )

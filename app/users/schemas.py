@@ -45,6 +45,7 @@ class UserPatch(BaseModel):
 class UserOut(BaseModel):
     id: str
     tier_id: str | None
+    features: dict[str, Any] = Field(description="The features of the user's tier")
     metadata: dict[str, Any]
     created_at: datetime
     balance: Balance

@@ -30,6 +30,7 @@ def _out(row: Row[Any]) -> UserOut:
     return UserOut(
         id=row.id,
         tier_id=row.tier_id,
+        features=row.features or {},
         metadata=row.metadata_,
         created_at=row.created_at,
         balance=Balance(available=row.total - row.held, held=row.held, total=row.total),
@@ -37,16 +38,33 @@ def _out(row: Row[Any]) -> UserOut:
 
 
 async def create(session: AsyncSession, project_id: uuid.UUID, body: UserCreate) -> UserOut:
-    created = await credits.create_account_for_user(
-        session,
-        project_id=project_id,
-        user_id=body.id,
-        tier_id=body.tier_id,
-        metadata=body.metadata,
-    )
-    if not created:
+    if not await _create(session, project_id, body.id, body.tier_id, body.metadata):
         raise UserExists(f"User '{body.id}' already exists.")
     return await get(session, project_id, body.id)
+
+
+async def _create(
+    session: AsyncSession,
+    project_id: uuid.UUID,
+    user_id: str,
+    tier_id: str | None,
+    metadata: dict[str, Any],
+) -> bool:
+    """Create the user with an empty account, then put it on its tier (the given one, else the
+    project's default tier, if any), which grants the tier's first allocation."""
+    from app.tiers import service as tiers  # noqa: PLC0415 - tiers import users too
+
+    if tier_id is not None:
+        await tiers.get(session, project_id, tier_id)  # 404 before anything is created
+    created = await credits.create_account_for_user(
+        session, project_id=project_id, user_id=user_id, metadata=metadata
+    )
+    if not created:
+        return False
+    tier_id = tier_id or await tiers.default_tier_id(session, project_id)
+    if tier_id is not None:
+        await tiers.assign(session, project_id, user_id, tier_id)
+    return True
 
 
 async def get(session: AsyncSession, project_id: uuid.UUID, user_id: str) -> UserOut:
@@ -66,11 +84,9 @@ async def list_users(
 async def patch(
     session: AsyncSession, project_id: uuid.UUID, user_id: str, body: UserPatch
 ) -> UserOut:
-    current = await get(session, project_id, user_id)
+    await get(session, project_id, user_id)
     if body.metadata is not None:
-        merged = {**current.metadata, **body.metadata}
-        merged = {k: v for k, v in merged.items() if v is not None}
-        await repo.update_metadata(session, project_id, user_id, merged)
+        await repo.merge_metadata(session, project_id, user_id, body.metadata)
     return await get(session, project_id, user_id)
 
 
@@ -81,7 +97,7 @@ async def delete(session: AsyncSession, project_id: uuid.UUID, user_id: str) -> 
         raise UserNotFound()
     if await repo.has_pending_transactions(session, project_id, user_id):
         raise UserHasOpenTransactions()
-    await repo.soft_delete(session, project_id, user_id)
+    await repo.soft_delete(session, project_id, user_id, account.id)
 
 
 async def lock_account(
@@ -92,9 +108,7 @@ async def lock_account(
     if account is not None:
         return account
     if auto_create and principal.settings.auto_create_users:
-        await credits.create_account_for_user(
-            session, project_id=principal.project_id, user_id=user_id
-        )
+        await _create(session, principal.project_id, user_id, None, {})
         # Created here or by a concurrent request: either way it exists now (or was deleted).
         account = await credits.lock_for_user(session, principal.project_id, user_id)
         if account is not None:

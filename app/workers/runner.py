@@ -15,6 +15,7 @@ from app.core.clock import utcnow
 from app.core.settings import Settings
 from app.db.session import Database
 from app.idempotency import repository as idempotency
+from app.tiers import service as tiers
 from app.transactions import service as transactions
 
 log = structlog.get_logger("creditd.worker")
@@ -28,6 +29,17 @@ async def sweep_holds_once(db: Database, *, batch_size: int) -> int:
             count = await transactions.sweep_expired_holds(session, now=utcnow(), limit=batch_size)
         total += count
         if count == 0:
+            return total
+
+
+async def refill_tiers_once(db: Database, *, batch_size: int) -> int:
+    """Grant due tier refills in batches (one transaction each) until none are due."""
+    total = 0
+    while True:
+        async with db.transaction() as session:
+            count = await tiers.refill_due(session, now=utcnow(), limit=batch_size)
+        total += count
+        if count < batch_size:
             return total
 
 
@@ -60,6 +72,8 @@ async def run_workers(db: Database, settings: Settings) -> None:
     jobs = [
         _every("hold_sweeper", cfg.sweep_interval_seconds,
                lambda: sweep_holds_once(db, batch_size=cfg.batch_size)),
+        _every("tier_refills", cfg.sweep_interval_seconds,
+               lambda: refill_tiers_once(db, batch_size=cfg.batch_size)),
         _every("idempotency_purge", cfg.idempotency_cleanup_interval_seconds,
                lambda: purge_idempotency_once(db, batch_size=cfg.batch_size)),
     ]  # fmt: skip

@@ -6,6 +6,7 @@ Each test ends with `creditd verify`'s invariants over the whole database.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from decimal import Decimal
 
@@ -222,3 +223,52 @@ async def test_sweeper_racing_completions_ends_each_transaction_exactly_one_way(
         }
     assert late == swept
     await assert_ledger_consistent(db)
+
+
+async def test_deleting_a_user_while_a_start_waits_stops_the_start(
+    live_project: Project, db: Database
+) -> None:
+    """The delete holds the account lock; the start that waited on it must see the user gone."""
+    from sqlalchemy import text
+
+    p = live_project
+    await p.price("_default", 1, 1)
+    await p.user("victim", credits=100)
+    async with db.transaction() as session:
+        account = (
+            await session.execute(
+                text(
+                    "SELECT a.id FROM users u JOIN accounts a ON a.id = u.account_id "
+                    "WHERE u.project_id = :p AND u.id = 'victim' FOR UPDATE OF a"
+                ),
+                {"p": p.id},
+            )
+        ).scalar_one()
+        waiting = asyncio.create_task(
+            p.post(
+                "/v1/transactions/start",
+                {"user_id": "victim", "model": "m", "provisional_tokens": tokens(1000, 0)},
+            )
+        )
+        await asyncio.sleep(0.3)  # the start is now blocked on the account lock
+        assert not waiting.done()
+        from app.users import repository as users_repo
+
+        await users_repo.soft_delete(session, uuid.UUID(p.id), "victim", account)
+    r = await waiting
+    assert r.status_code == 404, r.text
+    assert r.json()["code"] == "user_not_found"
+    pending = body(await p.get("/v1/transactions", params={"user_id": "victim"}))["data"]
+    assert pending == []
+    await assert_ledger_consistent(db)
+
+
+async def test_concurrent_metadata_patches_all_land(live_project: Project) -> None:
+    p = live_project
+    await p.user("u")
+    results = await asyncio.gather(
+        *(p.patch("/v1/users/u", {"metadata": {f"k{i}": i}}) for i in range(20))
+    )
+    assert {r.status_code for r in results} == {200}
+    metadata = body(await p.get("/v1/users/u"))["metadata"]
+    assert metadata == {f"k{i}": i for i in range(20)}

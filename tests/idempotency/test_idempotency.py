@@ -114,3 +114,22 @@ async def test_a_key_held_by_a_request_in_flight_is_409(project: Project) -> Non
     assert r.status_code == 409
     assert r.json()["code"] == "idempotency_key_in_flight"
     assert (await balance(project, "u"))["total"] == 0
+
+
+async def test_a_replay_is_refused_to_a_key_without_the_scope(project: Project) -> None:
+    """A stored response (here: a new admin key's secret) is never replayed to a key that may
+    not make the request."""
+    usage = (await project.post("/v1/api-keys", {"name": "u", "scopes": ["usage"]})).json()["key"]
+    headers = {"Idempotency-Key": "create-admin-key"}
+    created = await project.post(
+        "/v1/api-keys", {"name": "ci", "scopes": ["admin"]}, headers=headers
+    )
+    assert created.status_code == 201
+    replay = await project.client.post(
+        "/v1/api-keys",
+        json={"name": "ci", "scopes": ["admin"]},
+        headers={**headers, "Authorization": f"Bearer {usage}"},
+    )
+    assert replay.status_code == 403
+    assert replay.json()["code"] == "insufficient_scope"
+    assert "key" not in replay.json()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import CheckConstraint, ForeignKey
@@ -26,3 +27,6 @@ class Account(Timestamps, Base):
     total: Mapped[Decimal] = mapped_column(server_default="0")
     held: Mapped[Decimal] = mapped_column(server_default="0")
     debt: Mapped[Decimal] = mapped_column(server_default="0")
+    # Set when its user is deleted. Locking statements require it NULL: PostgreSQL re-checks
+    # that on the locked row after a lock wait, so nothing moves money on a deleted user.
+    closed_at: Mapped[datetime | None]

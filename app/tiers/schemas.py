@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.core.money import Money, NonNegativeAmount, PositiveAmount
+
+TierId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,100}$", examples=["free", "pro"])]
+Interval = Literal["none", "day", "week", "month", "year"]
+Mode = Literal["reset", "rollover"]
+
+
+class ModelOverride(BaseModel):
+    """Per-model pricing for a tier: prices replace the project's, the multiplier the tier's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_price_per_1k: NonNegativeAmount | None = None
+    output_price_per_1k: NonNegativeAmount | None = None
+    cached_input_price_per_1k: NonNegativeAmount | None = None
+    request_price: NonNegativeAmount | None = None
+    price_multiplier: NonNegativeAmount | None = None
+
+
+class _TierFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    credits: NonNegativeAmount | None = Field(
+        default=None, description="Allocation granted at assignment and at every refill"
+    )
+    refill_interval: Interval | None = None
+    refill_mode: Mode | None = Field(
+        default=None,
+        description="reset: a refill replaces the unused allocation; rollover: it carries "
+        "over, the tier allocation capped at rollover_cap. Purchased and promo credits are "
+        "never touched.",
+    )
+    rollover_cap: PositiveAmount | None = None
+    allow_overage: bool | None = None
+    overage_limit: NonNegativeAmount | None = Field(
+        default=None,
+        description="With allow_overage: how far below 0 available may go; none = no limit",
+    )
+    price_multiplier: NonNegativeAmount | None = None
+    model_overrides: dict[str, ModelOverride] | None = Field(default=None, max_length=100)
+    max_concurrent_transactions: int | None = Field(default=None, ge=1, le=100_000)
+    features: dict[str, Any] | None = Field(default=None, max_length=100)
+    is_default: bool | None = Field(default=None, description="Assigned to new users")
+
+
+class TierCreate(_TierFields):
+    id: TierId
+    name: str = Field(min_length=1, max_length=200)
+
+
+class TierPatch(_TierFields):
+    pass
+
+
+class TierOut(BaseModel):
+    id: str
+    name: str
+    credits: Money
+    refill_interval: Interval
+    refill_mode: Mode
+    rollover_cap: Money | None
+    allow_overage: bool
+    overage_limit: Money | None
+    price_multiplier: Money
+    model_overrides: dict[str, Any]
+    max_concurrent_transactions: int | None
+    features: dict[str, Any]
+    is_default: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class AssignTier(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tier_id: TierId
+    reset_balance: bool = Field(
+        default=False,
+        description="Also remove what is left of the user's previous tier allocations "
+        "(purchased, promo and other credits are kept)",
+    )
+
+
+ZERO_DEC = Decimal(0)

@@ -167,6 +167,41 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if violations else 0
 
 
+def cmd_expire(args: argparse.Namespace) -> int:
+    from app.core.clock import utcnow
+    from app.credits import service as credits
+    from app.db.engine import create_engine
+    from app.db.session import Database
+
+    settings = get_settings()
+    _database(settings, migrate=False)
+
+    async def main() -> list[Any]:
+        db = Database(create_engine(settings.database, pool_size=1))
+        found: list[Any] = []
+        try:
+            while True:
+                async with db.transaction() as session:
+                    batch = await credits.expire_due(
+                        session, now=utcnow(), limit=100, dry_run=args.dry_run
+                    )
+                found.extend(batch)
+                if not batch or args.dry_run:
+                    return found
+        finally:
+            await db.dispose()
+
+    found = asyncio.run(main())
+    verb = "would expire" if args.dry_run else "expired"
+    for item in found:
+        print(
+            f"{verb} project={item.project_id} user={item.user_id} grant={item.grant_id} "
+            f"remaining={item.amount} expires_at={item.expires_at.isoformat()}"
+        )
+    print(f"{len(found)} grant(s) {verb}")
+    return 0
+
+
 def openapi_document() -> str:
     from app.core.settings import DatabaseSettings
     from app.main import create_app
@@ -214,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ver = sub.add_parser("verify", help="Check every money invariant; non-zero exit on violation")
     ver.set_defaults(func=cmd_verify)
+
+    expire = sub.add_parser("expire", help="Expire grants past their expiry now")
+    expire.add_argument("--dry-run", action="store_true", help="Only list what would expire")
+    expire.set_defaults(func=cmd_expire)
 
     spec = sub.add_parser("openapi", help="Print the OpenAPI document")
     spec.add_argument("--output", "-o")

@@ -13,6 +13,7 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.http import render_json
+from app.core.ids import uuid7
 from app.db import writes
 from app.db.models import Grant, LedgerEntry
 from app.db.scoping import scoped_select
@@ -123,6 +124,63 @@ async def try_lock_by_id(
 async def live_grants(session: AsyncSession, account_id: uuid.UUID, source: str) -> list[Any]:
     """Unexpired grants of ``source`` with credits left, oldest first (caller holds the lock)."""
     return list(await driver(session).fetch(_LIVE_GRANTS, account_id, source))
+
+
+# A balance.low event when available falls from >= a project threshold to below it: stateless,
+# so it fires once per crossing and re-arms once the balance is back above the threshold.
+_LOW_BALANCE = """
+    INSERT INTO events (id, project_id, type, user_id, data)
+    SELECT $1, $2, 'balance.low', $3,
+           jsonb_build_object('thresholds', jsonb_agg(t.v ORDER BY t.v DESC),
+                              'previous_balance', $4::numeric, 'balance', $5::numeric)
+    FROM projects p, jsonb_array_elements_text(p.settings -> 'low_balance_thresholds') AS x(v),
+         LATERAL (SELECT x.v::numeric AS v) AS t
+    WHERE p.id = $2 AND $4::numeric >= t.v AND $5::numeric < t.v
+    HAVING count(*) > 0
+"""
+
+
+def low_balance(account: LockedAccount, previous: Decimal) -> Write:
+    """Carried by a change that lowers ``available``: emits balance.low on a crossing."""
+    return Write(
+        _LOW_BALANCE, (uuid7(), account.project_id, account.user_id, previous, account.available)
+    )
+
+
+_DUE_ACCOUNTS = """
+    SELECT DISTINCT g.project_id, g.account_id, g.user_id
+    FROM grants g JOIN accounts a ON a.id = g.account_id
+    WHERE g.expires_at <= $1 AND g.expired_at IS NULL AND a.closed_at IS NULL
+    LIMIT $2
+"""
+_DUE_GRANTS = """
+    SELECT id, remaining, expires_at FROM grants
+    WHERE account_id = $1 AND expires_at <= $2 AND expired_at IS NULL
+    ORDER BY expires_at, id
+"""
+_EXPIRING_SOON = """
+    UPDATE grants SET expiry_notified_at = now()
+    WHERE id IN (SELECT id FROM grants
+                 WHERE expires_at <= $1 AND expired_at IS NULL AND expiry_notified_at IS NULL
+                   AND remaining > 0
+                 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+    RETURNING id, project_id, user_id, remaining, expires_at
+"""
+
+
+async def accounts_with_due_grants(session: AsyncSession, now: datetime, limit: int) -> list[Any]:
+    """Accounts holding grants past ``expires_at`` (read without locks; lock each next)."""
+    return list(await driver(session).fetch(_DUE_ACCOUNTS, now, limit))
+
+
+async def due_grants(session: AsyncSession, account_id: uuid.UUID, now: datetime) -> list[Any]:
+    """The account's grants due to expire (call with the account locked: values are current)."""
+    return list(await driver(session).fetch(_DUE_GRANTS, account_id, now))
+
+
+async def mark_expiring_soon(session: AsyncSession, horizon: datetime, limit: int) -> list[Any]:
+    """Claim grants expiring before ``horizon`` that were not announced yet."""
+    return list(await driver(session).fetch(_EXPIRING_SOON, horizon, limit))
 
 
 def take_from_grant(grant_id: uuid.UUID, amount: Decimal, *, close: bool) -> Write:

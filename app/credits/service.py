@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -22,6 +23,7 @@ from app.credits.repository import LockedAccount
 from app.db import writes
 from app.db.models import Grant
 from app.db.writes import Write
+from app.events import service as events
 
 lock_for_user = repo.lock_for_user
 read_balance = repo.read_balance
@@ -59,8 +61,11 @@ async def _change(
     carry: Sequence[Write] = (),
 ) -> int:
     """Apply one change to ``total``/``held`` (burning grants as needed) and ledger it."""
+    previous = account.available
     account.total += amount
     account.held += held_amount
+    if account.available < previous:
+        carry = [*carry, repo.low_balance(account, previous)]
     entry, account.debt = await repo.change(
         session,
         account,
@@ -213,6 +218,82 @@ async def remove_from_grant(
         reason=reason,
         carry=[repo.take_from_grant(grant_id, amount, close=close), *carry],
     )
+
+
+@dataclass(frozen=True)
+class Expired:
+    project_id: uuid.UUID
+    user_id: str
+    grant_id: uuid.UUID
+    amount: Decimal
+    expires_at: datetime
+
+
+async def expire_due(
+    session: AsyncSession, *, now: datetime, limit: int, dry_run: bool = False
+) -> list[Expired]:
+    """Remove the unspent remainder of grants past ``expires_at`` (never more, never below 0),
+    one ledger entry (even of 0) and one ``credits.expired`` event per grant.
+
+    Accounts are locked with SKIP LOCKED (busy ones wait for the next run), then their due
+    grants are read under that lock, so the remainders are current. With ``dry_run`` nothing
+    changes: the result says what would expire.
+    """
+    expired: list[Expired] = []
+    for row in await repo.accounts_with_due_grants(session, now, limit):
+        account = await repo.try_lock_by_id(
+            session, row["project_id"], row["account_id"], row["user_id"]
+        )
+        if account is None:
+            continue
+        for grant_row in await repo.due_grants(session, account.id, now):
+            item = Expired(
+                account.project_id,
+                account.user_id,
+                grant_row["id"],
+                grant_row["remaining"],
+                grant_row["expires_at"],
+            )
+            expired.append(item)
+            if dry_run:
+                continue
+            await remove_from_grant(
+                session,
+                account,
+                grant_id=item.grant_id,
+                amount=item.amount,
+                kind="expiry",
+                reason="expired",
+                carry=[
+                    events.outbox(
+                        project_id=account.project_id,
+                        type="credits.expired",
+                        user_id=account.user_id,
+                        data={
+                            "grant_id": item.grant_id,
+                            "amount": item.amount,
+                            "expires_at": item.expires_at,
+                            "balance": account.available - item.amount,
+                        },
+                    )
+                ],
+            )
+    return expired
+
+
+async def announce_expiring(session: AsyncSession, *, now: datetime, days: int, limit: int) -> int:
+    """One ``credits.expiring`` event per grant with credits left that expires within ``days``."""
+    rows = await repo.mark_expiring_soon(session, now + timedelta(days=days), limit)
+    for row in rows:
+        await events.record(
+            session,
+            project_id=row["project_id"],
+            type="credits.expiring",
+            user_id=row["user_id"],
+            data={"grant_id": row["id"], "remaining": row["remaining"],
+                  "expires_at": row["expires_at"]},
+        )  # fmt: skip
+    return len(rows)
 
 
 try_lock_by_id = repo.try_lock_by_id

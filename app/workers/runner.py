@@ -13,12 +13,14 @@ import structlog
 
 from app.core.clock import utcnow
 from app.core.settings import Settings
+from app.credits import service as credits
 from app.db.session import Database
 from app.idempotency import repository as idempotency
 from app.tiers import service as tiers
 from app.transactions import service as transactions
 
 log = structlog.get_logger("creditd.worker")
+EXPIRING_NOTICE_DAYS = 7
 
 
 async def sweep_holds_once(db: Database, *, batch_size: int) -> int:
@@ -38,6 +40,29 @@ async def refill_tiers_once(db: Database, *, batch_size: int) -> int:
     while True:
         async with db.transaction() as session:
             count = await tiers.refill_due(session, now=utcnow(), limit=batch_size)
+        total += count
+        if count < batch_size:
+            return total
+
+
+async def expire_grants_once(db: Database, *, batch_size: int) -> int:
+    """Expire due grants in batches of accounts until none are left (or all are busy)."""
+    total = 0
+    while True:
+        async with db.transaction() as session:
+            count = len(await credits.expire_due(session, now=utcnow(), limit=batch_size))
+        total += count
+        if count == 0:
+            return total
+
+
+async def announce_expiring_once(db: Database, *, batch_size: int) -> int:
+    total = 0
+    while True:
+        async with db.transaction() as session:
+            count = await credits.announce_expiring(
+                session, now=utcnow(), days=EXPIRING_NOTICE_DAYS, limit=batch_size
+            )
         total += count
         if count < batch_size:
             return total
@@ -74,6 +99,10 @@ async def run_workers(db: Database, settings: Settings) -> None:
                lambda: sweep_holds_once(db, batch_size=cfg.batch_size)),
         _every("tier_refills", cfg.sweep_interval_seconds,
                lambda: refill_tiers_once(db, batch_size=cfg.batch_size)),
+        _every("grant_expiry", cfg.sweep_interval_seconds,
+               lambda: expire_grants_once(db, batch_size=cfg.batch_size)),
+        _every("expiring_notices", cfg.idempotency_cleanup_interval_seconds,
+               lambda: announce_expiring_once(db, batch_size=cfg.batch_size)),
         _every("idempotency_purge", cfg.idempotency_cleanup_interval_seconds,
                lambda: purge_idempotency_once(db, batch_size=cfg.batch_size)),
     ]  # fmt: skip

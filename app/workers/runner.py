@@ -16,6 +16,7 @@ from app.core.settings import Settings
 from app.credits import service as credits
 from app.db.session import Database
 from app.idempotency import repository as idempotency
+from app.plans import service as plans
 from app.tiers import service as tiers
 from app.transactions import service as transactions
 
@@ -68,6 +69,17 @@ async def announce_expiring_once(db: Database, *, batch_size: int) -> int:
             return total
 
 
+async def renew_subscriptions_once(db: Database, *, batch_size: int) -> int:
+    """Renew (or end) due manual subscriptions in batches (one transaction each)."""
+    total = 0
+    while True:
+        async with db.transaction() as session:
+            count = await plans.renew_due(session, now=utcnow(), limit=batch_size)
+        total += count
+        if count < batch_size:
+            return total
+
+
 async def purge_idempotency_once(db: Database, *, batch_size: int) -> int:
     total = 0
     while True:
@@ -99,6 +111,8 @@ async def run_workers(db: Database, settings: Settings) -> None:
                lambda: sweep_holds_once(db, batch_size=cfg.batch_size)),
         _every("tier_refills", cfg.sweep_interval_seconds,
                lambda: refill_tiers_once(db, batch_size=cfg.batch_size)),
+        _every("subscription_renewals", cfg.sweep_interval_seconds,
+               lambda: renew_subscriptions_once(db, batch_size=cfg.batch_size)),
         _every("grant_expiry", cfg.sweep_interval_seconds,
                lambda: expire_grants_once(db, batch_size=cfg.batch_size)),
         _every("expiring_notices", cfg.idempotency_cleanup_interval_seconds,

@@ -234,6 +234,13 @@ def upgrade() -> None:
         postgresql_where=sa.text("status = 'active' AND provider = 'manual'"),
     )
     op.create_index(
+        "uq_subscriptions_running_per_user",
+        "subscriptions",
+        ["project_id", "user_id"],
+        unique=True,
+        postgresql_where=sa.text("ended_at IS NULL"),
+    )
+    op.create_index(
         "uq_subscriptions_provider_ref",
         "subscriptions",
         ["provider", "provider_subscription_id"],
@@ -385,6 +392,11 @@ def downgrade() -> None:
         "ix_subscriptions_renewal",
         table_name="subscriptions",
         postgresql_where=sa.text("status = 'active' AND provider = 'manual'"),
+    )
+    op.drop_index(
+        "uq_subscriptions_running_per_user",
+        table_name="subscriptions",
+        postgresql_where=sa.text("ended_at IS NULL"),
     )
     op.drop_index("ix_subscriptions_project_id_user_id", table_name="subscriptions")
     op.drop_table("subscriptions")

@@ -17,6 +17,14 @@ class Subscription(Timestamps, Base):
     __table_args__ = (
         PrimaryKeyConstraint("project_id", "id"),
         Index("ix_subscriptions_project_id_user_id", "project_id", "user_id"),
+        # At most one running (not ended) subscription per user, enforced by the database.
+        Index(
+            "uq_subscriptions_running_per_user",
+            "project_id",
+            "user_id",
+            unique=True,
+            postgresql_where=text("ended_at IS NULL"),
+        ),
         Index(
             "ix_subscriptions_renewal",
             "current_period_end",

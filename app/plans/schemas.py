@@ -1,0 +1,125 @@
+"""Plan and subscription I/O."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.core.money import Money, NonNegativeAmount
+from app.tiers.schemas import TierId
+
+PlanId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,100}$", examples=["pro_monthly"])]
+Interval = Literal["day", "month", "year"]
+Provider = Literal["stripe", "razorpay", "manual"]
+ProviderRef = Annotated[str, Field(min_length=1, max_length=255)]
+
+_ACTIVE = "Only active plans can be subscribed to; existing subscriptions keep renewing"
+_TIER = "Subscribers are moved to this tier while their subscription lasts"
+_CREDITS = "Granted at the start of every period (the first one at subscription)"
+
+
+class Price(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    amount: NonNegativeAmount = Field(description="Price per interval, in major units")
+    currency: str = Field(
+        pattern=r"^[A-Z]{3}$", description="ISO 4217 code, upper-case", examples=["USD"]
+    )
+
+
+class PriceOut(BaseModel):
+    amount: Money
+    currency: str
+
+
+class PlanCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: PlanId
+    name: str = Field(min_length=1, max_length=200)
+    price: Price
+    interval: Interval = Field(description="Length of a period (fixed once the plan exists)")
+    credits_per_period: NonNegativeAmount = Field(description=_CREDITS)
+    tier_id: TierId | None = Field(default=None, description=_TIER)
+    stripe_price_id: ProviderRef | None = None
+    razorpay_plan_id: ProviderRef | None = None
+    active: bool = Field(default=True, description=_ACTIVE)
+
+
+class PlanPatch(BaseModel):
+    """Changes apply to new subscriptions and to existing ones from their next renewal.
+
+    ``interval`` cannot change (existing periods are anchored on it): create a new plan.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    price: Price | None = None
+    credits_per_period: NonNegativeAmount | None = Field(default=None, description=_CREDITS)
+    tier_id: TierId | None = Field(default=None, description=f"{_TIER}; null removes it")
+    stripe_price_id: ProviderRef | None = None
+    razorpay_plan_id: ProviderRef | None = None
+    active: bool | None = Field(default=None, description=_ACTIVE)
+
+
+class PlanOut(BaseModel):
+    id: str
+    name: str
+    price: PriceOut
+    interval: Interval
+    credits_per_period: Money
+    tier_id: str | None
+    stripe_price_id: str | None
+    razorpay_plan_id: str | None
+    active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class SubscriptionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    plan_id: PlanId
+    provider: Provider = Field(
+        description="`manual`: creditd renews it on schedule. `stripe`/`razorpay`: not "
+        "available yet (409 provider_not_configured)"
+    )
+
+
+class CancelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    at_period_end: bool = Field(
+        default=True,
+        description="true: keep the subscription until its current period ends, then end it; "
+        "false: end it now",
+    )
+
+
+class SubscriptionOut(BaseModel):
+    id: uuid.UUID
+    user_id: str
+    plan_id: str
+    provider: Provider
+    status: str = Field(
+        description="`active` or `canceled` (ended); provider-driven subscriptions will add "
+        "`incomplete` and `past_due`"
+    )
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    canceled_at: datetime | None = Field(description="When the cancellation was requested")
+    ended_at: datetime | None = Field(description="When the subscription ended")
+    provider_subscription_id: str | None
+    created_at: datetime
+
+
+class SubscriptionCreated(BaseModel):
+    subscription: SubscriptionOut
+    checkout_url: str | None = Field(
+        description="Where the user pays (provider subscriptions); null for `manual`"
+    )

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from app.core.money import Money
+
+GroupBy = Literal["user", "model", "feature", "day"]
+
+
+class SpendRow(BaseModel):
+    key: str | None = Field(
+        description="The user id, model, feature (null: usage without a feature) or UTC day "
+        "(YYYY-MM-DD) of this group"
+    )
+    credits: Money = Field(description="Credits charged, net of refunds")
+    transactions: int = Field(description="Successful charges")
+
+
+class SpendOut(BaseModel):
+    group_by: GroupBy
+    start: datetime = Field(description="Effective start: the requested start's UTC midnight")
+    end: datetime = Field(description="Effective end (exclusive): a UTC midnight")
+    data: list[SpendRow]
+
+
+class SummaryOut(BaseModel):
+    start: datetime = Field(description="Effective start: the requested start's UTC midnight")
+    end: datetime = Field(description="Effective end (exclusive): a UTC midnight")
+    credits_consumed: Money = Field(description="Credits charged, net of refunds")
+    active_users: int = Field(description="Users with at least one successful charge")
+    transactions: int = Field(description="Successful charges")
+    top_model: str | None = Field(description="The model with the most credits; null: no usage")
+    top_user: str | None = Field(description="The user with the most credits; null: no usage")

@@ -1,0 +1,113 @@
+"""Spend analytics over the ``usage_daily`` rollup, in whole UTC days."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.analytics import repository as repo
+from app.analytics.exceptions import WindowOutOfOrder, WindowTooLong
+from app.analytics.schemas import GroupBy, SpendOut, SpendRow, SummaryOut
+from app.auth.service import Principal
+from app.core.clock import utcnow
+
+DEFAULT_DAYS = 30
+MAX_DAYS = 366
+
+
+@dataclass(frozen=True)
+class Window:
+    """UTC days ``start`` (inclusive) to ``end`` (exclusive)."""
+
+    start: date
+    end: date
+
+    @property
+    def start_at(self) -> datetime:
+        return datetime.combine(self.start, time(), UTC)
+
+    @property
+    def end_at(self) -> datetime:
+        return datetime.combine(self.end, time(), UTC)
+
+
+def _day_floor(at: datetime) -> date:
+    return at.astimezone(UTC).date()
+
+
+def _day_ceil(at: datetime) -> date:
+    utc = at.astimezone(UTC)
+    return utc.date() if utc.time() == time() else utc.date() + timedelta(days=1)
+
+
+def resolve_window(start: datetime | None, end: datetime | None, *, now: datetime) -> Window:
+    """The whole UTC days covering [start, end): ``end`` defaults to now, ``start`` to 30 days
+    before the effective end; start must come before end, and the days number at most 366."""
+    raw_end = end if end is not None else now
+    if start is not None and start >= raw_end:
+        raise WindowOutOfOrder(
+            "start must be before end" + ("" if end is not None else " (which defaults to now)")
+        )
+    last = _day_ceil(raw_end)
+    first = _day_floor(start) if start is not None else last - timedelta(days=DEFAULT_DAYS)
+    if (last - first).days > MAX_DAYS:
+        raise WindowTooLong(
+            f"The window covers {(last - first).days} UTC days; at most {MAX_DAYS} are allowed."
+        )
+    return Window(first, last)
+
+
+def _key(group_by: GroupBy, value: object) -> str | None:
+    if group_by == "day":
+        assert isinstance(value, date)
+        return value.isoformat()
+    if group_by == "feature" and value == "":
+        return None  # the rollup stores "no feature" as ''
+    return str(value)
+
+
+async def spend(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    group_by: GroupBy,
+    start: datetime | None,
+    end: datetime | None,
+    limit: int,
+) -> SpendOut:
+    window = resolve_window(start, end, now=utcnow())
+    rows = await repo.spend(
+        session,
+        principal.project_id,
+        group_by=group_by,
+        start=window.start,
+        end=window.end,
+        limit=limit,
+    )
+    return SpendOut(
+        group_by=group_by,
+        start=window.start_at,
+        end=window.end_at,
+        data=[
+            SpendRow(key=_key(group_by, r.key), credits=r.credits, transactions=r.transactions)
+            for r in rows
+        ],
+    )
+
+
+async def summary(
+    session: AsyncSession, principal: Principal, *, start: datetime | None, end: datetime | None
+) -> SummaryOut:
+    window = resolve_window(start, end, now=utcnow())
+    row = await repo.summary(session, principal.project_id, start=window.start, end=window.end)
+    return SummaryOut(
+        start=window.start_at,
+        end=window.end_at,
+        credits_consumed=row.credits,
+        active_users=row.active_users,
+        transactions=row.transactions,
+        top_model=row.top_model,
+        top_user=row.top_user,
+    )

@@ -123,19 +123,35 @@ def _tokens_json(tokens: TokenUsage | None) -> dict[str, Any] | None:
     return tokens.model_dump() if tokens is not None else None
 
 
-async def start(session: AsyncSession, principal: Principal, body: StartIn) -> StartOut:
-    locked = await repo.lock_account(session, principal.project_id, body.user_id, body.model)
-    if locked is None:  # first usage: price first (an unknown model creates nobody)
-        await pricing.price_for(session, principal.project_id, body.model)
-        await users.lock_account(session, principal, body.user_id, auto_create=True)
-        locked = await repo.lock_account(session, principal.project_id, body.user_id, body.model)
+@dataclass(frozen=True)
+class TierPrice:
+    price: pricing.Price
+    multiplier: Decimal
+
+
+async def _lock_for_usage(
+    session: AsyncSession, principal: Principal, user_id: str, model: str
+) -> tuple[LockedAccount, Rules, TierPrice]:
+    """Lock the user's account with its tier rules and the model's price for its tier; on a
+    first usage, check the price before auto-creating the user (an unknown model creates
+    nobody)."""
+    locked = await repo.lock_account(session, principal.project_id, user_id, model)
+    if locked is None:
+        await pricing.price_for(session, principal.project_id, model)
+        await users.lock_account(session, principal, user_id, auto_create=True)
+        locked = await repo.lock_account(session, principal.project_id, user_id, model)
         if locked is None:  # pragma: no cover - the user was created under our lock
             raise UserNotFound()
-    account, rules = locked.account, locked.rules
+    rules = locked.rules
     price, multiplier = pricing.for_tier(
-        locked.price, rules.price_multiplier, rules.override(body.model)
+        locked.price, rules.price_multiplier, rules.override(model)
     )
-    hold = pricing.cost(pricing.require(price, body.model), body.provisional_tokens, multiplier)
+    return locked.account, rules, TierPrice(pricing.require(price, model), multiplier)
+
+
+async def start(session: AsyncSession, principal: Principal, body: StartIn) -> StartOut:
+    account, rules, price = await _lock_for_usage(session, principal, body.user_id, body.model)
+    hold = pricing.cost(price.price, body.provisional_tokens, price.multiplier)
     admission = await _admission(
         session, principal, account.user_id, account.available, rules, body.model, hold
     )
@@ -377,18 +393,8 @@ async def refund(
 
 async def record_usage(session: AsyncSession, principal: Principal, body: UsageIn) -> UsageOut:
     """One-shot usage: charged in full (the usage already happened), no admission check."""
-    locked = await repo.lock_account(session, principal.project_id, body.user_id, body.model)
-    if locked is None:
-        await pricing.price_for(session, principal.project_id, body.model)
-        await users.lock_account(session, principal, body.user_id, auto_create=True)
-        locked = await repo.lock_account(session, principal.project_id, body.user_id, body.model)
-        if locked is None:  # pragma: no cover - the user was created under our lock
-            raise UserNotFound()
-    account, rules = locked.account, locked.rules
-    price, multiplier = pricing.for_tier(
-        locked.price, rules.price_multiplier, rules.override(body.model)
-    )
-    charge = pricing.cost(pricing.require(price, body.model), body.tokens, multiplier)
+    account, _, price = await _lock_for_usage(session, principal, body.user_id, body.model)
+    charge = pricing.cost(price.price, body.tokens, price.multiplier)
     txn_id = uuid7()
     now = utcnow()
     out = UsageOut(

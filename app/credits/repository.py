@@ -183,6 +183,12 @@ async def mark_expiring_soon(session: AsyncSession, horizon: datetime, limit: in
     return list(await driver(session).fetch(_EXPIRING_SOON, horizon, limit))
 
 
+async def close(session: AsyncSession, account: LockedAccount) -> None:
+    await driver(session).execute(
+        "UPDATE accounts SET closed_at = now(), updated_at = now() WHERE id = $1", account.id
+    )
+
+
 def take_from_grant(grant_id: uuid.UUID, amount: Decimal, *, close: bool) -> Write:
     return Write(_TAKE_FROM_GRANT, (grant_id, amount, close))
 

@@ -296,6 +296,12 @@ async def announce_expiring(session: AsyncSession, *, now: datetime, days: int, 
     return len(rows)
 
 
+async def close(session: AsyncSession, account: LockedAccount) -> None:
+    """Close the (locked) account of a deleted user: every later lock attempt skips it, also
+    one already waiting for this lock (PostgreSQL re-checks ``closed_at`` after the wait)."""
+    await repo.close(session, account)
+
+
 try_lock_by_id = repo.try_lock_by_id
 live_grants = repo.live_grants
 list_grants = repo.list_grants

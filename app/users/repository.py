@@ -84,17 +84,9 @@ async def has_pending_transactions(
     return bool((await session.execute(stmt)).scalar())
 
 
-async def soft_delete(
-    session: AsyncSession, project_id: uuid.UUID, user_id: str, account_id: uuid.UUID
-) -> None:
-    """Mark the user deleted and close its account (the caller holds the account lock)."""
+async def soft_delete(session: AsyncSession, project_id: uuid.UUID, user_id: str) -> None:
     await session.execute(
         scoped_update(User, project_id)
         .where(User.id == user_id)
         .values(deleted_at=func.now(), updated_at=func.now())
-    )
-    await session.execute(
-        scoped_update(Account, project_id)
-        .where(Account.id == account_id)
-        .values(closed_at=func.now(), updated_at=func.now())
     )

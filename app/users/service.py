@@ -97,7 +97,8 @@ async def delete(session: AsyncSession, project_id: uuid.UUID, user_id: str) -> 
         raise UserNotFound()
     if await repo.has_pending_transactions(session, project_id, user_id):
         raise UserHasOpenTransactions()
-    await repo.soft_delete(session, project_id, user_id, account.id)
+    await credits.close(session, account)
+    await repo.soft_delete(session, project_id, user_id)
 
 
 async def lock_account(

@@ -10,6 +10,7 @@ import uuid
 from collections import Counter
 from decimal import Decimal
 
+from app.credits import service as credits_service
 from app.db.session import Database
 from app.workers.runner import sweep_holds_once
 from tests.conftest import Project, assert_ledger_consistent
@@ -252,9 +253,14 @@ async def test_deleting_a_user_while_a_start_waits_stops_the_start(
         )
         await asyncio.sleep(0.3)  # the start is now blocked on the account lock
         assert not waiting.done()
+        from app.credits.repository import LockedAccount
         from app.users import repository as users_repo
 
-        await users_repo.soft_delete(session, uuid.UUID(p.id), "victim", account)
+        closing = LockedAccount(
+            account, uuid.UUID(p.id), "victim", Decimal(0), Decimal(0), Decimal(0)
+        )
+        await credits_service.close(session, closing)
+        await users_repo.soft_delete(session, uuid.UUID(p.id), "victim")
     r = await waiting
     assert r.status_code == 404, r.text
     assert r.json()["code"] == "user_not_found"

@@ -41,11 +41,13 @@ def _as_decimal(value: Any) -> Decimal:
     result = Decimal(value)
     if not result.is_finite():
         raise ValueError("must be a finite number")
-    if abs(result) >= LIMIT:
+    if result.copy_abs() >= LIMIT:  # copy_abs: exact (abs() would round to the context)
         raise ValueError(f"must have at most {MAX_INTEGER_DIGITS} integer digits")
-    exponent = result.normalize().as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -SCALE:
-        raise ValueError(f"must have at most {SCALE} fractional digits")
+    # Exact test, independent of the context's precision (an input may carry more digits).
+    with decimal.localcontext() as ctx:
+        ctx.traps[decimal.Inexact] = False
+        if result != result.quantize(QUANTUM):
+            raise ValueError(f"must have at most {SCALE} fractional digits")
     return result
 
 
@@ -98,5 +100,8 @@ def fmt(value: Decimal) -> str:
     """Canonical text of an amount: no exponent, no trailing zeros."""
     if value == 0:
         return "0"
-    text = format(value.normalize(), "f")
+    # Exact whatever the digits (normalize() would round to the context's precision).
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
     return text

@@ -22,8 +22,17 @@ JSON = {"Content-Type": "application/json"}
         ("/v1/users", b'{"id": "u2", "metadata": {"n": 1e200000}}'),
         ("/v1/users/u/credits", b'{"amount": 1, "reason": "a\\u0000b"}'),
         ("/v1/transactions/start", b'{"user_id": "u", "model": "m\\u0000"}'),
+        ("/v1/users/u/credits", b'{"amount": 1.' + b"0" * 70 + b"1}"),
     ],
-    ids=["nul", "lone-surrogate", "int-over-64-bits", "huge-exponent", "nul-reason", "nul-model"],
+    ids=[
+        "nul",
+        "lone-surrogate",
+        "int-over-64-bits",
+        "huge-exponent",
+        "nul-reason",
+        "nul-model",
+        "more-digits-than-the-context",
+    ],
 )
 async def test_unstorable_bodies_are_422_and_change_nothing(
     project: Project, path: str, raw: bytes
@@ -34,6 +43,15 @@ async def test_unstorable_bodies_are_422_and_change_nothing(
     assert r.headers["content-type"] == "application/problem+json"
     assert (await project.get("/v1/users/u2")).status_code == 404
     assert await balance(project, "u") == {"available": 5, "held": 0, "total": 5}
+
+
+async def test_long_exact_numbers_in_metadata_round_trip(project: Project) -> None:
+    digits = "1." + "0" * 70 + "1"
+    raw = b'{"id": "u", "metadata": {"x": ' + digits.encode() + b', "y": 1e5}}'
+    r = await project.post("/v1/users", content=raw, headers=JSON)
+    assert r.status_code == 201, r.text
+    assert body(r)["metadata"] == {"x": Decimal(digits), "y": Decimal(100000)}
+    assert f'"x":{digits}' in (await project.get("/v1/users/u")).text
 
 
 async def test_nul_in_path_or_query_is_422(project: Project) -> None:

@@ -31,6 +31,9 @@ class LockedAccount:
     total: Decimal
     held: Decimal
     debt: Decimal
+    # Whether the project has low_balance_thresholds (request paths know it from the cached
+    # settings; True elsewhere): without thresholds no balance.low check rides along.
+    low_balance_alerts: bool = True
 
     @property
     def available(self) -> Decimal:

@@ -64,7 +64,7 @@ async def _change(
     previous = account.available
     account.total += amount
     account.held += held_amount
-    if account.available < previous:
+    if account.low_balance_alerts and account.available < previous:
         carry = [*carry, repo.low_balance(account, previous)]
     entry, account.debt = await repo.change(
         session,

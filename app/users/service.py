@@ -107,11 +107,13 @@ async def lock_account(
     """Lock the user's account; create the user first when allowed and missing."""
     account = await credits.lock_for_user(session, principal.project_id, user_id)
     if account is not None:
+        account.low_balance_alerts = bool(principal.settings.low_balance_thresholds)
         return account
     if auto_create and principal.settings.auto_create_users:
         await _create(session, principal.project_id, user_id, None, {})
         # Created here or by a concurrent request: either way it exists now (or was deleted).
         account = await credits.lock_for_user(session, principal.project_id, user_id)
         if account is not None:
+            account.low_balance_alerts = bool(principal.settings.low_balance_thresholds)
             return account
     raise UserNotFound(f"User '{user_id}' does not exist.")

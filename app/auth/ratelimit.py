@@ -1,16 +1,20 @@
-"""Per-API-key token buckets (per process; replicas each enforce the limit)."""
+"""Per-API-key rate limits (per process; replicas each enforce the limit).
+
+GCRA on integer nanoseconds: each key keeps a "theoretical arrival time"; a request is allowed
+while that time is at most ``burst - 1`` intervals ahead of now.
+"""
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
+from decimal import Decimal
+
+_NS = 1_000_000_000
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
+def _ceil_seconds(nanoseconds: int) -> int:
+    return -(-nanoseconds // _NS)
 
 
 @dataclass(frozen=True)
@@ -22,27 +26,25 @@ class Decision:
 
 
 class RateLimiter:
-    def __init__(self, rate_per_second: float, burst: int) -> None:
-        self.rate = rate_per_second
+    def __init__(self, rate_per_second: Decimal, burst: int) -> None:
         self.burst = burst
-        self._buckets: dict[object, _Bucket] = {}
+        self.interval_ns = max(1, int(Decimal(_NS) / rate_per_second))
+        self.tolerance_ns = self.interval_ns * (burst - 1)
+        self._arrival: dict[object, int] = {}
 
     def hit(self, key: object) -> Decision:
-        now = time.monotonic()
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = _Bucket(tokens=float(self.burst), updated=now)
-        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
-        bucket.updated = now
-        allowed = bucket.tokens >= 1
-        if allowed:
-            bucket.tokens -= 1
-        missing = self.burst - bucket.tokens
-        reset = math.ceil(missing / self.rate) if self.rate > 0 else 0
-        retry = 0 if allowed else math.ceil((1 - bucket.tokens) / self.rate)
+        now = time.monotonic_ns()
+        arrival = max(self._arrival.get(key, now), now)
+        ahead = arrival - now
+        if ahead > self.tolerance_ns:
+            retry = _ceil_seconds(ahead - self.tolerance_ns)
+            return Decision(allowed=False, limit=self.burst, remaining=0, reset_seconds=retry)
+        arrival += self.interval_ns
+        self._arrival[key] = arrival
+        remaining = (self.tolerance_ns - (arrival - now)) // self.interval_ns + 1
         return Decision(
-            allowed=allowed,
+            allowed=True,
             limit=self.burst,
-            remaining=int(bucket.tokens),
-            reset_seconds=retry if not allowed else reset,
+            remaining=max(0, remaining),
+            reset_seconds=_ceil_seconds(arrival - now),
         )

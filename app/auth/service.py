@@ -33,10 +33,10 @@ class Principal:
 
 
 class KeyCache:
-    """Verified keys for ``ttl`` seconds; revocations and setting changes invalidate locally."""
+    """Verified keys for ``ttl_seconds``; revocations and setting changes invalidate locally."""
 
-    def __init__(self, ttl: float) -> None:
-        self.ttl = ttl
+    def __init__(self, ttl_seconds: float) -> None:
+        self.ttl = ttl_seconds
         self._entries: dict[str, tuple[Principal, float]] = {}
 
     def get(self, key_hash: str) -> Principal | None:

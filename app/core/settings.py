@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -28,7 +29,7 @@ class LogSettings(BaseModel):
 
 
 class ApiSettings(BaseModel):
-    rate_limit_per_second: float = 1000.0
+    rate_limit_per_second: Decimal = Field(default=Decimal(1000), gt=0)
     rate_limit_burst: int = 2000
     key_cache_ttl_seconds: float = 5.0
     idempotency_ttl_hours: int = 48

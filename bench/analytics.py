@@ -1,12 +1,13 @@
-"""Analytics at scale: ~10M charges' ledger rows and their usage_daily rollup, then the plans and
-timings of the queries behind GET /v1/analytics/spend and /summary.
+"""Analytics at scale: ~10M charges' ledger rows and their usage_daily rollup, the rollup
+worker closing the finished days into the per-user and per-model day tables, then the plans
+and timings of the queries behind GET /v1/analytics/spend and /summary.
 
     .venv/bin/python -m bench.analytics [--charges N] [--keep] [--reuse]
 
 Uses DATABASE_URL's server or an embedded one in .creditd/analytics; creates a fresh database,
 migrates it, generates the data with INSERT ... SELECT generate_series, runs VACUUM ANALYZE,
-then times the repository's own statements (the ones the service runs) and writes
-bench/ANALYTICS.md.
+closes every finished day with the worker's own code (timing each day), then times the
+repository's own statements (the ones the service runs) and writes bench/ANALYTICS.md.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from sqlalchemy import Select
 from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 
 from app.analytics import repository as repo
+from app.analytics import rollup
 from app.analytics.schemas import GroupBy
 from app.cli import run_migrations
 from app.core.settings import DatabaseSettings
@@ -168,12 +170,12 @@ class Case:
         end = today + timedelta(days=1)
         return end - timedelta(days=self.days), end
 
-    def statement(self, today: date) -> Select[Any]:
+    def statement(self, today: date, closed: date | None) -> Select[Any]:
         start, end = self.window(today)
         if self.group_by is None:
-            return repo.summary_query(self.tenant.id, start=start, end=end)
+            return repo.summary_query(self.tenant.id, start=start, end=end, closed=closed)
         return repo.spend_query(
-            self.tenant.id, group_by=self.group_by, start=start, end=end, limit=20
+            self.tenant.id, group_by=self.group_by, start=start, end=end, limit=20, closed=closed
         )
 
     def call(self, db: Database, today: date) -> Callable[[], Awaitable[object]]:
@@ -215,7 +217,42 @@ class Result:
     plan: str
 
 
-async def _measure(db: Database, url: str, cases: list[Case], today: date) -> list[Result]:
+@dataclass
+class Closing:
+    days: int
+    total_s: float
+    median_day_s: float
+    max_day_s: float
+    closed_through: date | None
+
+
+async def _close_days(db: Database) -> Closing:
+    """What the rollup worker does after downtime: close every finished day, one transaction
+    each, oldest first."""
+    grace = rollup.DEFAULT_GRACE
+    times: list[float] = []
+    while True:
+        began = time.perf_counter()
+        async with db.transaction() as session:
+            day = await rollup.close_next_day(session, now=datetime.now(UTC), grace=grace)
+        if day is None:
+            break
+        times.append(time.perf_counter() - began)
+        print(f"  closed {day}: {times[-1] * 1000:.0f} ms", flush=True)
+    async with db.transaction() as session:
+        closed = await repo.closed_through(session)
+    return Closing(
+        len(times),
+        sum(times),
+        statistics.median(times) if times else 0.0,
+        max(times, default=0.0),
+        closed,
+    )
+
+
+async def _measure(
+    db: Database, url: str, cases: list[Case], today: date, closed: date | None
+) -> list[Result]:
     results: list[Result] = []
     dialect = pg_asyncpg.dialect()  # type: ignore[no-untyped-call]
     conn = await asyncpg.connect(url)
@@ -229,7 +266,7 @@ async def _measure(db: Database, url: str, cases: list[Case], today: date) -> li
                 began = time.perf_counter()
                 await run()
                 times.append((time.perf_counter() - began) * 1000)
-            compiled = case.statement(today).compile(dialect=dialect)
+            compiled = case.statement(today, closed).compile(dialect=dialect)
             params = [compiled.params[name] for name in compiled.positiontup or []]
             explain = "EXPLAIN (ANALYZE, BUFFERS) " + str(compiled)
             plan = "\n".join(r[0] for r in await conn.fetch(explain, *params))
@@ -242,6 +279,14 @@ async def _measure(db: Database, url: str, cases: list[Case], today: date) -> li
     return results
 
 
+async def _vacuum(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("VACUUM (ANALYZE) usage_user_days, usage_model_days")
+    finally:
+        await conn.close()
+
+
 async def _sizes(url: str) -> list[tuple[str, int, str]]:
     conn = await asyncpg.connect(url)
     try:
@@ -250,7 +295,8 @@ async def _sizes(url: str) -> list[tuple[str, int, str]]:
             SELECT c.relname, c.reltuples::bigint,
                    pg_size_pretty(pg_total_relation_size(c.oid))
             FROM pg_class c
-            WHERE c.relname IN ('ledger_entries', 'usage_daily', 'users', 'accounts')
+            WHERE c.relname IN ('ledger_entries', 'usage_daily', 'usage_user_days',
+                                'usage_model_days', 'users', 'accounts')
             ORDER BY c.relname
             """
         )
@@ -277,6 +323,7 @@ def _report(
     setup: str,
     load_s: float,
     notes: list[str],
+    closing: Closing,
 ) -> str:
     lines = [
         "# Analytics at 10M ledger rows",
@@ -292,6 +339,11 @@ def _report(
         )
         + f". Loaded in {load_s:.0f} s.",
         *(f"- Note: {n}" for n in notes),
+        f"- Days closed by the rollup worker's code in this run: {closing.days} in "
+        f"{closing.total_s:.1f} s (median {closing.median_day_s * 1000:.0f} ms, max "
+        f"{closing.max_day_s * 1000:.0f} ms per day, one transaction each); closed through "
+        f"{closing.closed_through}. Windows read closed days from usage_user_days / "
+        "usage_model_days and today from usage_daily.",
         "",
         "| table | rows | size (with indexes) |",
         "|---|---:|---:|",
@@ -340,13 +392,19 @@ async def _main(args: argparse.Namespace) -> int:
         load_s = time.perf_counter() - began
     else:
         notes.append("reused a database generated by an earlier run")
+        await asyncio.to_thread(run_migrations, url)
     db = Database(create_engine(DatabaseSettings(url=url), pool_size=1))
     try:
+        print("closing finished days ...", flush=True)
+        closing = await _close_days(db)
+        await _vacuum(url)
         print("measuring ...", flush=True)
-        results = await _measure(db, url, _cases(tenants), today)
+        results = await _measure(db, url, _cases(tenants), today, closing.closed_through)
     finally:
         await db.dispose()
-    report = _report(results, await _sizes(url), tenants, await _settings(url), load_s, notes)
+    sizes = await _sizes(url)
+    setup = await _settings(url)
+    report = _report(results, sizes, tenants, setup, load_s, notes, closing)
     OUT.write_text(report + "\n")
     print(f"wrote {OUT}")
     if not args.keep and not args.reuse:

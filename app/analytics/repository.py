@@ -1,18 +1,18 @@
-"""SQL for the usage rollup (``usage_daily``) that spend caps and analytics read."""
+"""SQL for the usage rollups: ``usage_daily`` (spend caps, today's analytics) and the
+closed-day tables per user and per model (analytics of past days)."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Row, Select, func, select, tuple_
+from sqlalchemy import CompoundSelect, Row, Select, func, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
 
 from app.analytics.schemas import GroupBy
-from app.db.models.usage_daily import UsageDaily
+from app.db.models.usage_daily import UsageDaily, UsageModelDay, UsageUserDay, UsageUserWeek
 from app.db.scoping import scoped_columns
 from app.db.session import driver
 from app.db.writes import Write
@@ -41,81 +41,268 @@ def add_usage(
     return Write(_ADD_USAGE, (project_id, at, user_id, model, feature or "", credits, transactions))
 
 
-# Reads. Every query scans one project's rows of a day range: the primary key
-# (project_id, day, ...) serves it as an index range scan.
+async def add_past_usage(
+    session: AsyncSession,
+    *,
+    project_id: uuid.UUID,
+    at: datetime,
+    user_id: str,
+    model: str,
+    feature: str | None,
+    credits: Decimal,
+    transactions: int = 0,
+) -> None:
+    """Count usage on the UTC day of ``at`` whether or not that day is closed (a refund
+    counts on the day of its charge): in ``usage_daily``, and in the closed-day tables too
+    when the day is closed. The share lock on the rollup row orders this against a
+    concurrent close of that day: either the close runs after this commits and sums it from
+    ``usage_daily``, or this runs after the close and adds itself to the closed day's rows."""
+    await driver(session).execute(
+        _ADD_PAST_USAGE, project_id, at, user_id, model, feature or "", credits, transactions
+    )
 
-_KEYS: dict[str, InstrumentedAttribute[Any]] = {
-    "user": UsageDaily.user_id,
-    "model": UsageDaily.model,
-    "feature": UsageDaily.feature,
-    "day": UsageDaily.day,
-}
+
+_ADD_PAST_USAGE = """
+    WITH rollup AS (SELECT closed_through FROM usage_rollup WHERE id = 1 FOR SHARE),
+    d AS (SELECT day, date_trunc('week', day)::date AS week
+          FROM (SELECT ($2::timestamptz AT TIME ZONE 'UTC')::date AS day) AS at),
+    fine AS (
+        INSERT INTO usage_daily AS u (project_id, day, user_id, model, feature, credits,
+                                      transactions)
+        SELECT $1, d.day, $3, $4, $5, $6, $7 FROM d
+        ON CONFLICT (project_id, day, user_id, model, feature) DO UPDATE
+        SET credits = u.credits + EXCLUDED.credits,
+            transactions = u.transactions + EXCLUDED.transactions
+    ),
+    per_user AS (
+        INSERT INTO usage_user_days AS c (project_id, day, user_id, credits, transactions)
+        SELECT $1, d.day, $3, $6, $7 FROM d, rollup WHERE d.day <= rollup.closed_through
+        ON CONFLICT (project_id, day, user_id) DO UPDATE
+        SET credits = c.credits + EXCLUDED.credits,
+            transactions = c.transactions + EXCLUDED.transactions
+    ),
+    per_user_week AS (
+        INSERT INTO usage_user_weeks AS c (project_id, week, user_id, credits, transactions)
+        SELECT $1, d.week, $3, $6, $7 FROM d, rollup WHERE d.week + 6 <= rollup.closed_through
+        ON CONFLICT (project_id, week, user_id) DO UPDATE
+        SET credits = c.credits + EXCLUDED.credits,
+            transactions = c.transactions + EXCLUDED.transactions
+    )
+    INSERT INTO usage_model_days AS c (project_id, day, model, feature, credits, transactions)
+    SELECT $1, d.day, $4, $5, $6, $7 FROM d, rollup WHERE d.day <= rollup.closed_through
+    ON CONFLICT (project_id, day, model, feature) DO UPDATE
+    SET credits = c.credits + EXCLUDED.credits,
+        transactions = c.transactions + EXCLUDED.transactions
+"""
 
 
-def _in_window(project_id: uuid.UUID, start: date, end: date, *columns: Any) -> Select[Any]:
-    return scoped_columns(UsageDaily, project_id, *columns).where(
-        UsageDaily.day >= start, UsageDaily.day < end
+# Closing days. Charges only ever add to today's rows of ``usage_daily`` (one row per day,
+# user, model and feature: it barely compresses a day's charges). Once a UTC day is over, the
+# rollup worker sums it into two far smaller tables, per user and per model and feature, and
+# advances ``usage_rollup.closed_through``; analytics read closed days from those.
+
+_LOCK_ROLLUP = "SELECT closed_through FROM usage_rollup WHERE id = 1 FOR UPDATE SKIP LOCKED"
+
+# The earliest day with usage: the primary key (project_id, day, ...) answers it per project.
+_FIRST_USAGE_DAY = """
+    SELECT min(f.day) FROM projects p
+    CROSS JOIN LATERAL (SELECT min(day) AS day FROM usage_daily WHERE project_id = p.id) f
+"""
+
+# Per project, so each scan is a primary-key range (project_id, day); replaces any rows the
+# day already had, so closing a day again changes nothing.
+_CLOSE_USERS = """
+    INSERT INTO usage_user_days AS c (project_id, day, user_id, credits, transactions)
+    SELECT p.id, $1::date, f.user_id, f.credits, f.transactions
+    FROM projects p
+    CROSS JOIN LATERAL (
+        SELECT user_id, sum(credits) AS credits, sum(transactions)::int AS transactions
+        FROM usage_daily WHERE project_id = p.id AND day = $1::date
+        GROUP BY user_id
+    ) f
+    ON CONFLICT (project_id, day, user_id) DO UPDATE
+    SET credits = EXCLUDED.credits, transactions = EXCLUDED.transactions
+"""
+_CLOSE_MODELS = """
+    INSERT INTO usage_model_days AS c (project_id, day, model, feature, credits, transactions)
+    SELECT p.id, $1::date, f.model, f.feature, f.credits, f.transactions
+    FROM projects p
+    CROSS JOIN LATERAL (
+        SELECT model, feature, sum(credits) AS credits, sum(transactions)::int AS transactions
+        FROM usage_daily WHERE project_id = p.id AND day = $1::date
+        GROUP BY model, feature
+    ) f
+    ON CONFLICT (project_id, day, model, feature) DO UPDATE
+    SET credits = EXCLUDED.credits, transactions = EXCLUDED.transactions
+"""
+# When a Sunday closes, its ISO week (from Monday $1) is summed per user from the day table.
+_CLOSE_USER_WEEK = """
+    INSERT INTO usage_user_weeks AS c (project_id, week, user_id, credits, transactions)
+    SELECT p.id, $1::date, f.user_id, f.credits, f.transactions
+    FROM projects p
+    CROSS JOIN LATERAL (
+        SELECT user_id, sum(credits) AS credits, sum(transactions)::int AS transactions
+        FROM usage_user_days
+        WHERE project_id = p.id AND day >= $1::date AND day < $1::date + 7
+        GROUP BY user_id
+    ) f
+    ON CONFLICT (project_id, week, user_id) DO UPDATE
+    SET credits = EXCLUDED.credits, transactions = EXCLUDED.transactions
+"""
+_SET_CLOSED = "UPDATE usage_rollup SET closed_through = $1, closed_at = $2 WHERE id = 1"
+_CLOSED_THROUGH = "SELECT closed_through FROM usage_rollup WHERE id = 1"
+
+
+async def lock_rollup(session: AsyncSession) -> tuple[bool, date | None]:
+    """Lock the rollup row unless another transaction holds it (a closer, or a refund to a
+    past day): (locked, the last closed day)."""
+    row = await driver(session).fetchrow(_LOCK_ROLLUP)
+    return (False, None) if row is None else (True, row[0])
+
+
+async def closed_through(session: AsyncSession) -> date | None:
+    day: date | None = await driver(session).fetchval(_CLOSED_THROUGH)
+    return day
+
+
+async def first_usage_day(session: AsyncSession) -> date | None:
+    day: date | None = await driver(session).fetchval(_FIRST_USAGE_DAY)
+    return day
+
+
+async def close_day(session: AsyncSession, day: date, *, at: datetime) -> None:
+    """Sum ``day`` into the closed-day tables and mark it (and every day before it) closed;
+    the caller holds the rollup row lock."""
+    conn = driver(session)
+    await conn.execute(_CLOSE_USERS, day)
+    await conn.execute(_CLOSE_MODELS, day)
+    if day.isoweekday() == 7:
+        await conn.execute(_CLOSE_USER_WEEK, day - timedelta(days=6))
+    await conn.execute(_SET_CLOSED, day, at)
+
+
+# Reads. A window's closed days come from the closed-day tables and its open days (today,
+# mostly) from usage_daily, as UNION ALL of two primary-key range scans of one project.
+
+_KEYS: dict[str, str] = {"user": "user_id", "model": "model", "feature": "feature", "day": "day"}
+
+
+UsageTable = type[UsageDaily] | type[UsageUserDay] | type[UsageUserWeek] | type[UsageModelDay]
+
+
+def _sources(
+    start: date, end: date, closed: date | None, *, per_user: bool
+) -> list[tuple[UsageTable, date, date]]:
+    """Which table answers which days of [start, end): (table, first, end) ranges.
+
+    Open days come from ``usage_daily``. Closed days come from the per-model day table or,
+    per user, from whole ISO weeks of the week table plus the ragged days at either end from
+    the per-user day table (a week that ends by ``closed`` is closed).
+    """
+    split = start if closed is None else min(max(start, closed + timedelta(days=1)), end)
+    ranges: list[tuple[UsageTable, date, date]] = []
+    if per_user:
+        first_week = start + timedelta(days=-start.weekday() % 7)  # the first Monday >= start
+        last_week = split - timedelta(days=split.weekday())  # the last Monday <= split
+        if first_week < last_week:
+            ranges += [
+                (UsageUserDay, start, first_week),
+                (UsageUserWeek, first_week, last_week),
+                (UsageUserDay, last_week, split),
+            ]
+        else:
+            ranges.append((UsageUserDay, start, split))
+    else:
+        ranges.append((UsageModelDay, start, split))
+    ranges.append((UsageDaily, split, end))
+    return [(table, lo, hi) for table, lo, hi in ranges if lo < hi]
+
+
+def _usage_rows(
+    project_id: uuid.UUID, *, start: date, end: date, closed: date | None, key: str
+) -> Select[Any] | CompoundSelect[Any]:
+    """(key, credits, transactions) rows of days [start, end), not yet grouped: one primary-key
+    range scan of this project per source."""
+    parts: list[Select[Any]] = []
+    for table, lo, hi in _sources(start, end, closed, per_user=key == "user_id"):
+        period = table.week if table is UsageUserWeek else table.day  # type: ignore[union-attr]
+        parts.append(
+            scoped_columns(
+                table,
+                project_id,
+                getattr(table, key).label("key"),
+                table.credits.label("credits"),
+                table.transactions.label("transactions"),
+            ).where(period >= lo, period < hi)
+        )
+    return parts[0] if len(parts) == 1 else union_all(*parts)
+
+
+def _grouped(rows: Select[Any] | CompoundSelect[Any], name: str) -> Any:
+    sub = rows.subquery()
+    return (
+        select(
+            sub.c.key.label("key"),
+            func.sum(sub.c.credits).label("credits"),
+            func.sum(sub.c.transactions).label("transactions"),
+        )
+        .group_by(sub.c.key)
+        .cte(name)
     )
 
 
 def spend_query(
-    project_id: uuid.UUID, *, group_by: GroupBy, start: date, end: date, limit: int
+    project_id: uuid.UUID,
+    *,
+    group_by: GroupBy,
+    start: date,
+    end: date,
+    limit: int,
+    closed: date | None,
 ) -> Select[Any]:
     """Credits and charges per ``group_by`` key in days [start, end): the top ``limit`` by
-    credits (ties by key), or for ``day`` the first ``limit`` days."""
+    credits (ties by key), or for ``day`` the first ``limit`` days. Days up to ``closed``
+    are read from the closed-day tables."""
     key = _KEYS[group_by]
-    credits = func.sum(UsageDaily.credits).label("credits")
-    stmt = _in_window(
-        project_id,
-        start,
-        end,
-        key.label("key"),
-        credits,
-        func.sum(UsageDaily.transactions).label("transactions"),
-    ).group_by(key)
-    order = (key.asc(),) if group_by == "day" else (credits.desc(), key.asc())
-    return stmt.order_by(*order).limit(limit)
+    rows = _usage_rows(project_id, start=start, end=end, closed=closed, key=key)
+    g = _grouped(rows, "g")
+    order = (g.c.key.asc(),) if group_by == "day" else (g.c.credits.desc(), g.c.key.asc())
+    return select(g.c.key, g.c.credits, g.c.transactions).order_by(*order).limit(limit)
 
 
-def summary_query(project_id: uuid.UUID, *, start: date, end: date) -> Select[Any]:
-    """Totals, active users and the top user and model of days [start, end), in one scan:
-    one pass aggregates per user and per model at once (grouping sets)."""
-    g = (
-        _in_window(
+def summary_query(
+    project_id: uuid.UUID, *, start: date, end: date, closed: date | None
+) -> Select[Any]:
+    """Totals and the top model of days [start, end) from the per-model rows; active users
+    and the top user from the per-user rows."""
+    users = _grouped(
+        _usage_rows(
             project_id,
-            start,
-            end,
-            UsageDaily.user_id,
-            UsageDaily.model,
-            # 0 on the per-user rows, 1 on the per-model rows.
-            func.grouping(UsageDaily.user_id).label("per_model"),
-            func.sum(UsageDaily.credits).label("credits"),
-            func.sum(UsageDaily.transactions).label("transactions"),
-        )
-        .group_by(func.grouping_sets(tuple_(UsageDaily.user_id), tuple_(UsageDaily.model)))
-        .cte("g")
+            start=start,
+            end=end,
+            closed=closed,
+            key="user_id",
+        ),
+        "users",
     )
-    top_user = (
-        select(g.c.user_id)
-        .where(g.c.per_model == 0)
-        .order_by(g.c.credits.desc(), g.c.user_id)
-        .limit(1)
-        .scalar_subquery()
+    models = _grouped(
+        _usage_rows(project_id, start=start, end=end, closed=closed, key="model"),
+        "models",
     )
-    top_model = (
-        select(g.c.model)
-        .where(g.c.per_model == 1)
-        .order_by(g.c.credits.desc(), g.c.model)
-        .limit(1)
-        .scalar_subquery()
-    )
+
+    def top(g: Any) -> Any:
+        return select(g.c.key).order_by(g.c.credits.desc(), g.c.key).limit(1).scalar_subquery()
+
+    credits = func.coalesce(func.sum(models.c.credits), 0)
+    charges = func.coalesce(func.sum(models.c.transactions), 0)
+    active = select(func.count()).select_from(users).where(users.c.transactions > 0)
     return select(
-        func.coalesce(func.sum(g.c.credits), 0).label("credits"),
-        func.coalesce(func.sum(g.c.transactions), 0).label("transactions"),
-        func.count().filter(g.c.transactions > 0).label("active_users"),
-        top_user.label("top_user"),
-        top_model.label("top_model"),
-    ).where(g.c.per_model == 0)
+        select(credits).scalar_subquery().label("credits"),
+        select(charges).scalar_subquery().label("transactions"),
+        active.scalar_subquery().label("active_users"),
+        top(users).label("top_user"),
+        top(models).label("top_model"),
+    )
 
 
 # Analytics aggregate up to a few million rollup rows: enough memory to hash them without
@@ -138,7 +325,10 @@ async def spend(
     limit: int,
 ) -> list[Row[Any]]:
     await _tune(session)
-    stmt = spend_query(project_id, group_by=group_by, start=start, end=end, limit=limit)
+    closed = await closed_through(session)
+    stmt = spend_query(
+        project_id, group_by=group_by, start=start, end=end, limit=limit, closed=closed
+    )
     return list((await session.execute(stmt)).all())
 
 
@@ -146,6 +336,7 @@ async def summary(
     session: AsyncSession, project_id: uuid.UUID, *, start: date, end: date
 ) -> Row[Any]:
     await _tune(session)
-    stmt = summary_query(project_id, start=start, end=end)
+    closed = await closed_through(session)
+    stmt = summary_query(project_id, start=start, end=end, closed=closed)
     row: Row[Any] = (await session.execute(stmt)).one()
     return row

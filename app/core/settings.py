@@ -40,6 +40,9 @@ class WorkerSettings(BaseModel):
     sweep_interval_seconds: float = 1.0
     batch_size: int = 100
     idempotency_cleanup_interval_seconds: float = 300.0
+    # Closing finished UTC days into the analytics day tables (app/analytics/rollup.py).
+    rollup_interval_seconds: float = 60.0
+    rollup_grace_seconds: float = Field(default=900.0, ge=60)
 
 
 class Settings(BaseSettings):

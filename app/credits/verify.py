@@ -68,6 +68,50 @@ CHECKS: dict[str, str] = {
         JOIN (SELECT transaction_id, sum(held_amount) AS s FROM ledger_entries
               WHERE transaction_id IS NOT NULL GROUP BY transaction_id) l ON l.transaction_id = t.id
         WHERE t.status <> 'pending' AND l.s <> 0""",
+    # Closed UTC days: the per-user and per-model day tables hold exactly usage_daily's sums,
+    # the per-user week table the sums of its closed weeks, and nothing later is there.
+    "closed_user_days_equal_usage_daily": """
+        WITH closed AS (SELECT closed_through AS day FROM usage_rollup WHERE id = 1),
+        f AS (SELECT project_id, day, user_id, sum(credits) AS credits,
+                     sum(transactions) AS transactions
+              FROM usage_daily WHERE day <= (SELECT day FROM closed)
+              GROUP BY project_id, day, user_id)
+        SELECT coalesce(c.project_id, f.project_id), coalesce(c.user_id, f.user_id),
+               format('day=%s closed=%s/%s usage_daily=%s/%s', coalesce(c.day, f.day),
+                      c.credits, c.transactions, f.credits, f.transactions)
+        FROM usage_user_days c
+        FULL JOIN f ON (f.project_id, f.day, f.user_id) = (c.project_id, c.day, c.user_id)
+        WHERE c.credits IS DISTINCT FROM f.credits
+           OR c.transactions IS DISTINCT FROM f.transactions""",
+    "closed_user_weeks_equal_user_days": """
+        WITH closed AS (SELECT closed_through AS day FROM usage_rollup WHERE id = 1),
+        f AS (SELECT project_id, date_trunc('week', day)::date AS week, user_id,
+                     sum(credits) AS credits, sum(transactions) AS transactions
+              FROM usage_user_days
+              WHERE date_trunc('week', day)::date + 6 <= (SELECT day FROM closed)
+              GROUP BY 1, 2, 3)
+        SELECT coalesce(c.project_id, f.project_id), coalesce(c.user_id, f.user_id),
+               format('week=%s closed=%s/%s user days=%s/%s', coalesce(c.week, f.week),
+                      c.credits, c.transactions, f.credits, f.transactions)
+        FROM usage_user_weeks c
+        FULL JOIN f ON (f.project_id, f.week, f.user_id) = (c.project_id, c.week, c.user_id)
+        WHERE c.credits IS DISTINCT FROM f.credits
+           OR c.transactions IS DISTINCT FROM f.transactions""",
+    "closed_model_days_equal_usage_daily": """
+        WITH closed AS (SELECT closed_through AS day FROM usage_rollup WHERE id = 1),
+        f AS (SELECT project_id, day, model, feature, sum(credits) AS credits,
+                     sum(transactions) AS transactions
+              FROM usage_daily WHERE day <= (SELECT day FROM closed)
+              GROUP BY project_id, day, model, feature)
+        SELECT coalesce(c.project_id, f.project_id),
+               format('%s/%s', coalesce(c.model, f.model), coalesce(c.feature, f.feature)),
+               format('day=%s closed=%s/%s usage_daily=%s/%s', coalesce(c.day, f.day),
+                      c.credits, c.transactions, f.credits, f.transactions)
+        FROM usage_model_days c
+        FULL JOIN f ON (f.project_id, f.day, f.model, f.feature)
+                     = (c.project_id, c.day, c.model, c.feature)
+        WHERE c.credits IS DISTINCT FROM f.credits
+           OR c.transactions IS DISTINCT FROM f.transactions""",
 }
 
 

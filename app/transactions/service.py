@@ -24,7 +24,6 @@ from app.core.ids import uuid7
 from app.core.money import ZERO
 from app.credits import service as credits
 from app.credits.repository import LockedAccount
-from app.db import writes
 from app.db.models import Transaction
 from app.events import service as events
 from app.pricing import service as pricing
@@ -363,19 +362,14 @@ async def refund(
         reason=body.reason,
     )
     if txn.completed_at is not None:  # refunds come off the usage of the day it was charged
-        await writes.run(
+        await analytics.add_past_usage(
             session,
-            [
-                analytics.add_usage(
-                    project_id=principal.project_id,
-                    at=txn.completed_at,
-                    user_id=txn.user_id,
-                    model=txn.model,
-                    feature=txn.feature_identifier,
-                    credits=-amount,
-                    transactions=0,
-                )
-            ],
+            project_id=principal.project_id,
+            at=txn.completed_at,
+            user_id=txn.user_id,
+            model=txn.model,
+            feature=txn.feature_identifier,
+            credits=-amount,
         )
     out = RefundOut(
         refund_id=refund_id,

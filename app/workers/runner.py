@@ -8,9 +8,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 
 import structlog
 
+from app.analytics import repository as usage
+from app.analytics import rollup
 from app.core.clock import utcnow
 from app.core.settings import Settings
 from app.credits import service as credits
@@ -90,6 +93,25 @@ async def purge_idempotency_once(db: Database, *, batch_size: int) -> int:
             return total
 
 
+async def close_usage_days_once(
+    db: Database, *, grace: timedelta, now: datetime | None = None
+) -> int:
+    """Close every finished UTC day not yet closed, oldest first, one transaction each."""
+    total = 0
+    while True:
+        at = now if now is not None else utcnow()
+        async with db.transaction() as session:  # a plain read first: no lock when not due
+            closed = await usage.closed_through(session)
+        if closed is not None and closed >= rollup.last_closable_day(at, grace):
+            return total
+        async with db.transaction() as session:
+            day = await rollup.close_next_day(session, now=at, grace=grace)
+        if day is None:
+            return total
+        log.info("usage_day_closed", day=day.isoformat())
+        total += 1
+
+
 async def _every(name: str, seconds: float, job: Callable[[], Awaitable[int]]) -> None:
     while True:
         try:
@@ -117,6 +139,9 @@ async def run_workers(db: Database, settings: Settings) -> None:
                lambda: expire_grants_once(db, batch_size=cfg.batch_size)),
         _every("expiring_notices", cfg.idempotency_cleanup_interval_seconds,
                lambda: announce_expiring_once(db, batch_size=cfg.batch_size)),
+        _every("usage_rollup", cfg.rollup_interval_seconds,
+               lambda: close_usage_days_once(
+                   db, grace=timedelta(seconds=cfg.rollup_grace_seconds))),
         _every("idempotency_purge", cfg.idempotency_cleanup_interval_seconds,
                lambda: purge_idempotency_once(db, batch_size=cfg.batch_size)),
     ]  # fmt: skip

@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
-from app.analytics.repository import add_usage
+from app.analytics.repository import add_past_usage, closed_through
 from app.core.clock import utcnow
-from app.db import writes
 from app.db.session import Database
-from tests.conftest import Project
+from app.workers.runner import close_usage_days_once
+from tests.conftest import Project, assert_ledger_consistent
 from tests.helpers import body, complete, start
 
 PROBLEM_JSON = "application/problem+json"
@@ -72,18 +72,19 @@ async def _use_on(
     model: str = "m1",
     feature: str | None = None,
 ) -> None:
-    """Put a charge on another day straight into the rollup, as a charge that day would."""
+    """Put a charge on another day straight into the rollups, as a charge that day would
+    (closed days included: another test may have closed them)."""
     async with db.transaction() as session:
-        at = _midnight(day) + timedelta(hours=12)
-        usage = add_usage(
+        await add_past_usage(
+            session,
             project_id=uuid.UUID(project.id),
-            at=at,
+            at=_midnight(day) + timedelta(hours=12),
             user_id=user,
             model=model,
             feature=feature,
             credits=Decimal(credits),
+            transactions=1,
         )
-        await writes.run(session, [usage])
 
 
 async def _spend(project: Project, group_by: str, **params: Any) -> Any:
@@ -256,6 +257,38 @@ async def test_spend_credits_keep_fractions_exact(priced: Project, db: Database)
     await _use_on(db, priced, _today(), "alice", Decimal("0.000001"))
     await _use_on(db, priced, _today(), "alice", Decimal("0.1"), model="m2")
     assert _rows(await _spend(priced, "user")) == [("alice", Decimal("0.100001"), 2)]
+
+
+async def test_closing_past_days_changes_no_answer(priced: Project, db: Database) -> None:
+    """Closed days are read from the per-user and per-model day tables, open days from
+    usage_daily; the API's answers are the same before and after the worker closes days."""
+    today = _today()
+    await _use_on(db, priced, today - timedelta(9), "alice", 4, model="big", feature="chat")
+    await _use_on(db, priced, today - timedelta(2), "bob", Decimal("2.5"), model="small")
+    await _use_on(db, priced, today - timedelta(2), "alice", 1, model="small", feature="chat")
+    await _use(priced, "carol", 3, model="big")
+    queries = [
+        ("/v1/analytics/spend", {"group_by": g, **w})
+        for g in ("user", "model", "feature", "day")
+        for w in ({}, _window(today - timedelta(9), today - timedelta(2)))
+    ] + [("/v1/analytics/summary", {}), ("/v1/analytics/summary", _window(today, today))]
+
+    async def answers() -> list[Any]:
+        return [body(await priced.get(path, params=params)) for path, params in queries]
+
+    before = await answers()
+    await close_usage_days_once(db, grace=timedelta(0))
+    async with db.transaction() as session:
+        closed = await closed_through(session)
+    assert closed is not None
+    assert closed >= today - timedelta(1)
+    assert await answers() == before
+    assert _rows(await _spend(priced, "user")) == [
+        ("alice", 5, 2),
+        ("carol", 3, 1),
+        ("bob", Decimal("2.5"), 1),
+    ]
+    await assert_ledger_consistent(db)  # verify: closed days equal usage_daily's sums
 
 
 # --- summary --------------------------------------------------------------------------------

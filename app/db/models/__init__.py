@@ -16,7 +16,13 @@ from app.db.models.spend_cap import SpendCap
 from app.db.models.subscription import Subscription
 from app.db.models.tier import Tier
 from app.db.models.transaction import Transaction
-from app.db.models.usage_daily import UsageDaily
+from app.db.models.usage_daily import (
+    UsageDaily,
+    UsageModelDay,
+    UsageRollup,
+    UsageUserDay,
+    UsageUserWeek,
+)
 from app.db.models.user import User
 
 __all__ = [
@@ -38,5 +44,9 @@ __all__ = [
     "Tier",
     "Transaction",
     "UsageDaily",
+    "UsageModelDay",
+    "UsageRollup",
+    "UsageUserDay",
+    "UsageUserWeek",
     "User",
 ]

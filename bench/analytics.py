@@ -282,7 +282,7 @@ async def _measure(
 async def _vacuum(url: str) -> None:
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute("VACUUM (ANALYZE) usage_user_days, usage_model_days")
+        await conn.execute("VACUUM (ANALYZE) usage_user_days, usage_user_weeks, usage_model_days")
     finally:
         await conn.close()
 
@@ -296,7 +296,7 @@ async def _sizes(url: str) -> list[tuple[str, int, str]]:
                    pg_size_pretty(pg_total_relation_size(c.oid))
             FROM pg_class c
             WHERE c.relname IN ('ledger_entries', 'usage_daily', 'usage_user_days',
-                                'usage_model_days', 'users', 'accounts')
+                                'usage_user_weeks', 'usage_model_days', 'users', 'accounts')
             ORDER BY c.relname
             """
         )
@@ -343,7 +343,8 @@ def _report(
         f"{closing.total_s:.1f} s (median {closing.median_day_s * 1000:.0f} ms, max "
         f"{closing.max_day_s * 1000:.0f} ms per day, one transaction each); closed through "
         f"{closing.closed_through}. Windows read closed days from usage_user_days / "
-        "usage_model_days and today from usage_daily.",
+        "usage_model_days (per-user windows: whole ISO weeks from usage_user_weeks) and today "
+        "from usage_daily.",
         "",
         "| table | rows | size (with indexes) |",
         "|---|---:|---:|",

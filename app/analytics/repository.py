@@ -4,7 +4,7 @@ closed-day tables per user and per model (analytics of past days)."""
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -19,7 +19,7 @@ from app.db.writes import Write
 
 _ADD_USAGE = """
     INSERT INTO usage_daily AS u (project_id, day, user_id, model, feature, credits, transactions)
-    VALUES ($1, ($2::timestamptz AT TIME ZONE 'UTC')::date, $3, $4, $5, $6, $7)
+    VALUES ($1, (coalesce($2::timestamptz, now()) AT TIME ZONE 'UTC')::date, $3, $4, $5, $6, $7)
     ON CONFLICT (project_id, day, user_id, model, feature) DO UPDATE
     SET credits = u.credits + EXCLUDED.credits,
         transactions = u.transactions + EXCLUDED.transactions
@@ -29,16 +29,23 @@ _ADD_USAGE = """
 def add_usage(
     *,
     project_id: uuid.UUID,
-    at: datetime,
+    at: datetime | None,
     user_id: str,
     model: str,
     feature: str | None,
     credits: Decimal,
     transactions: int = 1,
 ) -> Write:
-    """Count a charge (or, with a negative amount and no transaction, a refund) in its UTC day;
-    carried in the statement that makes the charge."""
+    """Count a charge in its UTC day (``at``; None: the database transaction's time, which
+    ``completed_at`` also takes); carried in the statement that makes the charge. Only for
+    today's usage: a day the rollup may have closed needs ``add_past_usage``."""
     return Write(_ADD_USAGE, (project_id, at, user_id, model, feature or "", credits, transactions))
+
+
+# Refunds to a past day and the closer exclude each other with this transaction-scoped
+# advisory lock (two int4 keys: apart from the one-bigint keys idempotency uses). Refunds
+# share it; the closer takes it exclusively, and skips a run rather than wait for it.
+_ROLLUP_LOCK = (0x63726564, 1)
 
 
 async def add_past_usage(
@@ -46,6 +53,7 @@ async def add_past_usage(
     *,
     project_id: uuid.UUID,
     at: datetime,
+    now: datetime,
     user_id: str,
     model: str,
     feature: str | None,
@@ -53,18 +61,27 @@ async def add_past_usage(
     transactions: int = 0,
 ) -> None:
     """Count usage on the UTC day of ``at`` whether or not that day is closed (a refund
-    counts on the day of its charge): in ``usage_daily``, and in the closed-day tables too
-    when the day is closed. The share lock on the rollup row orders this against a
-    concurrent close of that day: either the close runs after this commits and sums it from
-    ``usage_daily``, or this runs after the close and adds itself to the closed day's rows."""
-    await driver(session).execute(
-        _ADD_PAST_USAGE, project_id, at, user_id, model, feature or "", credits, transactions
-    )
+    counts on the day of its charge): in ``usage_daily``, and in the closed-day and week
+    tables too when the day (week) is closed.
+
+    A day before today's (by ``now``) may be closed meanwhile, so this first waits for any
+    running close (shared advisory lock, held until commit); the next statement's snapshot
+    then sees that close committed. Either the close ran before and this adds itself to the
+    closed rows, or it runs after this commits and sums it from ``usage_daily``. Today's day
+    cannot be closed yet (the closer waits a grace period past midnight): no lock.
+    """
+    args = (project_id, at, user_id, model, feature or "", credits, transactions)
+    conn = driver(session)
+    if at.astimezone(UTC).date() >= now.astimezone(UTC).date():
+        await conn.execute(_ADD_USAGE, *args)
+        return
+    await conn.execute("SELECT pg_advisory_xact_lock_shared($1, $2)", *_ROLLUP_LOCK)
+    await conn.execute(_ADD_PAST_USAGE, *args)
 
 
 _ADD_PAST_USAGE = """
-    WITH rollup AS (SELECT closed_through FROM usage_rollup WHERE id = 1 FOR SHARE),
-    d AS (SELECT day, date_trunc('week', day)::date AS week
+    WITH rollup AS (SELECT closed_through FROM usage_rollup WHERE id = 1),
+    d AS (SELECT day, day - (extract(isodow FROM day)::int - 1) AS week  -- its ISO Monday
           FROM (SELECT ($2::timestamptz AT TIME ZONE 'UTC')::date AS day) AS at),
     fine AS (
         INSERT INTO usage_daily AS u (project_id, day, user_id, model, feature, credits,
@@ -101,7 +118,13 @@ _ADD_PAST_USAGE = """
 # rollup worker sums it into two far smaller tables, per user and per model and feature, and
 # advances ``usage_rollup.closed_through``; analytics read closed days from those.
 
-_LOCK_ROLLUP = "SELECT closed_through FROM usage_rollup WHERE id = 1 FOR UPDATE SKIP LOCKED"
+# The snapshot may predate a refund that released the lock just before; closed_through is
+# only ever changed under the exclusive lock, and the closer's later statements see the refund.
+_LOCK_ROLLUP = """
+    SELECT pg_try_advisory_xact_lock($1, $2) AS locked,
+           (SELECT closed_through FROM usage_rollup WHERE id = 1) AS closed_through,
+           EXISTS (SELECT FROM usage_rollup WHERE id = 1) AS present
+"""
 
 # The earliest day with usage: the primary key (project_id, day, ...) answers it per project.
 _FIRST_USAGE_DAY = """
@@ -149,15 +172,20 @@ _CLOSE_USER_WEEK = """
     ON CONFLICT (project_id, week, user_id) DO UPDATE
     SET credits = EXCLUDED.credits, transactions = EXCLUDED.transactions
 """
-_SET_CLOSED = "UPDATE usage_rollup SET closed_through = $1, closed_at = $2 WHERE id = 1"
+_SET_CLOSED = """
+    UPDATE usage_rollup
+    SET closed_through = greatest(closed_through, $1), closed_at = $2 WHERE id = 1
+"""
 _CLOSED_THROUGH = "SELECT closed_through FROM usage_rollup WHERE id = 1"
 
 
 async def lock_rollup(session: AsyncSession) -> tuple[bool, date | None]:
-    """Lock the rollup row unless another transaction holds it (a closer, or a refund to a
+    """Take the rollup lock unless another transaction holds it (a closer, or a refund to a
     past day): (locked, the last closed day)."""
-    row = await driver(session).fetchrow(_LOCK_ROLLUP)
-    return (False, None) if row is None else (True, row[0])
+    row = await driver(session).fetchrow(_LOCK_ROLLUP, *_ROLLUP_LOCK)
+    if not row["present"]:
+        raise RuntimeError("usage_rollup has no row: run `creditd migrate`")
+    return bool(row["locked"]), row["closed_through"]
 
 
 async def closed_through(session: AsyncSession) -> date | None:
@@ -172,8 +200,12 @@ async def first_usage_day(session: AsyncSession) -> date | None:
 
 async def close_day(session: AsyncSession, day: date, *, at: datetime) -> None:
     """Sum ``day`` into the closed-day tables and mark it (and every day before it) closed;
-    the caller holds the rollup row lock."""
+    the caller holds the rollup lock. Closing a day again replaces its rows with the same
+    sums and never moves ``closed_through`` back."""
     conn = driver(session)
+    # A big day may take longer than a request's statement_timeout; refunds to past days
+    # wait for it (up to lock_timeout).
+    await conn.execute("SET LOCAL statement_timeout = '10min'")
     await conn.execute(_CLOSE_USERS, day)
     await conn.execute(_CLOSE_MODELS, day)
     if day.isoweekday() == 7:

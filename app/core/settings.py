@@ -42,7 +42,7 @@ class WorkerSettings(BaseModel):
     idempotency_cleanup_interval_seconds: float = 300.0
     # Closing finished UTC days into the analytics day tables (app/analytics/rollup.py).
     rollup_interval_seconds: float = 60.0
-    rollup_grace_seconds: float = Field(default=900.0, ge=60)
+    rollup_grace_seconds: float = Field(default=900.0, ge=120)
 
 
 class Settings(BaseSettings):

@@ -85,10 +85,12 @@ CHECKS: dict[str, str] = {
            OR c.transactions IS DISTINCT FROM f.transactions""",
     "closed_user_weeks_equal_user_days": """
         WITH closed AS (SELECT closed_through AS day FROM usage_rollup WHERE id = 1),
-        f AS (SELECT project_id, date_trunc('week', day)::date AS week, user_id,
+        w AS (SELECT project_id, day - (extract(isodow FROM day)::int - 1) AS week, user_id,
+                     credits, transactions
+              FROM usage_user_days),
+        f AS (SELECT project_id, week, user_id,
                      sum(credits) AS credits, sum(transactions) AS transactions
-              FROM usage_user_days
-              WHERE date_trunc('week', day)::date + 6 <= (SELECT day FROM closed)
+              FROM w WHERE week + 6 <= (SELECT day FROM closed)
               GROUP BY 1, 2, 3)
         SELECT coalesce(c.project_id, f.project_id), coalesce(c.user_id, f.user_id),
                format('week=%s closed=%s/%s user days=%s/%s', coalesce(c.week, f.week),

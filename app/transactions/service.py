@@ -299,7 +299,7 @@ async def complete(
         carry.append(
             analytics.add_usage(
                 project_id=principal.project_id,
-                at=utcnow(),
+                at=None,  # the transaction's time: the day of completed_at, which refunds use
                 user_id=txn.user_id,
                 model=txn.model,
                 feature=txn.feature_identifier,
@@ -366,6 +366,7 @@ async def refund(
             session,
             project_id=principal.project_id,
             at=txn.completed_at,
+            now=utcnow(),
             user_id=txn.user_id,
             model=txn.model,
             feature=txn.feature_identifier,

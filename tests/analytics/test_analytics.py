@@ -79,6 +79,7 @@ async def _use_on(
             session,
             project_id=uuid.UUID(project.id),
             at=_midnight(day) + timedelta(hours=12),
+            now=utcnow(),
             user_id=user,
             model=model,
             feature=feature,

@@ -83,6 +83,7 @@ async def _add(rdb: Database, project_id: uuid.UUID, u: Usage) -> None:
             session,
             project_id=project_id,
             at=datetime.combine(u.day, time(9, 30), UTC),
+            now=NOON,
             user_id=u.user,
             model=u.model,
             feature=u.feature,
@@ -182,6 +183,60 @@ async def test_closing_a_day_again_changes_nothing(rdb: Database, pid: uuid.UUID
     async with rdb.transaction() as session:
         await repo.close_day(session, D - timedelta(1), at=NOON)
     assert await _table(rdb, "SELECT * FROM usage_user_days ORDER BY 1, 2, 3") == before
+    assert await _violations(rdb) == []
+
+
+async def test_closing_an_earlier_day_again_keeps_later_days_closed(
+    rdb: Database, pid: uuid.UUID
+) -> None:
+    await _add(rdb, pid, Usage(D - timedelta(3), "u", "m", None, Decimal(2), 1))
+    await close_usage_days_once(rdb, grace=GRACE, now=NOON)
+    async with rdb.transaction() as session:
+        await repo.close_day(session, D - timedelta(3), at=NOON)
+    assert await _closed_through(rdb) == D - timedelta(1)
+    assert await _violations(rdb) == []
+
+
+async def test_past_usage_waits_for_a_running_close_and_lands_in_its_rows(
+    rdb: Database, pid: uuid.UUID
+) -> None:
+    day = D - timedelta(1)
+    await _add(rdb, pid, Usage(day, "u", "m", None, Decimal(10), 1))
+    async with rdb.transaction() as session:  # every day before ``day``
+        await rollup.close_next_day(session, now=NOON - timedelta(days=1))
+    async with rdb.transaction() as session:
+        assert await rollup.close_next_day(session, now=NOON) == day
+        refund = asyncio.create_task(_add(rdb, pid, Usage(day, "u", "m", None, Decimal(-4), 0)))
+        today = asyncio.create_task(_add(rdb, pid, Usage(D, "u", "m", None, Decimal(1), 1)))
+        await asyncio.wait_for(today, 5)  # today's usage never waits for a close
+        await asyncio.sleep(0.3)
+        assert not refund.done()  # a refund to a past day does, until the close commits
+    await asyncio.wait_for(refund, 5)
+    assert await _table(rdb, "SELECT credits FROM usage_user_days") == [(Decimal(6),)]
+    assert await _table(rdb, "SELECT credits FROM usage_model_days") == [(Decimal(6),)]
+    assert await _violations(rdb) == []
+
+
+async def test_a_close_skips_while_a_past_day_refund_is_running(
+    rdb: Database, pid: uuid.UUID
+) -> None:
+    day = D - timedelta(1)
+    async with rdb.transaction() as session:
+        await repo.add_past_usage(
+            session,
+            project_id=pid,
+            at=datetime.combine(day, time(10), UTC),
+            now=NOON,
+            user_id="u",
+            model="m",
+            feature=None,
+            credits=Decimal(3),
+            transactions=1,
+        )
+        # Another worker's close finds the lock taken and leaves the day for its next run.
+        assert await close_usage_days_once(rdb, grace=GRACE, now=NOON) == 0
+    assert await close_usage_days_once(rdb, grace=GRACE, now=NOON) >= 1
+    assert await _table(rdb, "SELECT day, credits FROM usage_user_days") == [(day, Decimal(3))]
     assert await _violations(rdb) == []
 
 

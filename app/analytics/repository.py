@@ -115,8 +115,9 @@ _ADD_PAST_USAGE = """
 
 # Closing days. Charges only ever add to today's rows of ``usage_daily`` (one row per day,
 # user, model and feature: it barely compresses a day's charges). Once a UTC day is over, the
-# rollup worker sums it into two far smaller tables, per user and per model and feature, and
-# advances ``usage_rollup.closed_through``; analytics read closed days from those.
+# rollup worker sums it into far smaller tables (per user; per model and feature; and, when a
+# Sunday closes, per user and ISO week) and advances ``usage_rollup.closed_through``;
+# analytics read closed days from those.
 
 # The snapshot may predate a refund that released the lock just before; closed_through is
 # only ever changed under the exclusive lock, and the closer's later statements see the refund.
@@ -213,8 +214,8 @@ async def close_day(session: AsyncSession, day: date, *, at: datetime) -> None:
     await conn.execute(_SET_CLOSED, day, at)
 
 
-# Reads. A window's closed days come from the closed-day tables and its open days (today,
-# mostly) from usage_daily, as UNION ALL of two primary-key range scans of one project.
+# Reads. A window's closed days come from the closed-day (and week) tables and its open days
+# (today, mostly) from usage_daily: UNION ALL of primary-key range scans of one project.
 
 _KEYS: dict[str, str] = {"user": "user_id", "model": "model", "feature": "feature", "day": "day"}
 

@@ -4,11 +4,10 @@ closes, its ISO week into the per-user week table).
 Charges add to today's ``usage_daily`` rows only: the hot path carries one upsert, and no
 more. A charge's day is its database transaction's time, and statement_timeout and
 idle_in_transaction_session_timeout bound how long such a transaction (a few statements)
-can run, so a day
-that ended ``grace`` ago (at least two minutes, 15 by default, which also absorbs clock skew
-between hosts) can receive no more charges: it is closed. Closing sums the day in one
-transaction, under the rollup advisory lock, and advances ``closed_through``; analytics then
-read the much smaller closed tables for every day up to it.
+can run, so a day that ended ``grace`` ago (at least two minutes, 15 by default, which also
+absorbs clock skew between hosts) can receive no more charges: it is closed. Closing sums
+the day in one transaction, under the rollup advisory lock, and advances ``closed_through``;
+analytics then read the much smaller closed tables for every day up to it.
 
 Refunds, the only later writes to a past day, go through ``repository.add_past_usage``,
 which updates the closed tables as well when the day is closed. ``creditd verify`` checks

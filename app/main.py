@@ -31,10 +31,12 @@ from app.core.errors import (
 from app.core.http import JSONResponse, ProblemResponse, problem_body, problem_from_error
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
+from app.core.openapi import build_openapi
 from app.core.settings import Settings, get_settings
 from app.credits.router import router as credits_router
 from app.db.engine import create_engine
 from app.db.session import Database
+from app.docs.router import install_docs
 from app.events.router import router as events_router
 from app.health.router import expected_revision
 from app.health.router import router as health_router
@@ -133,7 +135,13 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         summary="Credits for AI/LLM products: holds, usage, grants and an exact ledger.",
         lifespan=lifespan,
         default_response_class=JSONResponse,
+        license_info={"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        servers=[{"url": "http://localhost:8000", "description": "`make run` on this machine"}],
+        docs_url=None,
+        redoc_url=None,
     )
+    install_docs(app)
+    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.key_cache = KeyCache(settings.api.key_cache_ttl_seconds)
     app.state.rate_limiter = RateLimiter(

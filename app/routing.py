@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any
@@ -20,11 +21,19 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.auth.dependencies import check_scopes, get_principal
+from app.auth.dependencies import check_scopes, get_principal, require_operator
 from app.core.clock import utcnow
-from app.core.errors import AppError, InvalidRequest
+from app.core.errors import AppError, InvalidRequest, merge_responses, problem_responses
 from app.core.http import DecimalRequest, JSONResponse, problem_from_error
+from app.core.openapi import (
+    API_KEY_SECURITY,
+    IDEMPOTENCY_KEY_PARAMETER,
+    OPERATOR_SECURITY,
+    PROJECT_ID_PARAMETER,
+    scope_note,
+)
 from app.core.settings import Settings
+from app.db.models.idempotency_key import OPERATOR_SCOPE
 from app.db.session import Database, driver
 from app.idempotency import repository as idem_repo
 from app.idempotency.exceptions import (
@@ -59,18 +68,44 @@ def _render_models(endpoint: Callable[..., Any], status_code: int) -> Callable[.
     return wrapper
 
 
+_IDEMPOTENCY_ERRORS = problem_responses(
+    IdempotencyKeyReused, IdempotencyKeyInFlight, InvalidIdempotencyKey
+)
+
+
 class TransactionalRoute(APIRoute):
-    # Operator routes are not project-scoped, so they keep no idempotency records.
-    idempotent = True
+    """A project route: API-key auth, and ``Idempotency-Key`` on every POST."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         status_code = kwargs.get("status_code") or 200
+        methods = {m.upper() for m in kwargs.get("methods") or ()}
+        takes_key = "POST" in methods
+        if takes_key:
+            kwargs["responses"] = merge_responses(
+                kwargs.get("responses") or {}, _IDEMPOTENCY_ERRORS
+            )
         super().__init__(path, _render_models(endpoint, status_code), **kwargs)
         # The scopes the endpoint demands: a replayed response must pass the same check.
         scopes = [getattr(dep.call, "required_scopes", None) for dep in self.dependant.dependencies]
         self.required_scopes: frozenset[str] | None = next(
             (s for s in scopes if s is not None), None
         )
+        self._declare_contract(takes_key=takes_key)
+
+    def _declare_contract(self, *, takes_key: bool) -> None:
+        """Publish the security and shared headers this route enforces (OpenAPI only)."""
+        extra = self._contract()
+        if takes_key:
+            extra["parameters"].append(IDEMPOTENCY_KEY_PARAMETER)
+        self.openapi_extra = {**extra, **(self.openapi_extra or {})}
+
+    def _contract(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"security": API_KEY_SECURITY, "parameters": [PROJECT_ID_PARAMETER]}
+        if self.required_scopes is not None:
+            note = scope_note(self.required_scopes)
+            self.description = f"{self.description}\n\n{note}".strip()
+            extra["x-required-scopes"] = sorted({"admin", *self.required_scopes})
+        return extra
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -83,33 +118,41 @@ class TransactionalRoute(APIRoute):
             async with db.transaction() as session:
                 request.state.session = session
                 key = request.headers.get("idempotency-key")
-                if key is not None and request.method == "POST" and self.idempotent:
-                    return await _idempotent(request, handler, key, self.required_scopes)
+                if key is not None and request.method == "POST":
+                    scope = await self.idempotency_scope(request)
+                    return await _idempotent(request, handler, key, scope)
                 return await handler(request)
 
         return route_handler
+
+    async def idempotency_scope(self, request: Request) -> uuid.UUID:
+        """Authorise the caller and name the scope its idempotency keys live in (its project).
+
+        This runs before anything can be replayed: a stored response is only for callers
+        allowed to make the request (the handler's own dependency checks the same again).
+        """
+        principal = await get_principal(request)
+        check_scopes(principal, self.required_scopes or frozenset())
+        return principal.project_id
 
 
 async def _idempotent(
     request: Request,
     handler: Callable[[Request], Awaitable[Response]],
     key: str,
-    required_scopes: frozenset[str] | None,
+    scope: uuid.UUID,
 ) -> Response:
+    """Replay the stored response for ``key`` in ``scope``, or run ``handler`` and store it."""
     if not key or len(key) > 255 or not key.isprintable():
         raise InvalidIdempotencyKey()
-    principal = await get_principal(request)
-    # Authorise before anything can be replayed: a stored response is only for callers
-    # allowed to make the request (the handler's own dependency checks the same again).
-    check_scopes(principal, required_scopes if required_scopes is not None else frozenset())
     session = request.state.session
     body = await request.body()
     request_hash = hashlib.sha256(
         request.method.encode() + b" " + request.url.path.encode() + b"\n" + body
     ).hexdigest()
-    if not await idem_repo.try_lock(session, principal.project_id, key):
+    if not await idem_repo.try_lock(session, scope, key):
         raise IdempotencyKeyInFlight()
-    stored = await idem_repo.get_live(session, principal.project_id, key)
+    stored = await idem_repo.get_live(session, scope, key)
     if stored is not None:
         if stored.request_hash != request_hash:
             raise IdempotencyKeyReused()
@@ -126,7 +169,7 @@ async def _idempotent(
         settings: Settings = request.app.state.settings
         await idem_repo.store(
             session,
-            project_id=principal.project_id,
+            project_id=scope,
             key=key,
             method=request.method,
             path=request.url.path,
@@ -140,4 +183,11 @@ async def _idempotent(
 
 
 class OperatorRoute(TransactionalRoute):
-    idempotent = False
+    """An operator route: the operator token; its idempotency keys live in OPERATOR_SCOPE."""
+
+    async def idempotency_scope(self, request: Request) -> uuid.UUID:
+        await require_operator(request)
+        return OPERATOR_SCOPE
+
+    def _contract(self) -> dict[str, Any]:
+        return {"security": OPERATOR_SECURITY, "parameters": []}

@@ -199,8 +199,13 @@ ALWAYS_BAD = {
     "just_over_max": "1000000000000000.000000",
     "seven_decimals": "0.1234567",
     "seven_decimals_exponent": "1e-7",
-    "string": '"10"',
     "string_nan": '"NaN"',
+    "string_exponent": '"1e3"',
+    "string_spaces": '" 10"',
+    "string_empty": '""',
+    "string_seven_decimals": '"0.1234567"',
+    "string_too_large": '"1000000000000000"',
+    "string_minus_one": '"-1"',
     "true": "true",
     "false": "false",
     "empty_list": "[]",
@@ -239,6 +244,46 @@ VALID_EDGES = {
     "trailing_zeros": ("10.100000", Decimal("10.1")),
     "integer": ("42", Decimal(42)),
 }
+
+# Amounts may also be sent as decimal strings, for clients whose numbers are binary floats.
+VALID_STRINGS = {
+    "micro": '"0.000001"',
+    "tenth": '"0.1"',
+    "max": f'"{MAX_AMOUNT}"',
+    "integer": '"42"',
+    "leading_zero": '"007.5"',
+}
+
+
+@pytest.mark.parametrize(
+    ("field_name", "literal"),
+    [
+        pytest.param(f, v, id=f"{f}-{k}")
+        for f in MONEY_FIELDS
+        for k, v in VALID_STRINGS.items()
+        if f != "refund.amount"  # refunds are bounded by the charge; covered below
+    ],
+)
+async def test_money_field_accepts_decimal_string(env: Env, field_name: str, literal: str) -> None:
+    field = MONEY_FIELDS[field_name]
+    if field_name == "debits.amount":
+        await _fund(env.p, str(Decimal(literal.strip('"'))))
+    r = await send(env.p, field.method, field.url(env), field.body(literal))
+    assert r.status_code in (200, 201), r.text
+
+
+async def test_decimal_string_amount_is_exactly_the_number(env: Env) -> None:
+    for text in ("0.1", "0.2", "123456789012345.123456"):
+        as_string = await send(
+            env.p, "POST", f"/v1/users/{USER}/credits", f'{{"amount": "{text}"}}'.encode()
+        )
+        as_number = await send(
+            env.p, "POST", f"/v1/users/{USER}/credits", f'{{"amount": {text}}}'.encode()
+        )
+        assert as_string.status_code == as_number.status_code == 201, as_string.text
+        assert exact(as_string)["amount"] == exact(as_number)["amount"] == Decimal(text)
+        assert as_string.json()["amount"] == as_number.json()["amount"]
+        assert b'"amount":' + text.encode() + b"," in as_string.content
 
 
 async def _fund(p: Project, amount: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class AppError(Exception):
@@ -80,16 +80,32 @@ class RateLimited(AppError):
 
 
 class Problem(BaseModel):
-    """The problem+json body every error response carries."""
+    """An RFC 9457 problem: the body of every error response (``application/problem+json``)."""
 
+    # Problem types may add members of their own (RFC 9457 extension members).
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="A URI reference naming the problem type: /errors/<code>")
+    code: str = Field(description="The problem type's slug, stable across versions")
+    title: str = Field(description="A short summary of the problem type")
+    status: int = Field(description="The HTTP status code")
+    detail: str = Field(description="What went wrong in this occurrence")
+    instance: str = Field(description="The request path")
+    request_id: str | None = Field(description="The request's X-Request-Id")
+
+
+class FieldError(BaseModel):
+    """One invalid input: where it is (``loc``), what is wrong, and the error type."""
+
+    loc: list[str] = Field(description='Path to the value, e.g. ["body", "amount"]')
+    msg: str
     type: str
-    code: str
-    title: str
-    status: int
-    detail: str
-    instance: str
-    request_id: str | None = None
-    errors: list[dict[str, Any]] | None = None
+
+
+class ValidationProblem(Problem):
+    """A ``validation_error`` problem: the request's values are invalid; nothing was changed."""
+
+    errors: list[FieldError]
 
 
 class ValidationFailed(AppError):
@@ -106,17 +122,51 @@ class InternalError(AppError):
     status = 500
 
 
+PROBLEM_CODES = "x-problem-codes"  # the slugs a documented error response may carry
+
+
+def problem_response(status: int, codes: set[str], title: str | None = None) -> dict[str, Any]:
+    """One OpenAPI response: ``application/problem+json`` with its schema and its codes.
+
+    Every 422 is a ``ValidationProblem`` (it lists ``errors``) and may be ``validation_error``.
+    """
+    if status == 422:
+        codes = codes | {ValidationFailed.slug}
+    schema = ValidationProblem if status == 422 else Problem
+    ordered = sorted(codes)
+    summary = title if title and len(ordered) == 1 else "Error"
+    return {
+        "description": f"{summary} ({', '.join(ordered)})",
+        "content": {
+            "application/problem+json": {
+                "schema": {"$ref": f"#/components/schemas/{schema.__name__}"}
+            }
+        },
+        PROBLEM_CODES: ordered,
+    }
+
+
 def problem_responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for the given errors (grouped by status)."""
     by_status: dict[int, list[type[AppError]]] = {}
     for err in errors:
         by_status.setdefault(err.status, []).append(err)
-    out: dict[int | str, dict[str, Any]] = {}
-    for status, errs in sorted(by_status.items()):
-        slugs = ", ".join(sorted({e.slug for e in errs}))
-        out[status] = {
-            "model": Problem,
-            "description": f"{errs[0].title if len(errs) == 1 else 'Error'} ({slugs})",
-            "content": {"application/problem+json": {}},
-        }
+    return {
+        status: problem_response(status, {e.slug for e in errs}, errs[0].title)
+        for status, errs in sorted(by_status.items())
+    }
+
+
+def merge_responses(
+    base: dict[int | str, dict[str, Any]], extra: dict[int | str, dict[str, Any]]
+) -> dict[int | str, dict[str, Any]]:
+    """``base`` with ``extra`` added; two problem responses of one status list both codes."""
+    out = dict(base)
+    for status, response in extra.items():
+        mine = out.get(status)
+        if mine is not None and PROBLEM_CODES in mine and PROBLEM_CODES in response:
+            codes = {*mine[PROBLEM_CODES], *response[PROBLEM_CODES]}
+            out[status] = problem_response(int(status), codes)
+        else:
+            out[status] = response
     return out

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse as StarletteJSONResponse
 
 from app.core.errors import AppError
 from app.core.money import fmt
@@ -35,8 +35,12 @@ def render_json(content: Any) -> bytes:
     return orjson.dumps(content, default=_default, option=_ORJSON_OPTS)
 
 
-class JSONResponse(Response):
-    media_type = "application/json"
+class JSONResponse(StarletteJSONResponse):
+    """Starlette's JSONResponse with exact-decimal rendering.
+
+    It must stay a subclass: FastAPI publishes a route's ``response_model`` in the OpenAPI
+    document only when the route's response class is a ``JSONResponse``.
+    """
 
     def render(self, content: Any) -> bytes:
         return render_json(content)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import decimal
+import re
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any
@@ -34,10 +35,22 @@ def quantize(value: Decimal) -> Decimal:
         return value.quantize(QUANTUM, rounding=ROUND_HALF_UP)
 
 
+# A decimal string: plain digits, no exponent, no spaces, within the amount limits.
+DECIMAL_STRING_PATTERN = rf"^-?[0-9]{{1,{MAX_INTEGER_DIGITS}}}(\.[0-9]{{1,{SCALE}}})?$"
+_DECIMAL_STRING = re.compile(DECIMAL_STRING_PATTERN)
+
+
 def _as_decimal(value: Any) -> Decimal:
     # bool is an int subclass; floats only reach us as NaN/Infinity (numbers parse as Decimal).
+    if isinstance(value, str):
+        if not _DECIMAL_STRING.match(value):
+            raise ValueError(
+                f'must be a decimal string like "12.5" (at most {MAX_INTEGER_DIGITS} integer'
+                f" and {SCALE} fractional digits, no exponent)"
+            )
+        value = Decimal(value)
     if isinstance(value, bool) or not isinstance(value, int | Decimal):
-        raise ValueError("must be a JSON number")
+        raise ValueError("must be a JSON number or a decimal string")
     result = Decimal(value)
     if not result.is_finite():
         raise ValueError("must be a finite number")
@@ -65,7 +78,27 @@ def _non_negative(value: Any) -> Decimal:
     return result
 
 
-_SCHEMA = {"type": "number", "description": "Exact decimal, at most 6 fractional digits"}
+_DESCRIPTION = (
+    f'Exact decimal amount: a JSON number or a decimal string ("0.1"), at most'
+    f" {MAX_INTEGER_DIGITS} integer and {SCALE} fractional digits. Send a string from"
+    " languages whose numbers are binary floats."
+)
+
+
+def _amount_schema(*, minimum: int | None = None, exclusive: bool = False) -> dict[str, Any]:
+    """One schema for amount inputs: an exact number, or the same value as a decimal string."""
+    number: dict[str, Any] = {
+        "type": "number",
+        "exclusiveMaximum": int(LIMIT),
+        "multipleOf": 0.000001,  # the schema's number; values are checked as Decimal
+    }
+    string: dict[str, Any] = {"type": "string", "pattern": DECIMAL_STRING_PATTERN}
+    if minimum is None:
+        number["exclusiveMinimum"] = -int(LIMIT)
+    else:
+        number["exclusiveMinimum" if exclusive else "minimum"] = minimum
+        string["pattern"] = DECIMAL_STRING_PATTERN.replace("^-?", "^")
+    return {"anyOf": [number, string], "description": _DESCRIPTION}
 
 
 def _bounded_utc(value: datetime) -> datetime:
@@ -85,15 +118,27 @@ def _checked_utc(value: datetime) -> datetime:
 # A timestamp with a zone, normalised to UTC and storable by PostgreSQL.
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_checked_utc)]
 
-Amount = Annotated[Decimal, BeforeValidator(_as_decimal), WithJsonSchema(_SCHEMA)]
+Amount = Annotated[Decimal, BeforeValidator(_as_decimal), WithJsonSchema(_amount_schema())]
 PositiveAmount = Annotated[
-    Decimal, BeforeValidator(_positive), WithJsonSchema({**_SCHEMA, "exclusiveMinimum": 0})
+    Decimal,
+    BeforeValidator(_positive),
+    WithJsonSchema(_amount_schema(minimum=0, exclusive=True)),
 ]
 NonNegativeAmount = Annotated[
-    Decimal, BeforeValidator(_non_negative), WithJsonSchema({**_SCHEMA, "minimum": 0})
+    Decimal, BeforeValidator(_non_negative), WithJsonSchema(_amount_schema(minimum=0))
 ]
-# Output amounts: rendered as exact JSON numbers by app.core.http.render_json.
-Money = Annotated[Decimal, WithJsonSchema({"type": "number"})]
+# Output amounts: rendered as exact JSON numbers (never through a float) by
+# app.core.http.render_json; "format: decimal" tells clients to parse them without rounding.
+Money = Annotated[
+    Decimal,
+    WithJsonSchema(
+        {
+            "type": "number",
+            "format": "decimal",
+            "description": f"Exact decimal amount (at most {SCALE} fractional digits)",
+        }
+    ),
+]
 
 
 def fmt(value: Decimal) -> str:

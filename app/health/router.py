@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from fastapi import APIRouter, Request, Response
@@ -13,7 +15,9 @@ from app.core.http import JSONResponse
 from app.core.paths import ALEMBIC_INI
 from app.db.session import Database
 
+# Probes and metrics need no credentials (an empty security list says so explicitly).
 router = APIRouter(tags=["service"])
+_PUBLIC: dict[str, Any] = {"security": []}
 
 
 class Health(BaseModel):
@@ -26,7 +30,11 @@ def expected_revision() -> str | None:
 
 
 @router.get(
-    "/healthz", operation_id="service_healthz", summary="Liveness (no I/O)", response_model=Health
+    "/healthz",
+    operation_id="service_healthz",
+    summary="Liveness (no I/O)",
+    response_model=Health,
+    openapi_extra=_PUBLIC,
 )
 async def healthz() -> Health:
     return Health(status="ok")
@@ -38,6 +46,7 @@ async def healthz() -> Health:
     summary="Readiness: database reachable and schema at head",
     response_model=Health,
     responses={503: {"model": Health, "description": "Not ready"}},
+    openapi_extra=_PUBLIC,
 )
 async def readyz(request: Request) -> Response:
     db: Database = request.app.state.db
@@ -62,6 +71,7 @@ async def readyz(request: Request) -> Response:
     operation_id="service_metrics",
     summary="Prometheus metrics",
     response_class=Response,
+    openapi_extra=_PUBLIC,
     responses={
         200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}
     },

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+
+import httpx
 import pytest
 
 from app.credits import service as credits_service
-from tests.conftest import Project
+from tests.conftest import ADMIN_TOKEN, Project
 from tests.helpers import balance, body
 
 
@@ -133,3 +136,27 @@ async def test_a_replay_is_refused_to_a_key_without_the_scope(project: Project) 
     assert replay.status_code == 403
     assert replay.json()["code"] == "insufficient_scope"
     assert "key" not in replay.json()
+
+
+async def test_operator_project_creation_is_idempotent(client: httpx.AsyncClient) -> None:
+    """A retried project creation returns the first project (and its one key), never a second."""
+    key = f"create-{uuid.uuid4()}"
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Idempotency-Key": key}
+    first = await client.post("/v1/admin/projects", json={"name": "acme"}, headers=headers)
+    again = await client.post("/v1/admin/projects", json={"name": "acme"}, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.content == first.content
+    assert again.headers["idempotent-replayed"] == "true"
+    other = await client.post("/v1/admin/projects", json={"name": "other"}, headers=headers)
+    assert other.status_code == 409
+    assert other.json()["code"] == "idempotency_key_reused"
+
+
+async def test_operator_replay_needs_the_operator_token(client: httpx.AsyncClient) -> None:
+    key = f"create-{uuid.uuid4()}"
+    good = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Idempotency-Key": key}
+    assert (await client.post("/v1/admin/projects", json={"name": "a"}, headers=good)).is_success
+    bad = {"Authorization": "Bearer not-the-token", "Idempotency-Key": key}
+    replay = await client.post("/v1/admin/projects", json={"name": "a"}, headers=bad)
+    assert replay.status_code == 401
+    assert "api_key" not in replay.json()

@@ -1,34 +1,127 @@
-"""The committed OpenAPI document is generated from the app and describes every operation."""
+"""The committed OpenAPI document is generated from the app and is a contract clients can use."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.responses import JSONResponse as StarletteJSONResponse
 
 from app.cli import openapi_document
+from app.core.http import JSONResponse, ProblemResponse
 
 SPEC = Path(__file__).resolve().parents[2] / "openapi" / "openapi.json"
+# Operations that no API key guards: probes, metrics, the document itself.
+PUBLIC = {"/healthz", "/readyz", "/metrics"}
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(openapi_document())
+    return document
+
+
+def _operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (path, method, op)
+        for path, ops in spec["paths"].items()
+        for method, op in ops.items()
+        if isinstance(op, dict)
+    ]
 
 
 def test_committed_openapi_matches_the_app() -> None:
     assert SPEC.read_text() == openapi_document(), "run `make openapi`"
 
 
-def test_every_operation_has_an_id_a_summary_and_error_responses() -> None:
-    spec = json.loads(openapi_document())
+def test_response_classes_stay_starlette_json_responses() -> None:
+    # FastAPI publishes response_model schemas only for JSONResponse subclasses.
+    assert issubclass(JSONResponse, StarletteJSONResponse)
+    assert issubclass(ProblemResponse, StarletteJSONResponse)
+
+
+def test_every_operation_has_an_id_a_summary_and_error_responses(spec: dict[str, Any]) -> None:
     seen: set[str] = set()
-    for path, ops in spec["paths"].items():
-        for method, op in ops.items():
-            assert op.get("operationId"), (method, path)
-            assert op["operationId"] not in seen
-            seen.add(op["operationId"])
-            assert op.get("summary"), (method, path)
-            if path.startswith("/v1/"):
-                errors = {code for code in op["responses"] if code.startswith(("4", "5"))}
-                assert errors, (method, path, "declares no error responses")
+    for path, method, op in _operations(spec):
+        assert op.get("operationId"), (method, path)
+        assert op["operationId"] not in seen
+        seen.add(op["operationId"])
+        assert op.get("summary"), (method, path)
+        if path.startswith("/v1/"):
+            errors = {code for code in op["responses"] if code.startswith(("4", "5"))}
+            assert errors, (method, path, "declares no error responses")
 
 
-def test_amounts_are_documented_as_json_numbers() -> None:
-    spec = json.loads(openapi_document())
+def test_every_success_response_has_a_real_schema(spec: dict[str, Any]) -> None:
+    for path, method, op in _operations(spec):
+        for code, response in op["responses"].items():
+            if not code.startswith("2") or code == "204" or path == "/metrics":
+                continue
+            schema = response["content"]["application/json"]["schema"]
+            assert schema != {"type": "string"}, (method, path, code)
+            assert "$ref" in schema or schema.get("type") in ("object", "array"), (path, schema)
+
+
+def test_every_error_response_is_problem_json(spec: dict[str, Any]) -> None:
+    for path, method, op in _operations(spec):
+        for code, response in op["responses"].items():
+            if not code.startswith(("4", "5")) or path == "/readyz":
+                continue
+            assert list(response["content"]) == ["application/problem+json"], (method, path)
+            ref = response["content"]["application/problem+json"]["schema"]["$ref"]
+            wanted = "ValidationProblem" if code == "422" else "Problem"
+            assert ref == f"#/components/schemas/{wanted}", (method, path, code)
+    problem = spec["components"]["schemas"]["ValidationProblem"]
+    assert "errors" in problem["required"]
+
+
+def test_security_schemes_and_requirements(spec: dict[str, Any]) -> None:
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["ApiKeyBearer"] == {
+        **schemes["ApiKeyBearer"],
+        "type": "http",
+        "scheme": "bearer",
+    }
+    assert schemes["ApiKeyHeader"]["name"] == "X-API-Key"
+    assert schemes["OperatorToken"]["scheme"] == "bearer"
+    for path, method, op in _operations(spec):
+        if path in PUBLIC:
+            assert op["security"] == [], (method, path)
+        elif path.startswith("/v1/admin/"):
+            assert op["security"] == [{"OperatorToken": []}], (method, path)
+        else:
+            assert op["security"] == [{"ApiKeyBearer": []}, {"ApiKeyHeader": []}], (method, path)
+            assert "401" in op["responses"], (method, path)
+            headers = {p["name"] for p in op.get("parameters", []) if p["in"] == "header"}
+            assert "X-Project-Id" in headers, (method, path)
+
+
+def test_every_post_takes_an_idempotency_key(spec: dict[str, Any]) -> None:
+    posts = [(path, op) for path, method, op in _operations(spec) if method == "post"]
+    assert len(posts) > 15
+    for path, op in posts:
+        params = {p["name"]: p for p in op.get("parameters", []) if p["in"] == "header"}
+        assert params["Idempotency-Key"]["schema"]["maxLength"] == 255, path
+        assert "idempotency_key_reused" in op["responses"]["409"]["x-problem-codes"], path
+
+
+def test_amount_inputs_take_exact_numbers_or_decimal_strings(spec: dict[str, Any]) -> None:
     amount = spec["components"]["schemas"]["CreditIn"]["properties"]["amount"]
-    assert amount["type"] == "number"
+    number, string = amount["anyOf"]
+    assert number["type"] == "number"
+    assert number["exclusiveMinimum"] == 0
+    assert number["exclusiveMaximum"] == 10**15
+    assert number["multipleOf"] == 0.000001
+    assert string == {"type": "string", "pattern": r"^[0-9]{1,15}(\.[0-9]{1,6})?$"}
+    balance = spec["components"]["schemas"]["Balance"]["properties"]["available"]
+    assert balance["type"] == "number"
+    assert balance["format"] == "decimal"
+
+
+def test_list_limits_are_published(spec: dict[str, Any]) -> None:
+    op = spec["paths"]["/v1/users"]["get"]
+    limit = next(p for p in op["parameters"] if p["name"] == "limit")
+    assert limit["schema"]["minimum"] == 1
+    assert limit["schema"]["maximum"] == 100

@@ -4,10 +4,12 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, Text
+from sqlalchemy import Index, LargeBinary, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, CreatedAt
+
+OPERATOR_SCOPE = uuid.UUID(int=0)
 
 
 class IdempotencyKey(CreatedAt, Base):
@@ -16,9 +18,8 @@ class IdempotencyKey(CreatedAt, Base):
     __tablename__ = "idempotency_keys"
     __table_args__ = (Index("ix_idempotency_keys_expires_at", "expires_at"),)
 
-    project_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
-    )
+    # No foreign key: operator requests (no project) are kept under OPERATOR_SCOPE, the nil UUID.
+    project_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     key: Mapped[str] = mapped_column(Text, primary_key=True)
     method: Mapped[str] = mapped_column(Text)
     path: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,100 @@
+"""The published contract's shared parts: security schemes, common headers, problem schemas.
+
+Routes declare their own request, response and error schemas; the route class
+(``app.routing``) adds what every operation of its kind shares — its security requirement,
+the ``Idempotency-Key`` and ``X-Project-Id`` headers — and ``build_openapi`` adds the
+components those declarations point at.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from app.core.errors import FieldError, Problem, ValidationProblem
+
+API_KEY_BEARER = "ApiKeyBearer"
+API_KEY_HEADER = "ApiKeyHeader"
+OPERATOR_TOKEN = "OperatorToken"  # noqa: S105 - a scheme name, not a secret
+
+SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
+    API_KEY_BEARER: {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A project API key: `Authorization: Bearer <key>`.",
+    },
+    API_KEY_HEADER: {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "A project API key in the `X-API-Key` header (instead of Bearer).",
+    },
+    OPERATOR_TOKEN: {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The operator token (setting `CREDITD_ADMIN_TOKEN`).",
+    },
+}
+
+# Either header carries a project key (a list of requirements means "any one of them").
+API_KEY_SECURITY: list[dict[str, list[str]]] = [{API_KEY_BEARER: []}, {API_KEY_HEADER: []}]
+OPERATOR_SECURITY: list[dict[str, list[str]]] = [{OPERATOR_TOKEN: []}]
+
+IDEMPOTENCY_KEY_PARAMETER: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Makes a retry safe: the same key with the same body replays the first response"
+        " (header `Idempotent-Replayed: true`) for at least 24 h; a different body answers 409"
+        " `idempotency_key_reused`; a first attempt still running answers 409"
+        " `idempotency_key_in_flight`. A 5xx does not hold the key."
+    ),
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+
+PROJECT_ID_PARAMETER: dict[str, Any] = {
+    "name": "X-Project-Id",
+    "in": "header",
+    "required": False,
+    "description": "When present, must be the API key's project id (else 403 project_mismatch).",
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+def scope_note(scopes: frozenset[str]) -> str:
+    allowed = " or ".join(f"`{s}`" for s in sorted({"admin", *scopes}))
+    return f"Requires an API key with scope {allowed}."
+
+
+def _problem_schemas() -> dict[str, Any]:
+    ref = "#/components/schemas/{model}"
+    schemas: dict[str, Any] = {}
+    for model in (Problem, FieldError, ValidationProblem):
+        schema = model.model_json_schema(ref_template=ref, mode="serialization")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return schemas
+
+
+def build_openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document of ``app``, cached on it (FastAPI's ``app.openapi`` hook)."""
+    if app.openapi_schema is None:
+        document = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            description=app.description,
+            routes=app.routes,
+            tags=app.openapi_tags,
+            servers=app.servers,
+            license_info=app.license_info,
+        )
+        components = document.setdefault("components", {})
+        components.setdefault("schemas", {}).update(_problem_schemas())
+        components["schemas"] = dict(sorted(components["schemas"].items()))
+        components["securitySchemes"] = SECURITY_SCHEMES
+        app.openapi_schema = document
+    return app.openapi_schema

@@ -136,7 +136,8 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         lifespan=lifespan,
         default_response_class=JSONResponse,
         license_info={"name": "Apache-2.0", "identifier": "Apache-2.0"},
-        servers=[{"url": "http://localhost:8000", "description": "`make run` on this machine"}],
+        # Relative: "Try it out" in /docs calls the server that serves the page, on any port.
+        servers=[{"url": "/", "description": "The server that serves this document"}],
         docs_url=None,
         redoc_url=None,
     )

@@ -58,14 +58,20 @@ export class ServerProcess {
     readonly port: number,
     private readonly name: string,
     private readonly extraEnv: Record<string, string> = {},
+    private readonly migrate = false,
   ) {}
 
   get baseUrl(): string {
     return `http://127.0.0.1:${this.port}`;
   }
 
-  static async start(name: string, extraEnv: Record<string, string> = {}): Promise<ServerProcess> {
-    const server = new ServerProcess(await freePort(), name, extraEnv);
+  /** `migrate`: bring the database to head first (the shared server does; later ones need not). */
+  static async start(
+    name: string,
+    extraEnv: Record<string, string> = {},
+    { migrate = false }: { migrate?: boolean } = {},
+  ): Promise<ServerProcess> {
+    const server = new ServerProcess(await freePort(), name, extraEnv, migrate);
     await server.start();
     return server;
   }
@@ -76,7 +82,7 @@ export class ServerProcess {
     const log = createWriteStream(path.join(LOG_DIR, `${this.name}.log`), { flags: "a" });
     const proc = spawn(
       path.join(REPO_ROOT, ".venv", "bin", "creditd"),
-      ["serve", "--host", "127.0.0.1", "--port", String(this.port), "--migrate"],
+      ["serve", "--host", "127.0.0.1", "--port", String(this.port), ...(this.migrate ? ["--migrate"] : [])],
       {
         cwd: REPO_ROOT,
         env: {
@@ -122,7 +128,8 @@ export class ServerProcess {
     this.proc = undefined;
     if (proc.exitCode === null && proc.signalCode === null) {
       proc.kill("SIGTERM");
-      const killer = setTimeout(() => proc.kill("SIGKILL"), 15_000);
+      // creditd stops in well under a second; a stuck shutdown is ended like a crash would end it.
+      const killer = setTimeout(() => proc.kill("SIGKILL"), 10_000);
       await this.exited;
       clearTimeout(killer);
     }

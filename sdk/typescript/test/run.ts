@@ -65,7 +65,7 @@ async function main(): Promise<number> {
   process.env.CREDITD_TEST_ADMIN_TOKEN = ADMIN_TOKEN;
   let server: ServerProcess | undefined;
   try {
-    server = await ServerProcess.start("shared");
+    server = await ServerProcess.start("shared", {}, { migrate: true });
     process.env.CREDITD_TEST_BASE_URL = server.baseUrl;
     const only = process.argv.slice(2);
     const files = readdirSync(here)
@@ -74,7 +74,7 @@ async function main(): Promise<number> {
       .sort()
       .map((f) => path.join(here, f));
     // One file at a time: the machine is shared, and the spool tests stop their own server.
-    const runner = spawn(process.execPath, ["--test", "--test-concurrency=1", "--test-reporter=spec", ...files], {
+    const runner = spawn(process.execPath, ["--test", "--test-concurrency=1", ...files], {
       cwd: PACKAGE_DIR,
       stdio: "inherit",
       env: process.env,

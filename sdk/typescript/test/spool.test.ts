@@ -15,12 +15,15 @@ import {
   CreditdConnectionError,
   Creditd,
   FileSpool,
+  NotFoundError,
+  ServerError,
   type CreditdOptions,
+  type Spool,
   type SpoolEntry,
   type SpoolEvent,
 } from "@creditd/sdk";
 
-import { FaultProxy, newProject, ServerProcess, sleep, userId } from "./helpers.js";
+import { FaultProxy, newProject, problemBody, ServerProcess, sleep, userId } from "./helpers.js";
 
 let server: ServerProcess;
 let apiKey: string;
@@ -255,6 +258,59 @@ describe("the completion spool", () => {
     assert.deepEqual((await admin.getUser(u)).balance, { available: "7", held: "0", total: "7" });
     await client.flushSpool();
     assert.deepEqual(await usageEntries(u), ["-3"]);
+  });
+
+  it("spools on 5xx answers into a Spool of your own, and the interval flush delivers it", async () => {
+    const u = await fundedUser("10");
+    const started = await admin.startUsageTransaction({ userId: u, model: "m", provisionalTokens: { outputTokens: 1000 } });
+    let outage = true;
+    const proxy = await new FaultProxy(server.baseUrl, (_n, req) =>
+      outage && req.url.endsWith("/complete")
+        ? { kind: "respond", status: 503, headers: { "retry-after": "0" }, body: problemBody(503, "service_unavailable") }
+        : { kind: "forward" },
+    ).start();
+    const stored = new Map<string, SpoolEntry>();
+    const calls: string[] = [];
+    const memory: Spool = {
+      put: async (e) => void (calls.push("put"), stored.set(e.id, e)),
+      list: async () => [...stored.values()],
+      remove: async (id) => void (calls.push("remove"), stored.delete(id)),
+    };
+    const events: SpoolEvent[] = [];
+    const client = spooled("", { spool: memory, spoolFlushIntervalMs: 100, onSpoolEvent: (e) => events.push(e) }, proxy.baseUrl);
+    try {
+      const err = await client.completeUsageTransaction(started.transaction_id, { finalizedTokens: { outputTokens: 500 } }).then(
+        () => assert.fail("the server answers 503"),
+        (e: unknown) => e,
+      );
+      assert.ok(err instanceof CompletionSpooledError);
+      assert.ok(err.cause instanceof ServerError);
+      assert.equal(stored.size, 1);
+      const keys = proxy.requests.filter((r) => r.url.endsWith("/complete")).map((r) => r.headers["idempotency-key"]);
+      assert.equal(new Set(keys).size, 1, "every attempt used the same key");
+      assert.equal((await admin.getTransaction(started.transaction_id)).status, "pending");
+
+      outage = false;
+      await waitFor(() => events.some((e) => e.type === "delivered"));
+      const replayKey = proxy.requests.filter((r) => r.url.endsWith("/complete")).at(-1)?.headers["idempotency-key"];
+      assert.equal(replayKey, keys[0], "the replay sent the original key");
+    } finally {
+      await client.close();
+      await proxy.stop();
+    }
+    assert.deepEqual(calls, ["put", "remove"]);
+    assert.deepEqual(await usageEntries(u), ["-1"]);
+    assert.equal((await admin.getTransaction(started.transaction_id)).status, "completed");
+  });
+
+  it("does not spool a completion the server refused for good", async () => {
+    const dir = spoolDir();
+    const client = spooled(dir);
+    await assert.rejects(
+      client.completeUsageTransaction("00000000-0000-0000-0000-000000000000", { success: true }),
+      NotFoundError,
+    );
+    assert.deepEqual(await new FileSpool(dir).list(), []);
   });
 
   it("moves an entry the server refuses for good to rejected/", async () => {

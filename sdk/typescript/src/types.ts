@@ -1,0 +1,573 @@
+/**
+ * Request and response shapes of the creditd v1 API (fields are the API's snake_case).
+ *
+ * Response types take the amount type `A`: `string` (exact decimal text, the default) or
+ * `number` (with `amounts: "number"`). Requests take {@link AmountInput}: a decimal string is
+ * sent digit for digit, a number as its shortest text.
+ */
+
+/** An amount you send: `"12.5"` (exact) or `12.5`. */
+export type AmountInput = string | number;
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+export type Metadata = Record<string, unknown>;
+/** RFC 3339 timestamp; a `Date` is sent as its ISO string. */
+export type Timestamp = string;
+export type TimestampInput = string | Date;
+
+export type Scope = "admin" | "write" | "read" | "usage";
+export type DenyReason = "insufficient_credits" | "spend_cap_reached" | "concurrency_limit";
+export type TransactionStatus = "pending" | "completed" | "failed" | "expired" | "denied";
+
+/** Cursor pagination parameters of every list. */
+export interface PageParams {
+  /** 1-100, default 20. */
+  limit?: number;
+  /** The id (cursor) of the last item seen: `next_cursor` of the previous page. */
+  starting_after?: string;
+}
+
+export interface Page<T> {
+  data: T[];
+  has_more: boolean;
+  next_cursor: string | null;
+}
+
+// ---- tokens -------------------------------------------------------------------------------
+
+/** Token counts as the API takes them. `input_tokens` excludes cached input (priced apart). */
+export interface TokenUsage {
+  input_tokens?: number;
+  output_tokens?: number;
+  cached_input_tokens?: number;
+}
+
+/** Token counts in either spelling; the client sends them as {@link TokenUsage}. */
+export interface TokenUsageInput extends TokenUsage {
+  inputTokens?: number;
+  outputTokens?: number;
+  cachedInputTokens?: number;
+}
+
+// ---- project and keys ----------------------------------------------------------------------
+
+export interface ProjectSettings<A = string> {
+  auto_create_users: boolean;
+  default_hold_ttl_seconds: number;
+  low_balance_thresholds: A[];
+  [key: string]: unknown;
+}
+
+export interface Project<A = string> {
+  id: string;
+  name: string;
+  settings: ProjectSettings<A>;
+  created_at: Timestamp;
+}
+
+export interface ProjectUpdate {
+  name?: string;
+  settings?: {
+    auto_create_users?: boolean;
+    default_hold_ttl_seconds?: number;
+    low_balance_thresholds?: AmountInput[];
+  };
+}
+
+export interface ProjectCreated<A = string> extends Project<A> {
+  api_key: { id: string; key: string; scopes: Scope[] };
+}
+
+export interface ApiKeyCreate {
+  name: string;
+  scopes: Scope[];
+  expires_at?: TimestampInput | null;
+}
+
+export interface ApiKey {
+  id: string;
+  name: string;
+  prefix: string;
+  scopes: Scope[];
+  created_at: Timestamp;
+  expires_at: Timestamp | null;
+  revoked_at: Timestamp | null;
+}
+
+export interface ApiKeyCreated extends ApiKey {
+  /** The secret: shown only in this response. */
+  key: string;
+}
+
+// ---- models (prices) -----------------------------------------------------------------------
+
+export interface ModelPriceInput {
+  input_price_per_1k: AmountInput;
+  output_price_per_1k: AmountInput;
+  cached_input_price_per_1k?: AmountInput | null;
+  request_price?: AmountInput | null;
+}
+
+export interface ModelPrice<A = string> {
+  id: string;
+  input_price_per_1k: A;
+  output_price_per_1k: A;
+  cached_input_price_per_1k: A | null;
+  request_price: A;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+}
+
+// ---- users, credits, ledger ----------------------------------------------------------------
+
+export interface Balance<A = string> {
+  available: A;
+  held: A;
+  total: A;
+}
+
+export interface User<A = string> {
+  id: string;
+  tier_id: string | null;
+  features: Record<string, unknown>;
+  metadata: Metadata;
+  created_at: Timestamp;
+  balance: Balance<A>;
+}
+
+export interface UserCreate {
+  id: string;
+  tier_id?: string | null;
+  metadata?: Metadata;
+}
+
+export interface UserUpdate {
+  metadata?: Metadata | null;
+}
+
+export interface AssignTier {
+  tier_id: string;
+  reset_balance?: boolean;
+}
+
+export type GrantSource = "adjustment" | "purchase" | "promo" | "bonus";
+
+export interface CreditGrantInput {
+  amount: AmountInput;
+  reason?: string | null;
+  expires_at?: TimestampInput | null;
+  source?: GrantSource;
+}
+
+export interface Grant<A = string> {
+  id: string;
+  amount: A;
+  remaining: A;
+  source: string;
+  reason: string | null;
+  expires_at: Timestamp | null;
+  created_at: Timestamp;
+  [key: string]: unknown;
+}
+
+export interface GrantCreated<A = string> extends Grant<A> {
+  balance: A;
+}
+
+export interface DebitInput {
+  amount: AmountInput;
+  reason?: string | null;
+}
+
+export interface Debit<A = string> {
+  ledger_entry_id: number;
+  amount: A;
+  balance: A;
+}
+
+export interface LedgerEntry<A = string> {
+  id: number;
+  kind: string;
+  amount: A;
+  held_amount: A;
+  balance_after: A;
+  total_after: A;
+  held_after: A;
+  transaction_id: string | null;
+  grant_id: string | null;
+  reason: string | null;
+  created_at: Timestamp;
+}
+
+// ---- transactions and usage ----------------------------------------------------------------
+
+export interface StartTransactionInput {
+  user_id: string;
+  model: string;
+  provisional_tokens?: TokenUsage | null;
+  feature_identifier?: string | null;
+  metadata?: Metadata;
+  hold_ttl_seconds?: number | null;
+}
+
+export interface StartTransactionResult<A = string> {
+  transaction_id: string;
+  /** false: not admitted; do not make the model call. */
+  continue: boolean;
+  balance: A;
+  credits_used: A;
+  hold_amount: A;
+  status: "pending" | "denied";
+  expires_at: Timestamp | null;
+  message: string;
+  reason: DenyReason | null;
+}
+
+export interface CompleteTransactionInput {
+  success: boolean;
+  finalized_tokens?: TokenUsage | null;
+  metadata?: Metadata;
+}
+
+export interface CompleteTransactionResult<A = string> {
+  transaction_id: string;
+  status: "completed" | "failed";
+  credits_used: A;
+  balance: A;
+  balance_adjustment: A;
+  /** true: the hold had expired; the usage was charged all the same. */
+  late: boolean;
+}
+
+export interface ExtendTransactionInput {
+  hold_ttl_seconds: number;
+}
+
+export interface RefundInput {
+  amount?: AmountInput | null;
+  reason?: string | null;
+}
+
+export interface Refund<A = string> {
+  refund_id: string;
+  amount: A;
+  refunded_total: A;
+  balance: A;
+}
+
+export interface Transaction<A = string> {
+  id: string;
+  user_id: string;
+  model: string;
+  feature_identifier: string | null;
+  status: TransactionStatus;
+  reason: string | null;
+  hold_amount: A;
+  credits_used: A;
+  refunded_total: A;
+  provisional_tokens: TokenUsage | null;
+  finalized_tokens: TokenUsage | null;
+  metadata: Metadata;
+  late: boolean;
+  expires_at: Timestamp | null;
+  completed_at: Timestamp | null;
+  created_at: Timestamp;
+}
+
+export interface TransactionFilters extends PageParams {
+  user_id?: string;
+  status?: TransactionStatus;
+  model?: string;
+  feature_identifier?: string;
+  created_after?: TimestampInput;
+  created_before?: TimestampInput;
+}
+
+export interface UsageInput {
+  user_id: string;
+  model: string;
+  tokens: TokenUsage;
+  feature_identifier?: string | null;
+  metadata?: Metadata;
+}
+
+export interface UsageResult<A = string> {
+  transaction_id: string;
+  status: "completed";
+  credits_used: A;
+  balance: A;
+}
+
+export interface CheckInput {
+  user_id: string;
+  model?: string | null;
+  provisional_tokens?: TokenUsage | null;
+  amount?: AmountInput | null;
+}
+
+export interface CheckResult<A = string> {
+  allowed: boolean;
+  reason: DenyReason | null;
+  available: A;
+  required: A;
+}
+
+// ---- tiers ---------------------------------------------------------------------------------
+
+export type RefillInterval = "none" | "day" | "week" | "month" | "year";
+
+export interface ModelOverrideInput {
+  input_price_per_1k?: AmountInput | null;
+  output_price_per_1k?: AmountInput | null;
+  cached_input_price_per_1k?: AmountInput | null;
+  request_price?: AmountInput | null;
+  price_multiplier?: AmountInput | null;
+}
+
+export interface TierUpdate {
+  name?: string;
+  credits?: AmountInput | null;
+  refill_interval?: RefillInterval | null;
+  refill_mode?: "reset" | "rollover" | null;
+  rollover_cap?: AmountInput | null;
+  allow_overage?: boolean | null;
+  overage_limit?: AmountInput | null;
+  price_multiplier?: AmountInput | null;
+  model_overrides?: Record<string, ModelOverrideInput> | null;
+  max_concurrent_transactions?: number | null;
+  features?: Record<string, unknown> | null;
+  is_default?: boolean | null;
+}
+
+export interface TierCreate extends TierUpdate {
+  id: string;
+  name: string;
+}
+
+export interface Tier<A = string> {
+  id: string;
+  name: string;
+  credits: A;
+  refill_interval: RefillInterval;
+  refill_mode: "reset" | "rollover";
+  rollover_cap: A | null;
+  allow_overage: boolean;
+  overage_limit: A | null;
+  price_multiplier: A;
+  model_overrides: Record<string, Record<string, A | null>>;
+  max_concurrent_transactions: number | null;
+  features: Record<string, unknown>;
+  is_default: boolean;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+}
+
+// ---- plans and subscriptions ---------------------------------------------------------------
+
+export interface PriceInput {
+  amount: AmountInput;
+  /** ISO 4217, upper case: `USD`. */
+  currency: string;
+}
+
+export interface PlanUpdate {
+  name?: string | null;
+  price?: PriceInput | null;
+  credits_per_period?: AmountInput | null;
+  tier_id?: string | null;
+  stripe_price_id?: string | null;
+  razorpay_plan_id?: string | null;
+  active?: boolean | null;
+}
+
+export interface PlanCreate {
+  id: string;
+  name: string;
+  price: PriceInput;
+  interval: "day" | "month" | "year";
+  credits_per_period: AmountInput;
+  tier_id?: string | null;
+  stripe_price_id?: string | null;
+  razorpay_plan_id?: string | null;
+  active?: boolean;
+}
+
+export interface Plan<A = string> {
+  id: string;
+  name: string;
+  price: { amount: A; currency: string };
+  interval: "day" | "month" | "year";
+  credits_per_period: A;
+  tier_id: string | null;
+  stripe_price_id: string | null;
+  razorpay_plan_id: string | null;
+  active: boolean;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+}
+
+export type PaymentProvider = "stripe" | "razorpay" | "manual";
+
+export interface SubscriptionCreate {
+  plan_id: string;
+  provider: PaymentProvider;
+}
+
+export interface Subscription {
+  id: string;
+  user_id: string;
+  plan_id: string;
+  provider: PaymentProvider;
+  status: string;
+  current_period_start: Timestamp | null;
+  current_period_end: Timestamp | null;
+  cancel_at_period_end: boolean;
+  canceled_at: Timestamp | null;
+  ended_at: Timestamp | null;
+  provider_subscription_id: string | null;
+  created_at: Timestamp;
+}
+
+export interface SubscriptionCreated {
+  subscription: Subscription;
+  checkout_url: string | null;
+}
+
+// ---- promos --------------------------------------------------------------------------------
+
+export interface PromoUpdate {
+  description?: string | null;
+  max_redemptions?: number | null;
+  starts_at?: TimestampInput | null;
+  expires_at?: TimestampInput | null;
+  eligible_tier_ids?: string[] | null;
+  eligible_user_ids?: string[] | null;
+  credit_expires_in_days?: number | null;
+  max_per_user?: number | null;
+  new_users_only?: boolean | null;
+  active?: boolean | null;
+}
+
+export interface PromoCreate extends Omit<PromoUpdate, "max_per_user" | "new_users_only" | "active"> {
+  code: string;
+  credits: AmountInput;
+  max_per_user?: number;
+  new_users_only?: boolean;
+  active?: boolean;
+}
+
+export interface Promo<A = string> {
+  code: string;
+  credits: A;
+  description: string | null;
+  max_redemptions: number | null;
+  max_per_user: number;
+  starts_at: Timestamp | null;
+  expires_at: Timestamp | null;
+  eligible_tier_ids: string[] | null;
+  eligible_user_ids: string[] | null;
+  new_users_only: boolean;
+  credit_expires_in_days: number | null;
+  active: boolean;
+  redemptions_count: number;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+}
+
+export type PromoIneligibleReason =
+  | "promo_not_found"
+  | "promo_inactive"
+  | "promo_not_started"
+  | "promo_expired"
+  | "promo_exhausted"
+  | "already_claimed"
+  | "not_eligible";
+
+export interface PromoEligibility {
+  eligible: boolean;
+  reason: PromoIneligibleReason | null;
+}
+
+export interface PromoClaim<A = string> {
+  grant: Grant<A>;
+  balance: A;
+}
+
+export interface PromoRedemption {
+  id: string;
+  user_id: string;
+  grant_id: string;
+  created_at: Timestamp;
+}
+
+// ---- spend caps ----------------------------------------------------------------------------
+
+export type SpendCapPeriod = "day" | "month";
+
+export interface SpendCapInput {
+  limit: AmountInput;
+  action: "deny" | "warn";
+  model?: string | null;
+}
+
+export interface SpendCap<A = string> {
+  period: SpendCapPeriod;
+  model: string | null;
+  limit: A;
+  action: string;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+}
+
+// ---- events and analytics ------------------------------------------------------------------
+
+export interface Event {
+  id: string;
+  type: string;
+  user_id: string | null;
+  /** The event's payload; amounts in it follow the client's `amounts` mode. */
+  data: Record<string, unknown>;
+  created_at: Timestamp;
+}
+
+export interface EventFilters extends PageParams {
+  type?: string;
+  user_id?: string;
+  created_after?: TimestampInput;
+}
+
+export type SpendGroupBy = "user" | "model" | "feature" | "day";
+
+export interface SpendParams {
+  group_by: SpendGroupBy;
+  start?: TimestampInput;
+  end?: TimestampInput;
+  /** 1-1000, default 20. */
+  limit?: number;
+}
+
+export interface SpendReport<A = string> {
+  group_by: SpendGroupBy;
+  start: Timestamp;
+  end: Timestamp;
+  data: { key: string | null; credits: A; transactions: number }[];
+}
+
+export interface SummaryParams {
+  start?: TimestampInput;
+  end?: TimestampInput;
+}
+
+export interface Summary<A = string> {
+  start: Timestamp;
+  end: Timestamp;
+  credits_consumed: A;
+  active_users: number;
+  transactions: number;
+  top_model: string | null;
+  top_user: string | null;
+}
+
+export interface Health {
+  status: string;
+  detail?: string | null;
+}

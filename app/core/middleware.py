@@ -1,4 +1,5 @@
-"""Pure-ASGI middleware: request ids, access logs, Prometheus metrics, last-resort 500s."""
+"""Pure-ASGI middleware: request ids, access logs, Prometheus metrics, last-resort 500s, and
+the request-body limit."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from prometheus_client import Counter, Histogram
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.http import ProblemResponse, problem_body
+from app.core.errors import PayloadTooLarge
+from app.core.http import ProblemResponse, problem_body, problem_from_error
 
 log = structlog.get_logger("creditd.http")
 
@@ -75,3 +77,78 @@ class RequestContextMiddleware:
             REQUESTS.labels(scope["method"], template, str(status)).inc()
             LATENCY.labels(scope["method"], template).observe(elapsed)
             log.info("request_finished", status=status, duration_ms=round(elapsed * 1000, 2))
+
+
+def _declared_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with 413 before the app sees the request.
+
+    A declared ``Content-Length`` over the limit is refused before a byte of the body is read.
+    Otherwise the body is read here, counting every chunk (a chunked body declares no length),
+    and refused as soon as the count passes the limit, without reading the rest; a body within
+    the limit is handed to the app whole. So nothing is parsed, authenticated or given a
+    database connection for an oversized body, and a slow upload never holds a connection.
+
+    The connection is not closed: the server discards the rest of the body as it arrives
+    (uvicorn drops body bytes once the response is complete, it never buffers them). Closing
+    with unread bytes would make the kernel reset the connection, and a client still sending
+    would see a reset instead of its 413.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _declared_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: let the app see it
+                await self.app(scope, _replay(chunks, receive, message), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            if chunk:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay(chunks, receive, None), send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = PayloadTooLarge(f"The request body exceeds the limit of {self.max_bytes} bytes.")
+        await problem_from_error(Request(scope), error)(scope, receive, send)
+
+
+def _replay(chunks: list[bytes], receive: Receive, last: Message | None) -> Receive:
+    """A receive that first hands out the body read so far (as one message), then ``last``
+    (a disconnect, if that is how reading ended), then whatever the server sends next."""
+    pending: list[Message] = [
+        {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+    ]
+    if last is not None:
+        pending[0]["more_body"] = True  # the body ended with a disconnect, not a last chunk
+        pending.append(last)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay

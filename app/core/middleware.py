@@ -79,13 +79,6 @@ class RequestContextMiddleware:
             log.info("request_finished", status=status, duration_ms=round(elapsed * 1000, 2))
 
 
-def _declared_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
-
-
 class BodyLimitMiddleware:
     """Refuse request bodies over ``max_bytes`` with 413 before the app sees the request.
 
@@ -109,46 +102,56 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _declared_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._refuse(scope, receive, send)
+        limit = self.max_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if value.isdigit() and int(value) > limit:
+                    await self._refuse(scope, receive, send)
+                    return
+                break
+        message = await receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            # The common case: the whole body in one message, handed on as it came.
+            if len(message.get("body", b"")) > limit:
+                await self._refuse(scope, receive, send)
+                return
+            await self.app(scope, _Replay([message], receive), send)
             return
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away: let the app see it
-                await self.app(scope, _replay(chunks, receive, message), send)
-                return
+        while message["type"] == "http.request":
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
+            if size > limit:
                 await self._refuse(scope, receive, send)
                 return
-            if chunk:
-                chunks.append(chunk)
+            chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        await self.app(scope, _replay(chunks, receive, None), send)
+            message = await receive()
+        body: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        if message["type"] != "http.request":
+            # The client went away mid-body: the app sees the body so far, then the disconnect.
+            body["more_body"] = True
+            await self.app(scope, _Replay([message, body], receive), send)
+            return
+        await self.app(scope, _Replay([body], receive), send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = PayloadTooLarge(f"The request body exceeds the limit of {self.max_bytes} bytes.")
         await problem_from_error(Request(scope), error)(scope, receive, send)
 
 
-def _replay(chunks: list[bytes], receive: Receive, last: Message | None) -> Receive:
-    """A receive that first hands out the body read so far (as one message), then ``last``
-    (a disconnect, if that is how reading ended), then whatever the server sends next."""
-    pending: list[Message] = [
-        {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-    ]
-    if last is not None:
-        pending[0]["more_body"] = True  # the body ended with a disconnect, not a last chunk
-        pending.append(last)
+class _Replay:
+    """A receive that hands out ``pending`` (last item first), then defers to the server's."""
 
-    async def replay() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
+    __slots__ = ("pending", "receive")
 
-    return replay
+    def __init__(self, pending: list[Message], receive: Receive) -> None:
+        self.pending = pending
+        self.receive = receive
+
+    async def __call__(self) -> Message:
+        if self.pending:
+            return self.pending.pop()
+        return await self.receive()

@@ -271,7 +271,7 @@ def test_the_tolerant_path_writes_what_orjson_writes() -> None:
     assert orjson.loads(render_json(content))["model"]["amount"] == 12.5
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@settings(max_examples=100, deadline=None, derandomize=True, database=None)
 @given(value=METADATA)
 def test_the_size_limit_counts_the_bytes_render_json_writes(value: dict[str, Any]) -> None:
     """Padded to exactly MAX_BYTES as rendered, a value is accepted; one byte more is not."""

@@ -24,13 +24,14 @@ from app.auth.service import KeyCache
 from app.core.errors import (
     AppError,
     InternalError,
+    PayloadTooLarge,
     RateLimited,
     ValidationFailed,
     problem_responses,
 )
 from app.core.http import JSONResponse, ProblemResponse, problem_body, problem_from_error
 from app.core.logging import configure_logging
-from app.core.middleware import RequestContextMiddleware
+from app.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.core.openapi import build_openapi
 from app.core.settings import Settings, get_settings
 from app.credits.router import router as credits_router
@@ -57,9 +58,11 @@ def _clean_errors(errors: Any) -> list[dict[str, Any]]:
     cleaned = []
     for err in errors:
         loc = [str(p) for p in err.get("loc", ())]
-        cleaned.append(
-            {"loc": loc, "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))}
-        )
+        msg = str(err.get("msg", ""))
+        reason = (err.get("ctx") or {}).get("error")
+        if err.get("type") == "json_invalid" and isinstance(reason, str) and reason:
+            msg = f"{msg}: {reason}"  # what the parser refused (e.g. an out-of-range number)
+        cleaned.append({"loc": loc, "msg": msg, "type": str(err.get("type", ""))})
     return cleaned
 
 
@@ -149,6 +152,9 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         settings.api.rate_limit_per_second, settings.api.rate_limit_burst
     )
     app.state.schema_head = expected_revision()
+    # Added first, so it runs inside the request context: a 413 carries a request id and is
+    # logged and counted like any response.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -157,6 +163,7 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         InvalidApiKey,
         InsufficientScope,
         ProjectMismatch,
+        PayloadTooLarge,
         ValidationFailed,
         RateLimited,
         InternalError,
@@ -178,5 +185,8 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
     ):
         app.include_router(router, responses=api_errors)
     app.include_router(health_router)
-    app.include_router(admin_router, responses=problem_responses(ValidationFailed, InternalError))
+    app.include_router(
+        admin_router,
+        responses=problem_responses(PayloadTooLarge, ValidationFailed, InternalError),
+    )
     return app

@@ -73,6 +73,12 @@ class ExpiryInPast(InvalidRequest):
     loc = ("body", "expires_at")
 
 
+class PayloadTooLarge(AppError):
+    slug = "payload_too_large"
+    title = "Request body too large"
+    status = 413
+
+
 class RateLimited(AppError):
     slug = "rate_limited"
     title = "Too many requests"

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse as StarletteJSONResponse
 
 from app.core.errors import AppError
+from app.core.freeform import INT64_MAX, INT64_MIN
 from app.core.money import fmt
 
 _ORJSON_OPTS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
@@ -29,10 +30,71 @@ def _default(value: Any) -> Any:
 
 
 def render_json(content: Any) -> bytes:
-    """JSON bytes with Decimals as exact numbers (never through a float)."""
+    """JSON bytes with Decimals as exact numbers (never through a float).
+
+    Never fails on JSON that PostgreSQL gave back: integers beyond 64 bits and nesting past
+    orjson's depth limit (rows stored before the free-form rules of app.core.freeform) take
+    a slower path that writes them exactly.
+    """
     if isinstance(content, BaseModel):
         content = content.model_dump(mode="python", by_alias=True)
-    return orjson.dumps(content, default=_default, option=_ORJSON_OPTS)
+    try:
+        return orjson.dumps(content, default=_default, option=_ORJSON_OPTS)
+    except orjson.JSONEncodeError:
+        return _render_tolerant(content)
+
+
+_U64_MAX = 2**64 - 1  # orjson writes integers in [-2**63, 2**64 - 1]
+
+
+def _leaf(value: Any) -> bytes:
+    if isinstance(value, int) and not -(2**63) <= value <= _U64_MAX:
+        # Exact number text, embedded as is (bool is an int within range: never here).
+        return orjson.dumps(orjson.Fragment(str(value)))
+    return orjson.dumps(value, default=_default, option=_ORJSON_OPTS)
+
+
+def _render_tolerant(content: Any) -> bytes:
+    """Compact JSON like orjson's, built without recursion: any depth, any integer."""
+    parts: list[bytes] = []
+    # Open containers: (iterator over the rest, closing bracket, is a dict, first item next).
+    stack: list[tuple[Any, bytes, bool, list[bool]]] = []
+    value, have_value = content, True
+    while True:
+        if have_value:
+            if isinstance(value, BaseModel):
+                value = value.model_dump(mode="python", by_alias=True)
+            if isinstance(value, dict):
+                parts.append(b"{")
+                stack.append((iter(value.items()), b"}", True, [True]))
+            elif isinstance(value, list | tuple):
+                parts.append(b"[")
+                stack.append((iter(value), b"]", False, [True]))
+            else:
+                parts.append(_leaf(value))
+            have_value = False
+        if not stack:
+            return b"".join(parts)
+        items, close, is_dict, first = stack[-1]
+        item: Any = next(items, _END)
+        if item is _END:
+            parts.append(close)
+            stack.pop()
+            continue
+        if not first[0]:
+            parts.append(b",")
+        first[0] = False
+        if is_dict:
+            key, value = item
+            if not isinstance(key, str):
+                raise TypeError(f"dict key must be str, not {type(key).__name__}")
+            parts.append(orjson.dumps(key) + b":")
+        else:
+            value = item
+        have_value = True
+
+
+_END = object()
 
 
 class JSONResponse(StarletteJSONResponse):
@@ -50,25 +112,35 @@ class ProblemResponse(JSONResponse):
     media_type = "application/problem+json"
 
 
-_MAX_INT = 2**63 - 1
 _MAX_EXPONENT = 1000
 
 
 def _storable(value: Any) -> bool:
-    """Whether PostgreSQL (text, jsonb, numeric) can store every value of a parsed body."""
-    if isinstance(value, str):
-        return "\x00" not in value and (value.isascii() or _encodes(value))
-    if isinstance(value, bool) or value is None:
-        return True
-    if isinstance(value, int):
-        return -_MAX_INT <= value <= _MAX_INT
-    if isinstance(value, Decimal):
-        return not value.is_finite() or abs(value.adjusted()) <= _MAX_EXPONENT
-    if isinstance(value, list):
-        return all(_storable(v) for v in value)
-    if isinstance(value, dict):
-        return all(_storable(k) and _storable(v) for k, v in value.items())
-    return True  # floats: only NaN/Infinity get here; the schemas refuse them
+    """Whether PostgreSQL (text, jsonb, numeric) can store every value of a parsed body.
+
+    Iterative: the parser already accepted the nesting, this walk must not be the one to fail.
+    """
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node or not (node.isascii() or _encodes(node)):
+                return False
+        elif isinstance(node, bool) or node is None:
+            continue
+        elif isinstance(node, int):
+            if not INT64_MIN <= node <= INT64_MAX:
+                return False
+        elif isinstance(node, Decimal):
+            if node.is_finite() and abs(node.adjusted()) > _MAX_EXPONENT:
+                return False
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        # floats: only NaN/Infinity get here; the schemas and app.core.freeform refuse them
+    return True
 
 
 def _encodes(text: str) -> bool:
@@ -82,7 +154,8 @@ def _encodes(text: str) -> bool:
 class DecimalRequest(Request):
     """A request whose JSON numbers with a fraction or exponent parse as ``Decimal``, and whose
     body is refused (422) when it holds what PostgreSQL cannot store: NUL characters, lone
-    surrogates, integers beyond 64 bits, exponents beyond 1000."""
+    surrogates, integers outside the signed 64-bit range, exponents beyond 1000, nesting
+    deeper than the parser goes."""
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
@@ -91,6 +164,10 @@ class DecimalRequest(Request):
                 parsed = json.loads(body, parse_float=Decimal)
             except json.JSONDecodeError:
                 raise
+            except RecursionError:
+                # Nested deeper than the parser goes (about 1000 levels): a malformed body for
+                # this API (free-form values may nest 32 levels), not a 400 or a 500.
+                raise json.JSONDecodeError("nested too deeply", "", 0) from None
             except (ValueError, ArithmeticError) as exc:
                 # Numbers beyond Decimal's or int's limits, invalid UTF-8: still a malformed
                 # body (FastAPI answers 422 for JSONDecodeError, a generic 400 otherwise).

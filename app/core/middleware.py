@@ -1,4 +1,5 @@
-"""Pure-ASGI middleware: request ids, access logs, Prometheus metrics, last-resort 500s."""
+"""Pure-ASGI middleware: request ids, access logs, Prometheus metrics, last-resort 500s, and
+the request-body limit."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from prometheus_client import Counter, Histogram
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.http import ProblemResponse, problem_body
+from app.core.errors import PayloadTooLarge
+from app.core.http import ProblemResponse, problem_body, problem_from_error
 
 log = structlog.get_logger("creditd.http")
 
@@ -75,3 +77,81 @@ class RequestContextMiddleware:
             REQUESTS.labels(scope["method"], template, str(status)).inc()
             LATENCY.labels(scope["method"], template).observe(elapsed)
             log.info("request_finished", status=status, duration_ms=round(elapsed * 1000, 2))
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with 413 before the app sees the request.
+
+    A declared ``Content-Length`` over the limit is refused before a byte of the body is read.
+    Otherwise the body is read here, counting every chunk (a chunked body declares no length),
+    and refused as soon as the count passes the limit, without reading the rest; a body within
+    the limit is handed to the app whole. So nothing is parsed, authenticated or given a
+    database connection for an oversized body, and a slow upload never holds a connection.
+
+    The connection is not closed: the server discards the rest of the body as it arrives
+    (uvicorn drops body bytes once the response is complete, it never buffers them). Closing
+    with unread bytes would make the kernel reset the connection, and a client still sending
+    would see a reset instead of its 413.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if value.isdigit() and int(value) > limit:
+                    await self._refuse(scope, receive, send)
+                    return
+                break
+        message = await receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            # The common case: the whole body in one message, handed on as it came.
+            if len(message.get("body", b"")) > limit:
+                await self._refuse(scope, receive, send)
+                return
+            await self.app(scope, _Replay([message], receive), send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+            message = await receive()
+        body: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        if message["type"] != "http.request":
+            # The client went away mid-body: the app sees the body so far, then the disconnect.
+            body["more_body"] = True
+            await self.app(scope, _Replay([message, body], receive), send)
+            return
+        await self.app(scope, _Replay([body], receive), send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = PayloadTooLarge(f"The request body exceeds the limit of {self.max_bytes} bytes.")
+        await problem_from_error(Request(scope), error)(scope, receive, send)
+
+
+class _Replay:
+    """A receive that hands out ``pending`` (last item first), then defers to the server's."""
+
+    __slots__ = ("pending", "receive")
+
+    def __init__(self, pending: list[Message], receive: Receive) -> None:
+        self.pending = pending
+        self.receive = receive
+
+    async def __call__(self) -> Message:
+        if self.pending:
+            return self.pending.pop()
+        return await self.receive()

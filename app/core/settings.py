@@ -33,6 +33,8 @@ class ApiSettings(BaseModel):
     rate_limit_burst: int = 2000
     key_cache_ttl_seconds: float = 5.0
     idempotency_ttl_hours: int = 48
+    # Larger request bodies are refused (413) before they are read, parsed or authenticated.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1)
 
 
 class WorkerSettings(BaseModel):

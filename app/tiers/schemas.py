@@ -6,11 +6,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.core.freeform import FREEFORM_DOC, FREEFORM_RULE
 from app.core.money import Money, NonNegativeAmount, PositiveAmount
 
 TierId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,100}$", examples=["free", "pro"])]
 Interval = Literal["none", "day", "week", "month", "year"]
 Mode = Literal["reset", "rollover"]
+# Free-form, at most 100 keys, within the free-form JSON limits (app.core.freeform).
+Features = Annotated[dict[str, Any], Field(max_length=100), FREEFORM_RULE, FREEFORM_DOC]
 
 
 class ModelOverride(BaseModel):
@@ -48,7 +51,7 @@ class _TierFields(BaseModel):
     price_multiplier: NonNegativeAmount | None = None
     model_overrides: dict[str, ModelOverride] | None = Field(default=None, max_length=100)
     max_concurrent_transactions: int | None = Field(default=None, ge=1, le=100_000)
-    features: dict[str, Any] | None = Field(default=None, max_length=100)
+    features: Features | None = None
     is_default: bool | None = Field(default=None, description="Assigned to new users")
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.analytics import repository as analytics
 from app.auth.service import Principal
 from app.core.clock import utcnow
+from app.core.freeform import require_freeform
 from app.core.ids import uuid7
 from app.core.money import ZERO
 from app.credits import service as credits
@@ -253,6 +254,10 @@ async def complete(
         return _replay(txn, digest)
     if txn.status == "denied":
         raise TransactionDenied()
+    metadata = {**txn.metadata, **body.metadata}
+    if body.metadata:
+        what = "metadata, merged into the transaction's,"
+        require_freeform(metadata, what=what, loc=("body", "metadata"))
     tokens = body.finalized_tokens
     if tokens is None and txn.provisional_tokens is not None:
         tokens = TokenUsage.model_validate(txn.provisional_tokens)
@@ -283,7 +288,7 @@ async def complete(
             status=status,
             credits_used=charge,
             finalized_tokens=_tokens_json(tokens if body.success else body.finalized_tokens),
-            metadata={**txn.metadata, **body.metadata},
+            metadata=metadata,
             late=late,
             completion_hash=digest,
             completion_result=result,

@@ -56,19 +56,20 @@ async def exists_including_deleted(
 
 async def merge_metadata(
     session: AsyncSession, project_id: uuid.UUID, user_id: str, changes: dict[str, Any]
-) -> None:
+) -> dict[str, Any]:
     """Merge in one statement (concurrent patches of different keys both land); a null value
-    removes its key."""
+    removes its key. Returns the merged metadata."""
     kept = {k: v for k, v in changes.items() if v is not None}
     removed = [k for k, v in changes.items() if v is None]
-    await driver(session).execute(
+    merged: dict[str, Any] = await driver(session).fetchval(
         "UPDATE users SET metadata = (metadata || $3::jsonb) - $4::text[], updated_at = now() "
-        "WHERE project_id = $1 AND id = $2",
+        "WHERE project_id = $1 AND id = $2 RETURNING metadata",
         project_id,
         user_id,
         render_json(kept).decode(),
         removed,
     )
+    return merged
 
 
 async def has_pending_transactions(

@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.core.freeform import FREEFORM_DOC, FREEFORM_RULE
 from app.core.money import Money
 
 USER_ID_PATTERN = r"^[!-.0-~]{1,255}$"
@@ -17,7 +18,8 @@ UserId = Annotated[
         examples=["u_1"],
     ),
 ]
-Metadata = Annotated[dict[str, Any], Field(max_length=50)]
+# Free-form metadata: at most 50 keys, within the free-form JSON limits (app.core.freeform).
+Metadata = Annotated[dict[str, Any], Field(max_length=50), FREEFORM_RULE, FREEFORM_DOC]
 
 
 class Balance(BaseModel):

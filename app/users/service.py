@@ -10,6 +10,7 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.service import Principal
+from app.core.freeform import require_freeform
 from app.credits import service as credits
 from app.credits.repository import LockedAccount
 from app.users import repository as repo
@@ -86,7 +87,11 @@ async def patch(
 ) -> UserOut:
     await get(session, project_id, user_id)
     if body.metadata is not None:
-        await repo.merge_metadata(session, project_id, user_id, body.metadata)
+        merged = await repo.merge_metadata(session, project_id, user_id, body.metadata)
+        if any(v is not None for v in body.metadata.values()):
+            # Over the limits: the error rolls the request's transaction back, merge included.
+            what = "metadata, merged into the user's,"
+            require_freeform(merged, what=what, loc=("body", "metadata"))
     return await get(session, project_id, user_id)
 
 

@@ -1351,6 +1351,11 @@ class AsyncService(_AsyncResource):
     async def healthz(self) -> Health:
         return parse(Health, await self._c.request("GET", "/healthz"))
 
+    async def metrics(self) -> str:
+        """The Prometheus metrics, in text format."""
+        response = await self._c._send("GET", "/metrics", content=None)
+        return response.text
+
     async def readyz(self) -> Health:
         """Readiness (database reachable, schema at head); a 503 is returned, not raised."""
         response = await self._c._http.get("/readyz")

@@ -1311,6 +1311,11 @@ class Service(_Resource):
     def healthz(self) -> Health:
         return parse(Health, self._c.request("GET", "/healthz"))
 
+    def metrics(self) -> str:
+        """The Prometheus metrics, in text format."""
+        response = self._c._send("GET", "/metrics", content=None)
+        return response.text
+
     def readyz(self) -> Health:
         """Readiness (database reachable, schema at head); a 503 is returned, not raised."""
         response = self._c._http.get("/readyz")

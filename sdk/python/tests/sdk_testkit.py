@@ -143,7 +143,7 @@ class Fault:
     the connection without answering (the response is lost).
     """
 
-    method: str
+    method: str  # "*" for any
     path_suffix: str
     action: Action
     status: int = 503
@@ -213,6 +213,13 @@ class FaultProxy:
         with self._lock:
             self._faults.clear()
 
+    def go_down(self) -> None:
+        """From now on every connection is dropped unanswered: creditd is unreachable."""
+        self.add(Fault("*", "", "drop_before_forward", times=10**9))
+
+    def come_back(self) -> None:
+        self.clear()
+
     def requests(self, method: str, path_suffix: str) -> list[Exchange]:
         with self._lock:
             return [
@@ -232,7 +239,11 @@ class FaultProxy:
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
             for fault in self._faults:
-                if fault.times > 0 and fault.method == method and path.endswith(fault.path_suffix):
+                if (
+                    fault.times > 0
+                    and fault.method in ("*", method)
+                    and path.endswith(fault.path_suffix)
+                ):
                     fault.times -= 1
                     return fault
         return None

@@ -130,7 +130,7 @@ def create_project(base_url: str, name: str = "sdk-test") -> tuple[str, str]:
 
 # --- the fault proxy --------------------------------------------------------------------------
 
-Action = Literal["respond", "drop_before_forward", "drop_after_forward"]
+Action = Literal["respond", "drop_before_forward", "drop_after_forward", "delay_after_forward"]
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length"}
 
 
@@ -140,7 +140,8 @@ class Fault:
 
     ``respond``: answer ``status`` without forwarding. ``drop_before_forward``: close the
     connection without forwarding. ``drop_after_forward``: forward (the server acts), then close
-    the connection without answering (the response is lost).
+    the connection without answering (the response is lost). ``delay_after_forward``: forward,
+    then answer only after ``delay`` seconds (a client with a shorter timeout gives up first).
     """
 
     method: str  # "*" for any
@@ -149,6 +150,7 @@ class Fault:
     status: int = 503
     headers: dict[str, str] = field(default_factory=dict)
     times: int = 1
+    delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -311,14 +313,19 @@ class FaultProxy:
             handler.close_connection = True
             record(None, status, payload)
             return
-        handler.send_response(status)
-        for name, value in headers:
-            if name.lower() not in _HOP_BY_HOP:
-                handler.send_header(name, value)
-        handler.send_header("Content-Length", str(len(payload)))
-        handler.end_headers()
-        handler.wfile.write(payload)
         record(status, status, payload)
+        if fault is not None and fault.action == "delay_after_forward":
+            time.sleep(fault.delay)
+        try:
+            handler.send_response(status)
+            for name, value in headers:
+                if name.lower() not in _HOP_BY_HOP:
+                    handler.send_header(name, value)
+            handler.send_header("Content-Length", str(len(payload)))
+            handler.end_headers()
+            handler.wfile.write(payload)
+        except OSError:  # the client gave up waiting (timeout) and closed the connection
+            handler.close_connection = True
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from typing import Any
 
@@ -71,7 +72,11 @@ async def test_async_block_releases_the_hold_and_reraises_when_the_model_fails(
     assert cap.result is not None
     assert (cap.result.status, cap.result.credits_used) == ("failed", Decimal(0))
     balance = priced.users.get("u").balance
-    assert (balance.total, balance.held, balance.available) == (Decimal(10), 0, Decimal(10))
+    assert (balance.total, balance.held, balance.available) == (
+        Decimal(10),
+        Decimal(0),
+        Decimal(10),
+    )
     assert [kind for kind, _, _ in _ledger(priced, "u")] == ["grant", "hold", "hold_release"]
     assert all(amount == 0 for kind, amount, _ in _ledger(priced, "u") if kind != "grant")
 
@@ -92,6 +97,30 @@ async def test_async_block_does_not_run_when_credits_are_short(
     assert err.result.status == "denied"
     assert priced.transactions.get(err.result.transaction_id).status == "denied"
     assert _ledger(priced, "u") == [("grant", Decimal(1), Decimal(0))]
+
+
+async def test_a_cancelled_call_releases_its_hold_through_the_spool(
+    priced: Creditd, aclient: AsyncCreditd
+) -> None:
+    _funded(priced, "u", 10)
+    entered = asyncio.Event()
+
+    async def call() -> None:
+        async with aclient.capture_usage(user_id="u", model="m", provisional_tokens=PROVISIONAL):
+            entered.set()
+            await asyncio.sleep(3600)  # a model call that never answers
+
+    task = asyncio.create_task(call())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # Cancellation does not wait on the network: the release waits in the spool.
+    assert priced.users.get("u").balance.held == Decimal(3)
+    flushed = await aclient.flush_spool()
+    assert [(r.status, r.credits_used) for r in flushed.delivered] == [("failed", Decimal(0))]
+    balance = priced.users.get("u").balance
+    assert (balance.total, balance.held) == (Decimal(10), Decimal(0))
 
 
 def test_a_spend_cap_denial_is_its_own_not_admitted(priced: Creditd) -> None:

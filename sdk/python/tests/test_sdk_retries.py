@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 from conftest import BACKOFF_BASE, BACKOFF_MAX, Project
-from creditd_sdk import AsyncCreditd, Creditd, RateLimited, ServiceUnavailable
+from creditd_sdk import APITimeoutError, AsyncCreditd, Creditd, RateLimited, ServiceUnavailable
 from sdk_testkit import Fault, FaultProxy, ServerProcess
 
 
@@ -83,6 +83,31 @@ async def test_async_client_retries_a_dropped_connection_once(
     assert grant.balance == Decimal("2.5")
     assert [p.upstream_status for p in proxy.requests("POST", "/credits")] == [None, 201]
     assert _ledger(priced, "u") == [("grant", Decimal("2.5"), Decimal(0))]
+
+
+def test_a_timed_out_request_is_retried_with_the_same_key_and_acts_once(
+    client: Creditd, project: Project, proxy: FaultProxy
+) -> None:
+    client.users.create("u")
+    proxy.add(Fault("POST", "/credits", "delay_after_forward", delay=3.0))
+    with _through(proxy, project, timeout=1.0) as slow:
+        grant = slow.credits.grant("u", 4)
+    posts = proxy.requests("POST", "/credits")
+    assert [p.upstream_status for p in posts] == [201, 201]  # the second was a replay
+    assert posts[0].idempotency_key == posts[1].idempotency_key
+    assert grant.amount == Decimal(4)
+    assert _ledger(client, "u") == [("grant", Decimal(4), Decimal(0))]
+
+
+def test_a_timeout_with_no_retries_left_is_raised(
+    client: Creditd, project: Project, proxy: FaultProxy
+) -> None:
+    proxy.add(Fault("GET", "/v1/users", "delay_after_forward", delay=3.0))
+    with (
+        _through(proxy, project, timeout=1.0, max_retries=0) as slow,
+        pytest.raises(APITimeoutError),
+    ):
+        slow.users.list()
 
 
 @pytest.mark.parametrize(("method", "status"), [("GET", 429), ("POST", 503)])

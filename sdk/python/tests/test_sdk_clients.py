@@ -6,7 +6,9 @@ from datetime import datetime
 from decimal import Decimal
 
 import pytest
+from conftest import Project
 from creditd_sdk import AsyncCreditd, Creditd
+from sdk_testkit import FaultProxy
 
 
 def test_sync_client_meters_a_call_and_the_ledger_shows_it(priced: Creditd) -> None:
@@ -103,7 +105,28 @@ def test_float_amounts_are_refused_before_anything_is_sent(client: Creditd) -> N
     client.users.create("u")
     with pytest.raises(TypeError, match="float"):
         client.credits.grant("u", 0.1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a decimal amount"):
+        client.credits.grant("u", "ten")
     assert client.users.get("u").balance.total == Decimal(0)
+
+
+def test_amounts_go_out_as_json_numbers_with_their_exact_digits(
+    client: Creditd, project: Project, proxy: FaultProxy
+) -> None:
+    client.users.create("u")
+    with Creditd(project.key, base_url=proxy.url, spool=None) as through:
+        through.credits.grant("u", Decimal("0.10"))
+        through.credits.grant("u", "1E+2")
+        through.credits.grant("u", 7)
+    bodies = [e.body for e in proxy.requests("POST", "/credits")]
+    assert bodies == [b'{"amount":0.10}', b'{"amount":100}', b'{"amount":7}']
+    assert client.users.get("u").balance.total == Decimal("107.1")
+
+
+def test_free_form_metadata_keeps_its_numbers(client: Creditd) -> None:
+    user = client.users.create("u", metadata={"temperature": 0.7, "n": 3, "tags": ["a"]})
+    # JSON numbers with a fraction come back as Decimal, like every number the SDK reads.
+    assert user.metadata == {"temperature": Decimal("0.7"), "n": 3, "tags": ["a"]}
 
 
 def test_paginate_walks_every_page(client: Creditd) -> None:

@@ -409,8 +409,8 @@ class AsyncCreditd:
         """Before a request: try to deliver spooled completions (at most every interval)."""
         if self.spool is None or not self._auto_flush or self._spool_pending is False:
             return
-        if time.monotonic() < self._next_auto_flush:
-            return
+        if time.monotonic() < self._next_auto_flush or self._flush_lock.locked():
+            return  # not due yet, or another call is flushing right now
         try:
             await self.flush_spool(retries=0)
         except Exception:  # background delivery must never break the caller's own request

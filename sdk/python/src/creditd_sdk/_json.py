@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -32,7 +33,10 @@ def to_amount(value: Decimal | int | str) -> Decimal:
     elif isinstance(value, int):
         result = Decimal(value)
     elif isinstance(value, str):
-        result = Decimal(value.strip())
+        try:
+            result = Decimal(value.strip())
+        except ArithmeticError:
+            raise ValueError(f"not a decimal amount: {value!r}") from None
     else:
         raise TypeError(f"amounts must be Decimal, int or str, got {type(value).__name__}")
     if not result.is_finite():
@@ -54,7 +58,11 @@ def _encode(value: Any, out: list[str]) -> None:
     elif isinstance(value, Decimal):
         out.append(decimal_text(value))
     elif isinstance(value, float):
-        raise TypeError("floats are not sent: use Decimal (or int/str) for amounts")
+        # Only free-form data (metadata) gets here: amount arguments went through to_amount,
+        # which refuses floats. repr() is the shortest text that reads back as the same float.
+        if not math.isfinite(value):
+            raise ValueError(f"JSON has no {value}")
+        out.append(repr(value))
     elif isinstance(value, datetime):
         if value.tzinfo is None:
             raise ValueError("timestamps must be timezone-aware (e.g. datetime.now(UTC))")

@@ -210,3 +210,15 @@ async def test_parallel_metered_calls_through_a_flaky_network_charge_each_exactl
     dropped = [e for e in proxy.exchanges if e.fault == "drop_after_forward"]
     assert len(dropped) == 7  # every injected fault fired
     live.verify()
+
+
+def test_a_check_carries_no_key_and_is_still_retried(
+    priced: Creditd, project: Project, proxy: FaultProxy
+) -> None:
+    priced.users.create("u")
+    proxy.add(Fault("POST", "/v1/check", "drop_after_forward"))
+    with _through(proxy, project) as flaky:
+        check = flaky.usage.check(user_id="u", amount=1)
+    assert (check.allowed, check.reason) == (False, "insufficient_credits")
+    posts = proxy.requests("POST", "/v1/check")
+    assert [(p.status, p.idempotency_key) for p in posts] == [(None, None), (200, None)]

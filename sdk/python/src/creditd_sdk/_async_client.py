@@ -276,14 +276,16 @@ class AsyncCreditd:
         params: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         idempotent: bool = True,
+        keyed: bool = True,
     ) -> Any:
         """Send one API request with the client's retries; return the parsed JSON (or None).
 
-        A POST gets an Idempotency-Key unless ``idempotent`` is false (operator routes).
+        A POST gets an Idempotency-Key unless it is not ``idempotent`` (operator routes, never
+        retried once sent) or not ``keyed`` (side-effect free, so safe to retry without one).
         """
         content = None if body is None else _json.dumps(body)
         key = None
-        if method.upper() == "POST" and idempotent:
+        if method.upper() == "POST" and idempotent and keyed:
             key = idempotency_key or str(uuid.uuid4())
         await self._maybe_flush()
         response = await self._send(
@@ -920,14 +922,19 @@ class AsyncUsage(_AsyncResource):
         provisional_tokens: Tokens | None = None,
         amount: Amount | None = None,
     ) -> CheckResult:
-        """Would this usage be admitted? No side effect."""
+        """Would this usage be admitted? No side effect.
+
+        Sent without an Idempotency-Key: there is no effect to deduplicate, and a key would
+        make the server store a response for every check.
+        """
         body = _present(
             user_id=user_id,
             model=model,
             provisional_tokens=_token_dict(provisional_tokens),
             amount=_amount(amount),
         )
-        return parse(CheckResult, await self._c.request("POST", "/v1/check", body=body))
+        data = await self._c.request("POST", "/v1/check", body=body, keyed=False)
+        return parse(CheckResult, data)
 
 
 class AsyncTiers(_AsyncResource):

@@ -7,7 +7,7 @@ RUN := $(UV) run --frozen
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help install run test check lint format typecheck openapi openapi-check bench migrate worker verify clean
+.PHONY: help install run test check lint format typecheck openapi openapi-check sdk-sync bench migrate worker verify clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -27,13 +27,17 @@ check: install lint typecheck openapi-check ## ruff, format, mypy --strict, Open
 lint:
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
+	$(RUN) python sdk/python/scripts/unasync.py --check
 
 format: install ## Fix lint and formatting
 	$(RUN) ruff check --fix .
 	$(RUN) ruff format .
 
 typecheck:
-	$(RUN) mypy app tests bench migrations
+	$(RUN) mypy app tests bench migrations sdk/python/src sdk/python/tests
+
+sdk-sync: install ## Regenerate the Python SDK's sync client from its async one
+	$(RUN) python sdk/python/scripts/unasync.py
 
 openapi: install ## Regenerate openapi/openapi.json from the app
 	$(RUN) creditd openapi --output openapi/openapi.json

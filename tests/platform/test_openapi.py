@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,28 @@ def test_security_schemes_and_requirements(spec: dict[str, Any]) -> None:
             assert "401" in op["responses"], (method, path)
             headers = {p["name"] for p in op.get("parameters", []) if p["in"] == "header"}
             assert "X-Project-Id" in headers, (method, path)
+
+
+def test_header_parameters_are_plain_strings_generated_clients_can_send(
+    spec: dict[str, Any],
+) -> None:
+    # openapi-python-client types a `format: uuid` header as UUID and passes the object to
+    # httpx, which refuses it (TypeError): a header's schema is a string, at most patterned.
+    seen = 0
+    for path, method, op in _operations(spec):
+        for param in op.get("parameters", []):
+            if param["in"] == "header":
+                seen += 1
+                assert param["schema"]["type"] == "string", (method, path, param["name"])
+                assert "format" not in param["schema"], (method, path, param["name"])
+    assert seen > 50
+    project_id = next(
+        p for p in spec["paths"]["/v1/users"]["post"]["parameters"] if p["name"] == "X-Project-Id"
+    )
+    pattern = project_id["schema"]["pattern"]
+    assert re.search(pattern, str(uuid.uuid4()))
+    assert re.search(pattern, str(uuid.uuid4()).upper())
+    assert not re.search(pattern, "not-a-project")
 
 
 def test_every_post_takes_an_idempotency_key(spec: dict[str, Any]) -> None:

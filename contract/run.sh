@@ -54,13 +54,17 @@ npx_ redocly lint "$SPEC" --format=stylish || fail "redocly lint found errors"
 
 step "generate the Python client (openapi-python-client)"
 rm -rf "$BUILD/python" && mkdir -p "$BUILD/python"
-# The generator formats its output with ruff (its post hooks): the pinned ruff of its venv.
+# --meta uv writes the project users install (pyproject.toml with the generator's own ruff
+# settings, which its post hooks apply, run by the pinned ruff of its venv). With --meta none,
+# ruff's default rules would rewrite `__exit__(*args: Any)` as `object` (PYI036), which
+# fails mypy --strict against httpx.
 (cd "$HERE" && PATH="$PYENV/bin:$PATH" openapi-python-client generate --path "$SPEC" \
-  --output-path build/python/creditd_client --meta none --fail-on-warning) \
+  --output-path build/python/creditd-client --meta uv --fail-on-warning) \
   > "$BUILD/python-generate.log" 2>&1 || { cat "$BUILD/python-generate.log"; fail "generator"; }
 strip_ansi "$BUILD/python-generate.log"
 only_progress openapi-python-client "$BUILD/python-generate.log" \
-  '^Generating build/python/creditd_client$'
+  '^Generating build/python/creditd-client$'
+PYCLIENT=build/python/creditd-client  # holds the package creditd_client
 
 step "generate the TypeScript client (@hey-api/openapi-ts, fetch client)"
 rm -rf "$BUILD/ts" && mkdir -p "$BUILD/ts"
@@ -72,8 +76,8 @@ only_progress openapi-ts "$BUILD/ts-generate.log" \
   '^@hey-api/openapi-ts v[0-9.]+$|^\[Job 1\] (⏳ Generating from 1 input:|  \[1\] /.*/openapi\.json|✅ Done! Your output is in \./build/ts/client)$'
 
 step "type-check: mypy --strict (flow + generated package)"
-(cd "$HERE" && MYPYPATH=build/python "$PYENV/bin/mypy" --config-file python/pyproject.toml \
-  --strict --cache-dir build/.mypy_cache python/flow.py build/python/creditd_client)
+(cd "$HERE" && MYPYPATH="$PYCLIENT" "$PYENV/bin/mypy" --config-file python/pyproject.toml \
+  --strict --cache-dir build/.mypy_cache python/flow.py "$PYCLIENT/creditd_client")
 
 step "type-check: tsc --strict --noEmit (flow + generated client)"
 npx_ tsc -p tsconfig.json --strict --noEmit
@@ -121,7 +125,7 @@ echo "ready at $BASE_URL"
 
 export CREDITD_URL="$BASE_URL" CREDITD_ADMIN_TOKEN="$ADMIN_TOKEN"
 step "run the Python flow"
-(cd "$HERE" && PYTHONPATH=build/python "$PYENV/bin/python" python/flow.py) \
+(cd "$HERE" && PYTHONPATH="$PYCLIENT" "$PYENV/bin/python" python/flow.py) \
   || { tail -n 30 "$BUILD/server.log"; fail "Python flow"; }
 
 step "run the TypeScript flow"

@@ -144,6 +144,47 @@ def test_amount_inputs_take_exact_numbers_or_decimal_strings(spec: dict[str, Any
     assert balance["format"] == "decimal"
 
 
+def test_every_reference_resolves(spec: dict[str, Any]) -> None:
+    refs: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str):
+                refs.add(node["$ref"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(spec)
+    prefix = "#/components/schemas/"
+    assert refs
+    assert all(ref.startswith(prefix) for ref in refs), refs
+    assert {ref.removeprefix(prefix) for ref in refs} <= set(spec["components"]["schemas"])
+
+
+def test_shared_enums_and_token_counts_are_named_components(spec: dict[str, Any]) -> None:
+    # Generated clients get one named type per concept (DenyReason, not StartOutReasonType0
+    # and CheckOutReasonType0), and typed token counts on a transaction.
+    schemas = spec["components"]["schemas"]
+
+    def ref(name: str) -> dict[str, str]:
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    for name in ("DenyReason", "TransactionStatus", "ApiKeyScope", "EligibilityReason"):
+        assert schemas[name]["type"] == "string", name
+        assert schemas[name]["enum"], name
+    for model in ("StartOut", "CheckOut"):
+        assert schemas[model]["properties"]["reason"]["anyOf"][0] == ref("DenyReason")
+    assert schemas["TransactionOut"]["properties"]["status"] == ref("TransactionStatus")
+    for model in ("ApiKeyCreate", "ApiKeyOut", "BootstrapKey"):
+        assert schemas[model]["properties"]["scopes"]["items"] == ref("ApiKeyScope"), model
+    for field in ("provisional_tokens", "finalized_tokens"):
+        tokens = schemas["TransactionOut"]["properties"][field]
+        assert tokens["anyOf"] == [ref("TokenUsage"), {"type": "null"}], field
+
+
 def test_list_limits_are_published(spec: dict[str, Any]) -> None:
     op = spec["paths"]["/v1/users"]["get"]
     limit = next(p for p in op["parameters"] if p["name"] == "limit")

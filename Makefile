@@ -7,7 +7,7 @@ RUN := $(UV) run --frozen
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help install run test check lint format typecheck openapi openapi-check sdk-sync bench migrate worker verify clean
+.PHONY: help install run test check lint format typecheck openapi openapi-check sdk-sync contract bench migrate worker verify clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ openapi-check:
 	@$(RUN) creditd openapi | diff -u openapi/openapi.json - >/dev/null \
 		|| { echo "openapi/openapi.json is stale: run 'make openapi'"; exit 1; }
 
+contract: install ## Generate Python and TypeScript clients from the spec and run them against a live server
+	bash contract/run.sh
+
 bench: install ## Benchmark start/complete/check against pgbench TPC-B on the same PostgreSQL
 	$(RUN) python -m bench $(BENCH_ARGS)
 
@@ -59,4 +62,4 @@ verify: install ## Check every money invariant
 	$(RUN) creditd verify
 
 clean: ## Remove local data (embedded database, caches)
-	rm -rf .creditd .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .creditd .pytest_cache .mypy_cache .ruff_cache contract/build

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api_keys.schemas import Scope
+from app.api_keys.schemas import ApiKeyScope
 from app.projects.schemas import ProjectOut
 
 
@@ -15,7 +15,7 @@ class ProjectCreate(BaseModel):
 class BootstrapKey(BaseModel):
     id: str
     key: str
-    scopes: list[Scope]
+    scopes: list[ApiKeyScope]
 
 
 class ProjectCreated(ProjectOut):

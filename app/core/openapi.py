@@ -55,12 +55,18 @@ IDEMPOTENCY_KEY_PARAMETER: dict[str, Any] = {
     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
 }
 
+UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
 PROJECT_ID_PARAMETER: dict[str, Any] = {
     "name": "X-Project-Id",
     "in": "header",
     "required": False,
-    "description": "When present, must be the API key's project id (else 403 project_mismatch).",
-    "schema": {"type": "string", "format": "uuid"},
+    "description": (
+        "When present, must be the API key's project id, a UUID (else 403 project_mismatch)."
+    ),
+    # A pattern, not "format: uuid": openapi-python-client types a uuid header as UUID and
+    # puts the object into the headers as-is, which httpx refuses (TypeError).
+    "schema": {"type": "string", "pattern": UUID_PATTERN},
 }
 
 

@@ -7,13 +7,17 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypeAliasType
 
 from app.core.money import Money, NonNegativeAmount
 from app.tiers.schemas import TierId
 
 PlanId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,100}$", examples=["pro_monthly"])]
-Interval = Literal["day", "month", "year"]
-Provider = Literal["stripe", "razorpay", "manual"]
+# Named (schema components) so generated clients share one type for each.
+PlanInterval = TypeAliasType("PlanInterval", Literal["day", "month", "year"])
+SubscriptionProvider = TypeAliasType(
+    "SubscriptionProvider", Literal["stripe", "razorpay", "manual"]
+)
 ProviderRef = Annotated[str, Field(min_length=1, max_length=255)]
 
 _ACTIVE = "Only active plans can be subscribed to; existing subscriptions keep renewing"
@@ -41,7 +45,7 @@ class PlanCreate(BaseModel):
     id: PlanId
     name: str = Field(min_length=1, max_length=200)
     price: Price
-    interval: Interval = Field(description="Length of a period (fixed once the plan exists)")
+    interval: PlanInterval = Field(description="Length of a period (fixed once the plan exists)")
     credits_per_period: NonNegativeAmount = Field(description=_CREDITS)
     tier_id: TierId | None = Field(default=None, description=_TIER)
     stripe_price_id: ProviderRef | None = None
@@ -70,7 +74,7 @@ class PlanOut(BaseModel):
     id: str
     name: str
     price: PriceOut
-    interval: Interval
+    interval: PlanInterval
     credits_per_period: Money
     tier_id: str | None
     stripe_price_id: str | None
@@ -84,7 +88,7 @@ class SubscriptionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     plan_id: PlanId
-    provider: Provider = Field(
+    provider: SubscriptionProvider = Field(
         description="`manual`: creditd renews it on schedule. `stripe`/`razorpay`: not "
         "available yet (409 provider_not_configured)"
     )
@@ -104,7 +108,7 @@ class SubscriptionOut(BaseModel):
     id: uuid.UUID
     user_id: str
     plan_id: str
-    provider: Provider
+    provider: SubscriptionProvider
     status: str = Field(
         description="`active` or `canceled` (ended); provider-driven subscriptions will add "
         "`incomplete` and `past_due`"

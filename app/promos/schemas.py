@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing_extensions import TypeAliasType
 
 from app.core.money import Money, PositiveAmount
 from app.credits.schemas import GrantOut
@@ -27,15 +28,18 @@ PromoCode = Annotated[
 TierId = Annotated[str, Field(min_length=1, max_length=255)]
 
 # The documented order in which eligibility is evaluated; the first failing check is the reason.
-EligibilityReason = Literal[
-    "promo_not_found",
-    "promo_inactive",
-    "promo_not_started",
-    "promo_expired",
-    "promo_exhausted",
-    "already_claimed",
-    "not_eligible",
-]
+EligibilityReason = TypeAliasType(
+    "EligibilityReason",
+    Literal[
+        "promo_not_found",
+        "promo_inactive",
+        "promo_not_started",
+        "promo_expired",
+        "promo_exhausted",
+        "already_claimed",
+        "not_eligible",
+    ],
+)
 
 _DESCRIPTIONS: dict[str, str] = {
     "description": "Free text shown to operators",

@@ -54,7 +54,7 @@ from app.promos.schemas import (
 from app.tiers import service as tiers
 from app.users import service as users
 
-REASONS: tuple[EligibilityReason, ...] = get_args(EligibilityReason)
+REASONS: tuple[EligibilityReason, ...] = get_args(EligibilityReason.__value__)
 _VALID_CODE = re.compile(CODE_PATTERN)
 
 

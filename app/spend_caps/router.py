@@ -9,7 +9,7 @@ from app.core.errors import problem_responses
 from app.db.session import Session
 from app.routing import TransactionalRoute
 from app.spend_caps import service
-from app.spend_caps.schemas import Period, SpendCapIn, SpendCapList, SpendCapOut
+from app.spend_caps.schemas import SpendCapIn, SpendCapList, SpendCapOut, SpendCapPeriod
 from app.users import service as users
 from app.users.exceptions import UserNotFound
 
@@ -26,7 +26,7 @@ router = APIRouter(
     responses=problem_responses(UserNotFound),
 )
 async def put_cap(
-    session: Session, principal: WriteKey, user_id: str, period: Period, body: SpendCapIn
+    session: Session, principal: WriteKey, user_id: str, period: SpendCapPeriod, body: SpendCapIn
 ) -> SpendCapOut:
     await users.get(session, principal.project_id, user_id)
     cap = await service.put(session, principal.project_id, user_id, period, body)
@@ -58,7 +58,7 @@ async def delete_cap(
     session: Session,
     principal: WriteKey,
     user_id: str,
-    period: Period,
+    period: SpendCapPeriod,
     model: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
     await users.get(session, principal.project_id, user_id)

@@ -4,10 +4,12 @@ from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypeAliasType
 
 from app.core.money import Money, PositiveAmount
 
-Period = Literal["day", "month"]
+# Named (a schema component) so generated clients share one type.
+SpendCapPeriod = TypeAliasType("SpendCapPeriod", Literal["day", "month"])
 
 
 class SpendCapIn(BaseModel):
@@ -24,7 +26,7 @@ class SpendCapIn(BaseModel):
 
 
 class SpendCapOut(BaseModel):
-    period: Period
+    period: SpendCapPeriod
     model: str | None
     limit: Money
     action: str

@@ -4,7 +4,8 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from typing_extensions import TypeAliasType
 
 from app.core.money import Money, NonNegativeAmount, PositiveAmount, UtcDatetime
 from app.pricing.schemas import TokenUsage
@@ -13,8 +14,18 @@ from app.users.schemas import Metadata, UserId
 ModelName = Annotated[str, Field(min_length=1, max_length=200, examples=["gpt-4o"])]
 Feature = Annotated[str, Field(min_length=1, max_length=200, examples=["chat"])]
 HoldTtl = Annotated[int, Field(ge=1, le=7 * 86400, strict=True)]
-Status = Literal["pending", "completed", "failed", "expired", "denied"]
-DenyReason = Literal["insufficient_credits", "spend_cap_reached", "concurrency_limit"]
+# Named (schema components) so generated clients share one type for each.
+TransactionStatus = TypeAliasType(
+    "TransactionStatus", Literal["pending", "completed", "failed", "expired", "denied"]
+)
+DenyReason = TypeAliasType(
+    "DenyReason", Literal["insufficient_credits", "spend_cap_reached", "concurrency_limit"]
+)
+# Token counts as stored: TokenUsage.model_dump(), returned as they are (no re-validation of
+# stored rows); published as TokenUsage so generated clients type the counts.
+StoredTokens = Annotated[
+    dict[str, Any], WithJsonSchema({"$ref": f"#/components/schemas/{TokenUsage.__name__}"})
+]
 
 
 class StartIn(BaseModel):
@@ -96,13 +107,13 @@ class TransactionOut(BaseModel):
     user_id: str
     model: str
     feature_identifier: str | None
-    status: Status
+    status: TransactionStatus
     reason: str | None
     hold_amount: Money
     credits_used: Money
     refunded_total: Money
-    provisional_tokens: dict[str, Any] | None
-    finalized_tokens: dict[str, Any] | None
+    provisional_tokens: StoredTokens | None
+    finalized_tokens: StoredTokens | None
     metadata: dict[str, Any] = Field(validation_alias="metadata_")
     late: bool
     expires_at: datetime | None
@@ -147,7 +158,7 @@ class CheckOut(BaseModel):
 
 class TransactionFilters(BaseModel):
     user_id: str | None = None
-    status: Status | None = None
+    status: TransactionStatus | None = None
     model: str | None = None
     feature_identifier: str | None = None
     created_after: UtcDatetime | None = None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,28 @@ def test_security_schemes_and_requirements(spec: dict[str, Any]) -> None:
             assert "X-Project-Id" in headers, (method, path)
 
 
+def test_header_parameters_are_plain_strings_generated_clients_can_send(
+    spec: dict[str, Any],
+) -> None:
+    # openapi-python-client types a `format: uuid` header as UUID and passes the object to
+    # httpx, which refuses it (TypeError): a header's schema is a string, at most patterned.
+    seen = 0
+    for path, method, op in _operations(spec):
+        for param in op.get("parameters", []):
+            if param["in"] == "header":
+                seen += 1
+                assert param["schema"]["type"] == "string", (method, path, param["name"])
+                assert "format" not in param["schema"], (method, path, param["name"])
+    assert seen > 50
+    project_id = next(
+        p for p in spec["paths"]["/v1/users"]["post"]["parameters"] if p["name"] == "X-Project-Id"
+    )
+    pattern = project_id["schema"]["pattern"]
+    assert re.search(pattern, str(uuid.uuid4()))
+    assert re.search(pattern, str(uuid.uuid4()).upper())
+    assert not re.search(pattern, "not-a-project")
+
+
 def test_every_post_takes_an_idempotency_key(spec: dict[str, Any]) -> None:
     posts = [(path, op) for path, method, op in _operations(spec) if method == "post"]
     assert len(posts) > 15
@@ -118,6 +142,47 @@ def test_amount_inputs_take_exact_numbers_or_decimal_strings(spec: dict[str, Any
     balance = spec["components"]["schemas"]["Balance"]["properties"]["available"]
     assert balance["type"] == "number"
     assert balance["format"] == "decimal"
+
+
+def test_every_reference_resolves(spec: dict[str, Any]) -> None:
+    refs: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str):
+                refs.add(node["$ref"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(spec)
+    prefix = "#/components/schemas/"
+    assert refs
+    assert all(ref.startswith(prefix) for ref in refs), refs
+    assert {ref.removeprefix(prefix) for ref in refs} <= set(spec["components"]["schemas"])
+
+
+def test_shared_enums_and_token_counts_are_named_components(spec: dict[str, Any]) -> None:
+    # Generated clients get one named type per concept (DenyReason, not StartOutReasonType0
+    # and CheckOutReasonType0), and typed token counts on a transaction.
+    schemas = spec["components"]["schemas"]
+
+    def ref(name: str) -> dict[str, str]:
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    for name in ("DenyReason", "TransactionStatus", "ApiKeyScope", "EligibilityReason"):
+        assert schemas[name]["type"] == "string", name
+        assert schemas[name]["enum"], name
+    for model in ("StartOut", "CheckOut"):
+        assert schemas[model]["properties"]["reason"]["anyOf"][0] == ref("DenyReason")
+    assert schemas["TransactionOut"]["properties"]["status"] == ref("TransactionStatus")
+    for model in ("ApiKeyCreate", "ApiKeyOut", "BootstrapKey"):
+        assert schemas[model]["properties"]["scopes"]["items"] == ref("ApiKeyScope"), model
+    for field in ("provisional_tokens", "finalized_tokens"):
+        tokens = schemas["TransactionOut"]["properties"][field]
+        assert tokens["anyOf"] == [ref("TokenUsage"), {"type": "null"}], field
 
 
 def test_list_limits_are_published(spec: dict[str, Any]) -> None:

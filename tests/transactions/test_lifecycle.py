@@ -383,3 +383,25 @@ async def test_every_state_change_writes_an_event(priced: Project) -> None:
     ]
     assert events[2]["data"]["transaction_id"] == txn["transaction_id"]
     assert events[2]["data"]["balance"] == Decimal("99.74")
+
+
+async def test_a_transaction_returns_its_token_counts_in_the_published_token_usage_shape(
+    priced: Project,
+) -> None:
+    # The spec publishes provisional/finalized_tokens as TokenUsage (typed in generated
+    # clients): the stored counts come back with exactly its fields.
+    await priced.user("u", credits=100)
+    txn = await start(priced, "u", inp=100, out=500)
+    r = await complete(priced, txn["transaction_id"], inp=80, out=400)
+    assert r.status_code == 200, r.text
+    got = body(await priced.get(f"/v1/transactions/{txn['transaction_id']}"))
+    assert got["provisional_tokens"] == {
+        "input_tokens": 100,
+        "output_tokens": 500,
+        "cached_input_tokens": 0,
+    }
+    assert got["finalized_tokens"] == {
+        "input_tokens": 80,
+        "output_tokens": 400,
+        "cached_input_tokens": 0,
+    }

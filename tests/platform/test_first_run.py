@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,12 +120,17 @@ def assert_no_postgres_left(data_dir: Path, pid: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One data dir for the module: initdb once, each test leaves it stopped (or stops it)."""
-    path = tmp_path_factory.mktemp("first-run")
+def data_dir() -> Iterator[Path]:
+    """One data dir for the module: initdb once, each test leaves it stopped (or stops it).
+
+    Not under pytest's tmp_path: as root, PostgreSQL runs as another user that must reach the
+    data dir, and every pytest session (ours or another's) re-closes /tmp/pytest-of-root.
+    """
+    path = Path(tempfile.mkdtemp(prefix="creditd-first-run-"))
     yield path
     if (path / "pg" / "PG_VERSION").exists():
         embedded._stop(path / "pg")
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -190,7 +197,8 @@ def test_sigint_stops_workers_first_then_the_embedded_postgres(
     os.killpg(run.proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
 
     assert run.wait_exited() == 0
-    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    _, alive = psutil.wait_procs(children, timeout=STOP_SECONDS)
+    assert not alive
     assert_no_postgres_left(data_dir, pid)
     assert "Traceback" not in run.output
 

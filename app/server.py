@@ -4,14 +4,20 @@ uvicorn's own ``--workers`` shares one listening socket, so whichever worker win
 race takes the connection: a few long-lived keep-alive clients can all land on one process
 while the others idle. Here each worker binds its own socket with SO_REUSEPORT and the kernel
 spreads incoming connections across them.
+
+SIGINT, SIGTERM and SIGHUP all shut the server down gracefully (uvicorn alone handles the first
+two), so that `creditd serve` can stop its embedded PostgreSQL afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import signal
 import socket
+import threading
+from collections.abc import Generator
 from types import FrameType
 from typing import Any
 
@@ -37,23 +43,53 @@ def _listen(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def serve(app: Any, host: str, port: int) -> None:
-    """Serve ``app`` in this process."""
-    uvicorn.run(app, host=host, port=port, **UVICORN_OPTIONS)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, which also shuts down gracefully on SIGHUP (a closed terminal).
+
+    uvicorn re-raises the signals it caught once it has shut down, with the handlers that were
+    in place before it started: SIGHUP is restored first, so it is re-raised the same way.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        with super().capture_signals():
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = signal.signal(signal.SIGHUP, self.handle_exit)
+            try:
+                yield
+            finally:
+                signal.signal(signal.SIGHUP, previous)
+
+
+def serve(app: Any, host: str, port: int) -> int:
+    """Serve ``app`` in this process; 3 if it could not start (as ``uvicorn.run`` exits)."""
+    server = Server(uvicorn.Config(app, host=host, port=port, **UVICORN_OPTIONS))
+    server.run()
+    return 0 if server.started else 3
 
 
 def _worker(host: str, port: int) -> None:
     from app.main import serve_app  # noqa: PLC0415 - imported in the child process
 
+    # The parent decides when workers stop. Once a worker has shut down gracefully on a signal
+    # sent to the whole process group, uvicorn re-raises it: ignored, so the worker exits 0.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     sock = _listen(host, port, reuse_port=True)
-    server = uvicorn.Server(uvicorn.Config(serve_app(), **UVICORN_OPTIONS))
+    server = Server(uvicorn.Config(serve_app(), **UVICORN_OPTIONS))
     server.run(sockets=[sock])
 
 
 def serve_workers(workers: int, host: str, port: int) -> int:
     """Run ``workers`` processes sharing ``host:port``; stop all when one stops or on a signal.
 
-    Settings reach the workers through the environment (see `creditd serve`).
+    Returns once every worker has exited, so the caller can then stop what they used (the
+    embedded database). Settings reach the workers through the environment (see `creditd serve`).
     """
     # Fail fast, in the parent, if the address is unusable.
     _listen(host, port, reuse_port=True).close()
@@ -71,8 +107,8 @@ def serve_workers(workers: int, host: str, port: int) -> int:
             if proc.is_alive() and proc.pid is not None:
                 proc.terminate()
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
     # Supervise: the first worker to exit (crash or signal) brings the others down, so an
     # orchestrator sees the failure and restarts the whole service.
     multiprocessing.connection.wait([p.sentinel for p in procs])

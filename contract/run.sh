@@ -30,7 +30,10 @@ if [ ! -f "$HERE/node_modules/.package-lock.json" ] \
     || [ "$HERE/package-lock.json" -nt "$HERE/node_modules/.package-lock.json" ]; then
   (cd "$HERE" && npm ci --no-audit --no-fund --loglevel=error)
 fi
-uv sync --quiet --frozen --project "$HERE/python"
+# make passes the uv it uses (on PATH, or bootstrapped into .creditd/uv-venv).
+UV=${UV:-uv}
+case "$UV" in */*) PATH="$(cd "$(dirname "$UV")" && pwd):$PATH"; UV="$(basename "$UV")";; esac
+"$UV" sync --quiet --frozen --project "$HERE/python"
 npx_() { (cd "$HERE" && npx --no-install "$@"); }
 version() { node -p "require('$HERE/node_modules/$1/package.json').version"; }
 echo "@redocly/cli $(version @redocly/cli), @hey-api/openapi-ts $(version @hey-api/openapi-ts)," \

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import func, insert
+from sqlalchemy import func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.clock import utcnow
@@ -65,3 +65,13 @@ async def revoke(session: AsyncSession, project_id: uuid.UUID, key_id: uuid.UUID
     )
     if not result.rowcount:  # type: ignore[attr-defined]
         raise ApiKeyNotFound()
+
+
+async def project_of(session: AsyncSession, secret: str) -> uuid.UUID | None:
+    """The project of a live (not revoked, not expired) key, or None."""
+    stmt = select(ApiKey.project_id).where(
+        ApiKey.key_hash == hash_api_key(secret),
+        ApiKey.revoked_at.is_(None),
+        or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > func.now()),
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()

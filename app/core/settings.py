@@ -5,16 +5,66 @@ from __future__ import annotations
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "admin", "dev-admin-token"}
+URL_SCHEMES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
+
+
+def _problem(setting: str, message: str) -> PydanticCustomError:
+    """A settings error that names its environment variable and never carries the value."""
+    return PydanticCustomError("setting", message, {"setting": setting})
+
+
+def database_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a usable PostgreSQL URL, without quoting any part of it (it may hold a
+    password), or None."""
+    if not url.startswith(URL_SCHEMES):
+        return "must start with postgresql://, postgres:// or postgresql+asyncpg://"
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    if at and "@" in userinfo:
+        return "has more than one '@' before the host: percent-encode '@' in the password as %40"
+    if parts.fragment or "#" in url:
+        return "contains '#': percent-encode it in the password as %23"
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        return (
+            "has an invalid port (a ':', '/' or '?' in the password must be percent-encoded"
+            " as %3A, %2F or %3F)"
+        )
+    return None
+
+
+def _check_url(setting: str, url: str | None) -> str | None:
+    if url is not None and (reason := database_url_problem(url)):
+        raise _problem(setting, reason)
+    return url
 
 
 class DatabaseSettings(BaseModel):
     url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, url: str | None) -> str | None:
+        return _check_url("CREDITD_DATABASE__URL", url)
+
     pool_size: int = 20
     max_overflow: int = 10
     pool_timeout_seconds: float = 10.0
@@ -54,26 +104,53 @@ class Settings(BaseSettings):
 
     env: Literal["development", "test", "production"] = "development"
     data_dir: Path = Path(".creditd")
-    admin_token: SecretStr | None = None
+    admin_token: SecretStr | None = Field(default=None, validate_default=True)
     # DATABASE_URL (unprefixed) is the conventional name; it fills ``database.url``.
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "CREDITD_DATABASE_URL")
     )
-    database: DatabaseSettings = DatabaseSettings()
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings, validate_default=True)
     log: LogSettings = LogSettings()
     api: ApiSettings = ApiSettings()
     workers: WorkerSettings = WorkerSettings()
 
+    # Each check below raises its own error, so that every problem is reported at once.
+    @field_validator("admin_token")
+    @classmethod
+    def _real_token_in_production(cls, token: SecretStr | None, info: ValidationInfo) -> Any:
+        if info.data.get("env") == "production":
+            value = token.get_secret_value() if token else ""
+            if value.lower() in PLACEHOLDER_SECRETS or len(value) < 16:
+                raise _problem(
+                    "CREDITD_ADMIN_TOKEN", "must be a real secret of 16+ characters in production"
+                )
+        return token
+
+    @field_validator("database_url")
+    @classmethod
+    def _valid_database_url(cls, url: str | None) -> str | None:
+        return _check_url("DATABASE_URL", url)
+
+    @field_validator("database")
+    @classmethod
+    def _url_in_production(cls, database: DatabaseSettings, info: ValidationInfo) -> Any:
+        # Only when DATABASE_URL itself was valid (and so is in ``info.data``) but absent.
+        if (
+            info.data.get("env") == "production"
+            and database.url is None
+            and "database_url" in info.data
+            and info.data["database_url"] is None
+        ):
+            raise _problem(
+                "DATABASE_URL",
+                "is required in production (the embedded PostgreSQL is for development only)",
+            )
+        return database
+
     @model_validator(mode="after")
-    def _merge_and_check(self) -> Settings:
+    def _merge(self) -> Settings:
         if self.database.url is None and self.database_url:
             self.database.url = self.database_url
-        if self.env == "production":
-            token = self.admin_token.get_secret_value() if self.admin_token else ""
-            if token.lower() in PLACEHOLDER_SECRETS or len(token) < 16:
-                raise ValueError(
-                    "CREDITD_ADMIN_TOKEN must be a real secret (>= 16 chars) in production"
-                )
         return self
 
     @property
@@ -88,9 +165,27 @@ def get_settings() -> Settings:
     return Settings()
 
 
+def problems(error: ValidationError) -> list[str]:
+    """One line per invalid setting: its environment variable and why, never its value."""
+    lines = []
+    for err in error.errors(include_url=False, include_input=False, include_context=True):
+        setting = (err.get("ctx") or {}).get("setting") or env_name(err["loc"])
+        lines.append(f"{setting}: {err['msg']}")
+    return lines
+
+
+def env_name(loc: tuple[int | str, ...]) -> str:
+    """``("database", "pool_size")`` → ``CREDITD_DATABASE__POOL_SIZE``."""
+    names = [str(part) for part in loc]
+    if names and names[0] in {"DATABASE_URL", "CREDITD_DATABASE_URL", "database_url"}:
+        return "DATABASE_URL"
+    return "CREDITD_" + "__".join(name.upper() for name in names)
+
+
 def to_async_url(url: str) -> str:
     """Normalise ``postgres://``/``postgresql://`` URLs to the asyncpg driver."""
-    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+    for prefix in URL_SCHEMES:
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix) :]
-    raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]}")
+    # Never echo the URL: it may carry a password.
+    raise ValueError("unsupported database URL scheme (use postgresql://)")

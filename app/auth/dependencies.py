@@ -52,23 +52,22 @@ async def get_principal(request: Request) -> Principal:
     cache: KeyCache = request.app.state.key_cache
     limits: RateLimits = request.app.state.rate_limits
     raw_key = _bearer(request)
-    principal = cached_principal(cache, raw_key)
-    if principal is not None:
-        principal = admit(principal)
-    else:
-        # Not a key this process verified lately: a database lookup, and maybe a guess.
-        address = client_address(request)
-        refused = await limits.auth_blocked(address)
-        if refused is not None:
-            raise RateLimited(
-                "Too many failed authentications from this address; retry later.",
-                headers=refused.headers(),
-            )
-        try:
+    cached = cached_principal(cache, raw_key)
+    try:
+        if cached is not None:
+            principal = admit(cached)  # unless it expired meanwhile
+        else:
+            # Not a key this process verified lately: a database lookup, and maybe a guess.
+            refused = await limits.auth_blocked(client_address(request))
+            if refused is not None:
+                raise RateLimited(
+                    "Too many failed authentications from this address; retry later.",
+                    headers=refused.headers(),
+                )
             principal = await authenticate(request.state.session, cache, raw_key)
-        except InvalidApiKey:
-            await limits.auth_failed(address)
-            raise
+    except InvalidApiKey:
+        await limits.auth_failed(client_address(request))
+        raise
     project_header = request.headers.get("x-project-id")
     if project_header is not None and not _same_project(project_header, principal):
         raise ProjectMismatch()

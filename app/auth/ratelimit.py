@@ -235,6 +235,28 @@ def _stats(limit: _Limit, window: tuple[int, float, int, float]) -> tuple[int, i
     return max(0, remaining), 1 if reset_in == math.inf else max(1, math.ceil(reset_in))
 
 
+def _refusal(limit: _Limit, window: tuple[int, float, int, float]) -> Decision:
+    """A refused request: ``Retry-After`` (and ``RateLimit-Reset``) is the first whole second at
+    which one more request would be admitted, if nothing else arrives meanwhile.
+
+    The sliding-window counter admits one more while ``floor(p * w + c) < limit``, where ``p``
+    and ``c`` are the previous and current windows' counts and ``w`` is the share of the
+    previous window still overlapping, which falls from 1 to 0 across the current window.
+    """
+    previous, previous_ttl, current, current_ttl = window
+    expiry, amount = limit.expiry, limit.amount
+    left = previous_ttl if previous else max(0.0, current_ttl - expiry)  # of the current window
+    if current < amount and previous:
+        # Within this window, once the previous window's weight has fallen far enough.
+        wait = max(0.0, left - (amount - current) * expiry / previous)
+    else:
+        # In the next window, where this window's count becomes the decaying one.
+        wait = left + max(0.0, expiry * (1 - amount / current)) if current else left
+    # Strictly after ``wait`` (at it the count is exactly full); the window arithmetic is in
+    # floats, so round a hair up rather than promise a second too early.
+    return Decision(False, amount, 0, math.floor(wait + 1e-6) + 1)
+
+
 def _report(
     key: _Limit, own: tuple[int, int], project: _Limit, shared: tuple[int, int]
 ) -> Decision:
@@ -252,12 +274,12 @@ class RateLimits:
     the window statistics for the headers use the same formula as its ``get_window_stats``.
     """
 
-    def __init__(self, settings: ApiSettings) -> None:
+    def __init__(self, settings: ApiSettings, *, clock: Callable[[], float] = time.time) -> None:
         self._pool: Any = None
         self._local: LocalStorage | None = None
         self.storage: Storage
         if settings.rate_limit_storage_url.startswith("memory://"):
-            self.storage = self._local = LocalStorage()
+            self.storage = self._local = LocalStorage(clock=clock)
         else:
             self.storage, self._pool = _redis_storage(settings)
         self._windows = cast(SlidingWindowCounterSupport, self.storage)
@@ -283,11 +305,12 @@ class RateLimits:
         try:
             # The key first: a key over its own limit does not use up its project's budget.
             if not await windows.acquire_sliding_window_entry(key_name, key.amount, key.expiry):
-                return await self._decision(key, key_name, allowed=False)
+                return _refusal(key, await windows.get_sliding_window(key_name, key.expiry))
             if not await windows.acquire_sliding_window_entry(
                 project_name, project.amount, project.expiry
             ):
-                return await self._decision(project, project_name, allowed=False)
+                window = await windows.get_sliding_window(project_name, project.expiry)
+                return _refusal(project, window)
             own = await windows.get_sliding_window(key_name, key.expiry)
             shared = await windows.get_sliding_window(project_name, project.expiry)
         except (StorageError, OSError) as exc:
@@ -302,24 +325,23 @@ class RateLimits:
         """``hit`` on the in-process storage: the same steps, without a coroutine each."""
         taken, own = local.take(key_name, key.amount, key.expiry)
         if not taken:
-            return Decision(False, key.amount, *_stats(key, own))
+            return _refusal(key, own)
         taken, shared = local.take(project_name, project.amount, project.expiry)
         if not taken:
-            return Decision(False, project.amount, *_stats(project, shared))
+            return _refusal(project, shared)
         return _report(key, _stats(key, own), project, _stats(project, shared))
 
     async def auth_blocked(self, address: str) -> Decision | None:
         """The refusal for ``address`` once it used up its failed-authentication budget."""
         if self._open_until and time.monotonic() < self._open_until:
             return None
+        limit = self.auth_failures
         try:
-            decision = await self._decision(
-                self.auth_failures, self.auth_failures.name(address), allowed=False
-            )
+            window = await self._windows.get_sliding_window(limit.name(address), limit.expiry)
         except (StorageError, OSError) as exc:
             self._failed(exc)
             return None
-        return decision if decision.remaining <= 0 else None
+        return _refusal(limit, window) if _stats(limit, window)[0] <= 0 else None
 
     async def auth_failed(self, address: str) -> None:
         if self._open_until and time.monotonic() < self._open_until:
@@ -331,10 +353,6 @@ class RateLimits:
             )
         except (StorageError, OSError) as exc:
             self._failed(exc)
-
-    async def _decision(self, limit: _Limit, name: str, *, allowed: bool) -> Decision:
-        window = await self._windows.get_sliding_window(name, limit.expiry)
-        return Decision(allowed, limit.amount, *_stats(limit, window))
 
     def _failed(self, exc: Exception) -> None:
         now = time.monotonic()

@@ -50,6 +50,14 @@ def limited_app(settings: Settings, app: FastAPI) -> AppFactory:
     return factory
 
 
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def _client_from(app: FastAPI, address: str) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app, client=(address, 40000))
     return httpx.AsyncClient(transport=transport, base_url="http://t")
@@ -238,3 +246,37 @@ async def test_reported_windows_match_the_library_strategy(
             assert decision.remaining == stats.remaining == max(0, 5 - used)
     finally:
         await limits.close()
+
+
+@pytest.mark.parametrize("start", [0.0, 2.5, 9.9])
+@pytest.mark.parametrize("earlier", [0, 1, 2, 3])
+@pytest.mark.parametrize("into_next", [0.0, 4.0, 9.5])
+async def test_retry_after_is_the_first_second_at_which_a_request_is_admitted(
+    start: float, earlier: int, into_next: float
+) -> None:
+    clock = FakeClock(1000.0 + start)
+    limits = RateLimits(
+        ApiSettings(rate_limit="3 per 10 seconds", project_rate_limit="1000/minute"), clock=clock
+    )
+    key_id, project_id = uuid.uuid4(), uuid.uuid4()
+
+    async def admitted() -> bool:
+        decision = await limits.hit(key_id, project_id)
+        assert decision is not None
+        return decision.allowed
+
+    for _ in range(earlier):  # some requests in one window...
+        assert await admitted()
+    clock.now += 10 - start + into_next  # ...then into the next one
+    while await admitted():  # fill what is left of the budget there
+        pass
+    refused = await limits.hit(key_id, project_id)
+    assert refused is not None
+    assert not refused.allowed
+    retry_after = int(refused.headers()["Retry-After"])
+    assert refused.headers()["RateLimit-Reset"] == str(retry_after)
+    began = clock.now
+    clock.now = began + retry_after - 1
+    assert retry_after == 1 or not await admitted()  # a second early: still refused
+    clock.now = began + retry_after
+    assert await admitted()

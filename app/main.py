@@ -176,5 +176,7 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
     ):
         app.include_router(router, responses=api_errors)
     app.include_router(health_router)
-    app.include_router(admin_router, responses=problem_responses(ValidationFailed, InternalError))
+    app.include_router(
+        admin_router, responses=problem_responses(ValidationFailed, RateLimited, InternalError)
+    )
     return app

@@ -19,7 +19,8 @@ from app.admin.router import router as admin_router
 from app.analytics.router import router as analytics_router
 from app.api_keys.router import router as api_keys_router
 from app.auth.exceptions import InsufficientScope, InvalidApiKey, ProjectMismatch
-from app.auth.ratelimit import RateLimiter
+from app.auth.listener import KeyCacheListener
+from app.auth.ratelimit import RateLimits
 from app.auth.service import KeyCache
 from app.core.errors import (
     AppError,
@@ -119,6 +120,10 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(create_engine(settings.database))
         app.state.db = db
+        assert settings.database.url  # create_engine() refused an unset one
+        listener = KeyCacheListener(settings.database.url, app.state.key_cache)
+        listener.start()
+        app.state.key_listener = listener
         background = asyncio.create_task(run_workers(db, settings)) if run_background else None
         # Everything built so far lives as long as the process: keep it out of GC scans.
         gc.collect()
@@ -130,6 +135,8 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await background
+            await listener.stop()
+            await app.state.rate_limits.close()
             await db.dispose()
 
     app = FastAPI(
@@ -147,10 +154,10 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
     install_docs(app)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     app.state.settings = settings
-    app.state.key_cache = KeyCache(settings.api.key_cache_ttl_seconds)
-    app.state.rate_limiter = RateLimiter(
-        settings.api.rate_limit_per_second, settings.api.rate_limit_burst
+    app.state.key_cache = KeyCache(
+        settings.api.key_cache_ttl_seconds, settings.api.key_cache_fallback_ttl_seconds
     )
+    app.state.rate_limits = RateLimits(settings.api)
     app.state.schema_head = expected_revision()
     # Added first, so it runs inside the request context: a 413 carries a request id and is
     # logged and counted like any response.
@@ -187,6 +194,6 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
     app.include_router(health_router)
     app.include_router(
         admin_router,
-        responses=problem_responses(PayloadTooLarge, ValidationFailed, InternalError),
+        responses=problem_responses(PayloadTooLarge, ValidationFailed, RateLimited, InternalError),
     )
     return app

@@ -49,6 +49,7 @@ def service_env(database_url: str, admin_token: str = "") -> dict[str, str]:
         "CREDITD_ADMIN_TOKEN": admin_token or secrets.token_urlsafe(32),
         "CREDITD_API__RATE_LIMIT_PER_SECOND": "1000000",
         "CREDITD_API__RATE_LIMIT_BURST": "1000000",
+        "CREDITD_API__PROJECT_RATE_LIMIT": "1000000/second",
         "CREDITD_LOG__LEVEL": "WARNING",
     }
 

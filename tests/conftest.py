@@ -26,6 +26,7 @@ from app.credits.verify import verify
 from app.db.session import Database
 from app.main import create_app
 from tests.fixtures.database import fresh_database
+from tests.fixtures.redis import redis_prefix, redis_url  # noqa: F401 - fixtures
 
 ADMIN_TOKEN = "test-operator-token-0123456789"
 
@@ -43,7 +44,13 @@ def settings(database_url: str) -> Settings:
         env="test",
         admin_token=ADMIN_TOKEN,
         database=DatabaseSettings(url=database_url, pool_size=30, max_overflow=20),
-        api=ApiSettings(rate_limit_per_second=100_000, rate_limit_burst=100_000),
+        # Out of the way of the suite: the limits' own tests build apps with tight ones.
+        api=ApiSettings(
+            rate_limit_per_second=100_000,
+            rate_limit_burst=100_000,
+            project_rate_limit="100000/second",
+            auth_failure_rate_limit="100000/second",
+        ),
     )
 
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.service import announce_key_change
 from app.core.clock import utcnow
 from app.core.errors import ExpiryInPast, NotFound
 from app.core.ids import uuid7
@@ -65,6 +66,7 @@ async def revoke(session: AsyncSession, project_id: uuid.UUID, key_id: uuid.UUID
     )
     if not result.rowcount:  # type: ignore[attr-defined]
         raise ApiKeyNotFound()
+    await announce_key_change(session, key_id)
 
 
 async def project_of(session: AsyncSession, secret: str) -> uuid.UUID | None:

@@ -9,10 +9,16 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.requests import Request
 
-from app.auth.exceptions import InsufficientScope, InvalidAdminToken, ProjectMismatch
-from app.auth.ratelimit import RateLimiter
-from app.auth.service import KeyCache, Principal, authenticate
+from app.auth.exceptions import (
+    InsufficientScope,
+    InvalidAdminToken,
+    InvalidApiKey,
+    ProjectMismatch,
+)
+from app.auth.ratelimit import RateLimits
+from app.auth.service import KeyCache, Principal, admit, authenticate, cached_principal
 from app.core.errors import RateLimited
+from app.core.middleware import add_response_headers
 from app.core.security import constant_time_equals
 from app.core.settings import Settings
 
@@ -33,28 +39,47 @@ def _same_project(header: str, principal: Principal) -> bool:
         return False
 
 
+def client_address(request: Request) -> str:
+    """The caller's address (uvicorn resolves X-Forwarded-For from trusted proxies)."""
+    return request.client.host if request.client else "unknown"
+
+
 async def get_principal(request: Request) -> Principal:
     """Authenticate once per request (the idempotency layer may already have done it)."""
     principal: Principal | None = getattr(request.state, "principal", None)
     if principal is not None:
         return principal
     cache: KeyCache = request.app.state.key_cache
-    principal = await authenticate(request.state.session, cache, _bearer(request))
+    limits: RateLimits = request.app.state.rate_limits
+    raw_key = _bearer(request)
+    cached = cached_principal(cache, raw_key)
+    try:
+        if cached is not None:
+            principal = admit(cached)  # unless it expired meanwhile
+        else:
+            # Not a key this process verified lately: a database lookup, and maybe a guess.
+            refused = await limits.auth_blocked(client_address(request))
+            if refused is not None:
+                raise RateLimited(
+                    "Too many failed authentications from this address; retry later.",
+                    headers=refused.headers(),
+                )
+            principal = await authenticate(request.state.session, cache, raw_key)
+    except InvalidApiKey:
+        await limits.auth_failed(client_address(request))
+        raise
     project_header = request.headers.get("x-project-id")
     if project_header is not None and not _same_project(project_header, principal):
         raise ProjectMismatch()
-    limiter: RateLimiter = request.app.state.rate_limiter
-    decision = limiter.hit(principal.key_id)
-    if not decision.allowed:
-        raise RateLimited(
-            "Rate limit exceeded for this API key.",
-            headers={
-                "Retry-After": str(max(decision.reset_seconds, 1)),
-                "RateLimit-Limit": str(decision.limit),
-                "RateLimit-Remaining": "0",
-                "RateLimit-Reset": str(max(decision.reset_seconds, 1)),
-            },
-        )
+    decision = await limits.hit(principal.key_id, principal.project_id)
+    if decision is not None:
+        if not decision.allowed:
+            raise RateLimited(
+                "Rate limit exceeded for this API key or its project; "
+                f"retry in {decision.reset_seconds} s.",
+                headers=decision.headers(),
+            )
+        add_response_headers(request, decision.headers())
     request.state.principal = principal
     return principal
 
@@ -89,9 +114,19 @@ UserReadKey = Annotated[Principal, Depends(require_scopes("write", "read", "usag
 
 async def require_operator(request: Request) -> None:
     settings: Settings = request.app.state.settings
+    limits: RateLimits = request.app.state.rate_limits
+    address = client_address(request)
+    # Before comparing: an address over its failure budget learns nothing from its guesses.
+    refused = await limits.auth_blocked(address)
+    if refused is not None:
+        raise RateLimited(
+            "Too many failed authentications from this address; retry later.",
+            headers=refused.headers(),
+        )
     token = _bearer(request)
     expected = settings.admin_token.get_secret_value() if settings.admin_token else ""
     if not expected or not token or not constant_time_equals(token, expected):
+        await limits.auth_failed(address)
         raise InvalidAdminToken()
 
 

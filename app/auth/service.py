@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.exceptions import InvalidApiKey
@@ -33,26 +35,89 @@ class Principal:
 
 
 class KeyCache:
-    """Verified keys for ``ttl_seconds``; revocations and setting changes invalidate locally."""
+    """Verified keys, so the hot path skips the key lookup.
 
-    def __init__(self, ttl_seconds: float) -> None:
+    Revocations and project changes reach every process through PostgreSQL NOTIFY (see
+    ``app/auth/listener.py``), which evicts entries here. An entry is served for ``ttl`` only
+    while that channel holds a lease (it proved alive within the last ``fallback_ttl``);
+    otherwise entries older than ``fallback_ttl`` are looked up again, so a revoked key stops
+    working within ``fallback_ttl`` even when a notification was lost.
+    """
+
+    def __init__(
+        self,
+        ttl_seconds: float,
+        fallback_ttl_seconds: float = 1.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.ttl = ttl_seconds
+        self.fallback_ttl = min(fallback_ttl_seconds, ttl_seconds)
+        self.clock = clock
+        # Bumped by every invalidation: a lookup that raced one is not cached (see put()).
+        self.generation = 0
+        self._lease_until = -math.inf
         self._entries: dict[str, tuple[Principal, float]] = {}
 
     def get(self, key_hash: str) -> Principal | None:
         entry = self._entries.get(key_hash)
-        if entry is None or entry[1] < time.monotonic():
+        if entry is None:
             return None
-        return entry[0]
+        now = self.clock()
+        age = now - entry[1]
+        if age < self.fallback_ttl or (age < self.ttl and now < self._lease_until):
+            return entry[0]
+        return None
 
-    def put(self, key_hash: str, principal: Principal) -> None:
-        if self.ttl > 0:
-            self._entries[key_hash] = (principal, time.monotonic() + self.ttl)
+    def put(self, key_hash: str, principal: Principal, *, generation: int) -> None:
+        """Cache a principal read while ``generation`` was current (else it may be stale)."""
+        if self.ttl > 0 and generation == self.generation:
+            self._entries[key_hash] = (principal, self.clock())
+
+    def renew_lease(self, seconds: float) -> None:
+        """The invalidation channel is alive: serve entries up to ``ttl`` for ``seconds``."""
+        self._lease_until = self.clock() + seconds
+
+    def drop_lease(self) -> None:
+        self._lease_until = -math.inf
+
+    @property
+    def leased(self) -> bool:
+        return self.clock() < self._lease_until
+
+    def invalidate_key(self, key_id: uuid.UUID) -> None:
+        self.generation += 1
+        for key, (principal, _) in list(self._entries.items()):
+            if principal.key_id == key_id:
+                self._entries.pop(key, None)
 
     def invalidate_project(self, project_id: uuid.UUID) -> None:
+        self.generation += 1
         for key, (principal, _) in list(self._entries.items()):
             if principal.project_id == project_id:
                 self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self.generation += 1
+        self._entries.clear()
+
+
+INVALIDATION_CHANNEL = "creditd_keys"
+
+
+async def announce_key_change(session: AsyncSession, key_id: uuid.UUID) -> None:
+    """Tell every process to forget a key; delivered when the transaction commits."""
+    await session.execute(select(func.pg_notify(INVALIDATION_CHANNEL, f"key:{key_id}")))
+
+
+async def announce_project_change(session: AsyncSession, project_id: uuid.UUID) -> None:
+    """Tell every process to forget a project's keys (their cached settings changed)."""
+    await session.execute(select(func.pg_notify(INVALIDATION_CHANNEL, f"project:{project_id}")))
+
+
+def cached_principal(cache: KeyCache, raw_key: str | None) -> Principal | None:
+    """The principal of a key this process verified recently, without I/O."""
+    return cache.get(hash_api_key(raw_key)) if raw_key else None
 
 
 async def authenticate(session: AsyncSession, cache: KeyCache, raw_key: str | None) -> Principal:
@@ -61,6 +126,7 @@ async def authenticate(session: AsyncSession, cache: KeyCache, raw_key: str | No
     key_hash = hash_api_key(raw_key)
     principal = cache.get(key_hash)
     if principal is None:
+        generation = cache.generation
         row = (
             await session.execute(
                 select(ApiKey, Project.settings)
@@ -78,7 +144,12 @@ async def authenticate(session: AsyncSession, cache: KeyCache, raw_key: str | No
             settings=ProjectSettings.model_validate(settings),
             expires_at=key.expires_at,
         )
-        cache.put(key_hash, principal)
+        cache.put(key_hash, principal, generation=generation)
+    return admit(principal)
+
+
+def admit(principal: Principal) -> Principal:
+    """A verified key, unless it has expired since; binds it to the request's logs."""
     if principal.expires_at is not None and principal.expires_at <= utcnow():
         raise InvalidApiKey("The API key has expired.")
     structlog.contextvars.bind_contextvars(

@@ -25,6 +25,13 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_EXTRA_HEADERS = "extra_response_headers"
+
+
+def add_response_headers(request: Request, headers: dict[str, str]) -> None:
+    """Headers for whatever response this request ends with (success or error)."""
+    extra = request.scope.setdefault("state", {}).setdefault(_EXTRA_HEADERS, [])
+    extra.extend((name.lower().encode(), value.encode()) for name, value in headers.items())
 
 
 class RequestContextMiddleware:
@@ -37,7 +44,8 @@ class RequestContextMiddleware:
             return
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
             request_id=request_id, method=scope["method"], path=scope["path"]
@@ -53,6 +61,7 @@ class RequestContextMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                headers.extend(state.get(_EXTRA_HEADERS, ()))
                 message = {**message, "headers": headers}
             await send(message)
 

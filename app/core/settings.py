@@ -5,10 +5,11 @@ from __future__ import annotations
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BaseModel,
     Field,
@@ -78,13 +79,62 @@ class LogSettings(BaseModel):
     json_output: bool | None = None  # default: JSON outside development
 
 
+def _limit(value: str | None) -> str | None:
+    """A rate limit in the `limits` notation ("100/minute", "2000 per 2 seconds")."""
+    if value is None:
+        return None
+    import limits  # noqa: PLC0415 - only when a limit is configured: keeps `creditd --help` fast
+
+    try:
+        limits.parse(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a rate limit: write it as '100/minute' or '2000 per 2 seconds'"
+        ) from None
+    return value
+
+
+RateLimit = Annotated[str, AfterValidator(_limit)]
+_STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "redis+unix://")
+
+
 class ApiSettings(BaseModel):
+    # Per API key. `rate_limit` in the `limits` notation; when unset, the older pair
+    # (rate_limit_per_second, rate_limit_burst) gives "burst per burst/rate seconds".
+    rate_limit: RateLimit | None = None
     rate_limit_per_second: Decimal = Field(default=Decimal(1000), gt=0)
-    rate_limit_burst: int = 2000
+    rate_limit_burst: int = Field(default=2000, gt=0)
+    # Every key of a project together, and failed authentications per client address.
+    project_rate_limit: RateLimit = "10000 per 2 seconds"
+    auth_failure_rate_limit: RateLimit = "20/minute"
+    # memory:// (each process counts alone) or redis://host:port/db (every replica shares).
+    rate_limit_storage_url: str = "memory://"
+    rate_limit_key_prefix: str = Field(default="creditd", min_length=1)
+    rate_limit_storage_timeout_seconds: float = Field(default=0.25, gt=0)
+    # Verified keys are cached this long; revocations and project changes reach every process
+    # through LISTEN/NOTIFY. While that channel is not proven alive, entries live only
+    # key_cache_fallback_ttl_seconds, the bound on how long a revoked key can still work.
     key_cache_ttl_seconds: float = 5.0
+    key_cache_fallback_ttl_seconds: float = Field(default=1.0, ge=0)
     idempotency_ttl_hours: int = 48
     # Larger request bodies are refused (413) before they are read, parsed or authenticated.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+
+    @field_validator("rate_limit_storage_url")
+    @classmethod
+    def _storage_url(cls, value: str) -> str:
+        if not value.startswith(_STORAGE_SCHEMES):
+            schemes = ", ".join(_STORAGE_SCHEMES)
+            raise ValueError(f"rate limit storage must start with one of {schemes}")
+        return value
+
+    @property
+    def key_rate_limit(self) -> str:
+        """The per-key limit in the `limits` notation."""
+        if self.rate_limit is not None:
+            return self.rate_limit
+        window = max(1, round(self.rate_limit_burst / self.rate_limit_per_second))
+        return f"{self.rate_limit_burst} per {window} seconds"
 
 
 class WorkerSettings(BaseModel):

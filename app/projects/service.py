@@ -8,6 +8,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api_keys import service as api_keys
+from app.auth.service import announce_project_change
 from app.core.errors import NotFound
 from app.core.ids import uuid7
 from app.db.models import ApiKey, Project
@@ -69,4 +70,5 @@ async def patch(session: AsyncSession, project_id: uuid.UUID, body: ProjectPatch
             update(Project).where(Project.id == project_id).values(**values, updated_at=func.now())
         )
         await session.refresh(project)
+        await announce_project_change(session, project_id)
     return project

@@ -139,6 +139,9 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         servers=[{"url": "http://localhost:8000", "description": "`make run` on this machine"}],
         docs_url=None,
         redoc_url=None,
+        # No 307 to the path without its trailing slash: `GET /v1/users/` (an empty user id)
+        # would be redirected to the user list. A path no route serves is a 404 problem.
+        redirect_slashes=False,
     )
     install_docs(app)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]

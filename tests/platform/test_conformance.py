@@ -146,6 +146,8 @@ async def _walk_users_and_credits(w: Walk, keys: Keys) -> None:
     await w("GET", "/v1/users", 422, params={"limit": 101})
     await w("GET", "/v1/users/alice", 200, key=keys.usage)
     await w("GET", "/v1/users/nobody", 404)
+    await w("GET", "/v1/users/%2F", 404)  # the id "/": no route, and no redirect to the list
+    await w("POST", "/v1/users/a%2Fb/credits", 404, {"amount": 1})
     await w("PATCH", "/v1/users/alice", 200, {"metadata": {"plan": None, "team": "core"}})
     await w("PATCH", "/v1/users/nobody", 404, {"metadata": {}})
     await w("PATCH", "/v1/users/alice", 403, {"metadata": {}}, key=keys.read)

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from openapi_schema_validator import OAS31Validator
 
 from app.core.http import render_json
 from app.core.settings import ApiSettings, Settings
@@ -25,7 +26,13 @@ from app.db.session import Database
 from app.main import create_app
 from tests.conftest import ADMIN_TOKEN, Project, assert_ledger_consistent, create_project
 from tests.helpers import body
-from tests.platform.conformance import OPERATIONS, Recorder, check_problem, check_response
+from tests.platform.conformance import (
+    OPERATIONS,
+    SPEC,
+    Recorder,
+    check_problem,
+    check_response,
+)
 
 PAST = (datetime.now(UTC) - timedelta(days=1)).isoformat()
 FUTURE = (datetime.now(UTC) + timedelta(days=30)).isoformat()
@@ -581,3 +588,37 @@ def test_the_checker_rejects_responses_that_break_the_spec(
 ) -> None:
     with pytest.raises(AssertionError):
         check_response(_response(status, content, content_type))
+
+
+def _spec_admits(schema: dict[str, Any], value: Any) -> bool:
+    validator = OAS31Validator(
+        {**schema, "components": SPEC["components"]}, format_checker=OAS31Validator.FORMAT_CHECKER
+    )
+    return bool(validator.is_valid(value))
+
+
+@pytest.mark.parametrize(
+    "amount",
+    ["0", "0.0", "000.000000", "0.000001", "1", "12.5", "-1", "1.0000001", "1e3", 0, 7],
+)
+async def test_the_spec_and_the_server_agree_on_positive_amounts(
+    project: Project, amount: Any
+) -> None:
+    # The fuzzer generates from the spec: what it calls valid, the server must accept.
+    await project.user("u")
+    schema = SPEC["components"]["schemas"]["CreditIn"]["properties"]["amount"]
+    r = await project.post("/v1/users/u/credits", {"amount": amount})
+    assert (r.status_code == 201) == _spec_admits(schema, amount), r.text
+
+
+@pytest.mark.parametrize("key", ["k", "a b", "k" * 255, "k" * 256, "a\tb"])
+async def test_the_spec_and_the_server_agree_on_idempotency_keys(
+    project: Project, key: str
+) -> None:
+    schema = next(
+        p["schema"]
+        for p in SPEC["paths"]["/v1/users"]["post"]["parameters"]
+        if p["name"] == "Idempotency-Key"
+    )
+    r = await project.post("/v1/users", {"id": "u"}, headers={"Idempotency-Key": key})
+    assert (r.status_code == 201) == _spec_admits(schema, key), r.text

@@ -7,7 +7,7 @@ RUN := $(UV) run --frozen
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help install run test check lint format typecheck openapi openapi-check bench migrate worker verify clean
+.PHONY: help install run test check lint format typecheck openapi openapi-check fuzz bench migrate worker verify clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ openapi: install ## Regenerate openapi/openapi.json from the app
 openapi-check:
 	@$(RUN) creditd openapi | diff -u openapi/openapi.json - >/dev/null \
 		|| { echo "openapi/openapi.json is stale: run 'make openapi'"; exit 1; }
+
+fuzz: install ## Fuzz a live server with schemathesis: 0 server errors, responses match the spec
+	bash .ci/schemathesis.sh $(FUZZ_ARGS)
 
 bench: install ## Benchmark start/complete/check against pgbench TPC-B on the same PostgreSQL
 	$(RUN) python -m bench $(BENCH_ARGS)

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 
 from app.admin.router import router as admin_router
 from app.analytics.router import router as analytics_router
@@ -83,6 +84,9 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return ProblemResponse(body, status_code=422)
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     slugs = {
@@ -92,6 +96,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         413: "payload_too_large",
     }
     slug = slugs.get(exc.status_code, "http_error")
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
     body = problem_body(
         request,
         slug=slug,
@@ -99,7 +106,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         status=exc.status_code,
         detail=str(exc.detail),
     )
-    return ProblemResponse(body, status_code=exc.status_code, headers=exc.headers)
+    return ProblemResponse(body, status_code=exc.status_code, headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette's 405 names one route's only)."""
+    allowed = {
+        method
+        for method in _METHODS
+        for route in request.app.router.routes
+        if route.matches({**request.scope, "method": method})[0] == Match.FULL
+    }
+    return ", ".join(sorted(allowed))
 
 
 def serve_app() -> FastAPI:

@@ -624,3 +624,16 @@ async def test_the_spec_and_the_server_agree_on_idempotency_keys(
     )
     r = await project.post("/v1/users", {"id": "u"}, headers={"Idempotency-Key": key})
     assert (r.status_code == 201) == _spec_admits(schema, key), r.text
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [{"active": None}, {"max_per_user": None}, {"description": None}, {"max_redemptions": None}],
+)
+async def test_the_spec_and_the_server_agree_on_nulls_in_a_promo_patch(
+    project: Project, patch: dict[str, Any]
+) -> None:
+    assert (await project.post("/v1/promos", {"code": "p", "credits": 1})).status_code == 201
+    schema = SPEC["components"]["schemas"]["PromoPatch"]
+    r = await project.patch("/v1/promos/p", patch)
+    assert (r.status_code == 200) == _spec_admits(schema, patch), r.text

@@ -5,6 +5,10 @@ client can reach (401, 402, 403, 404, 409, 422; 429 in its own test). Each step 
 status it expects, and every response is validated against the committed spec (see
 ``tests/platform/conformance.py``). The walk must cover every operationId of the spec, so a new
 route without a walk step fails here.
+
+Below it: the checker rejects hand-made responses that break the spec in each way it checks,
+and spec and server agree on sample inputs where schemathesis found them disagreeing (a fuzzer
+generates "valid" input from the spec, so what the spec admits the server must accept).
 """
 
 from __future__ import annotations

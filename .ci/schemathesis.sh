@@ -8,15 +8,16 @@
 # Assumes `make install` ran (.venv/bin/creditd and .venv/bin/schemathesis exist). The server
 # runs its own embedded PostgreSQL in a temporary folder on a free port; both are stopped and
 # removed at the end. Budget knobs (environment): SCHEMATHESIS_MAX_EXAMPLES (per operation
-# and phase), SCHEMATHESIS_SEED, SCHEMATHESIS_WORKERS, SCHEMATHESIS_PHASES; arguments are passed
-# on to `schemathesis run` (e.g. --include-operation-id users_get, --report har).
+# and phase), SCHEMATHESIS_SEED, SCHEMATHESIS_WORKERS, SCHEMATHESIS_PHASES, SCHEMATHESIS_TIMEOUT;
+# arguments are passed on to `schemathesis run` (--include-operation-id users_get, --report har).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MAX_EXAMPLES="${SCHEMATHESIS_MAX_EXAMPLES:-25}"
+MAX_EXAMPLES="${SCHEMATHESIS_MAX_EXAMPLES:-50}"
 SEED="${SCHEMATHESIS_SEED:-20240607}"
 WORKERS="${SCHEMATHESIS_WORKERS:-2}"
 PHASES="${SCHEMATHESIS_PHASES:-examples,coverage,fuzzing,stateful}"
+TIMEOUT="${SCHEMATHESIS_TIMEOUT:-1200}" # seconds: a stuck run fails instead of eating CI's time
 
 work="$(mktemp -d -t creditd-schemathesis.XXXXXX)"
 server_pid=""
@@ -54,7 +55,7 @@ echo "schemathesis: ${base}, max-examples ${MAX_EXAMPLES}, seed ${SEED}, workers
 started=$SECONDS
 status=0
 # The config file gives each security scheme its credential (project key / operator token).
-.venv/bin/schemathesis --config-file .ci/schemathesis.toml run openapi/openapi.json \
+timeout "$TIMEOUT" .venv/bin/schemathesis --config-file .ci/schemathesis.toml run openapi/openapi.json \
     --url "$base" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
     --phases "$PHASES" \

@@ -23,8 +23,16 @@ work="$(mktemp -d -t creditd-schemathesis.XXXXXX)"
 server_pid=""
 cleanup() {
     if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
-        kill -TERM "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true # the server stops its embedded PostgreSQL
+        # SIGINT, not SIGTERM: uvicorn re-raises the signal it caught once it has shut down,
+        # and a SIGTERM then ends the process before its exit hook stops the embedded
+        # PostgreSQL (KeyboardInterrupt lets the hook run).
+        kill -INT "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
+    local pidfile="$work/data/pg/postmaster.pid"
+    if [[ -f "$pidfile" ]]; then # still up (the server died some other way): fast shutdown
+        kill -INT "$(head -n 1 "$pidfile")" 2>/dev/null || true
+        for _ in $(seq 1 50); do [[ -f "$pidfile" ]] || break; sleep 0.2; done
     fi
     rm -rf "$work"
 }

@@ -11,7 +11,7 @@ RUN := $(UV) run --frozen
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help install run test check lint format typecheck openapi openapi-check sdk-sync contract bench migrate worker verify clean
+.PHONY: help install run test check lint format typecheck openapi openapi-check sdk-sync contract fuzz bench migrate worker verify clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ openapi-check:
 
 contract: install ## Generate Python and TypeScript clients from the spec and run them against a live server
 	UV=$(UV) bash contract/run.sh
+
+fuzz: install ## Fuzz a live server with schemathesis: 0 server errors, responses match the spec
+	bash .ci/schemathesis.sh $(FUZZ_ARGS)
 
 bench: install ## Benchmark start/complete/check against pgbench TPC-B on the same PostgreSQL
 	$(RUN) python -m bench $(BENCH_ARGS)

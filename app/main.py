@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 
 from app.admin.router import router as admin_router
 from app.analytics.router import router as analytics_router
@@ -87,6 +88,9 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return ProblemResponse(body, status_code=422)
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     slugs = {
@@ -96,6 +100,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         413: "payload_too_large",
     }
     slug = slugs.get(exc.status_code, "http_error")
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
     body = problem_body(
         request,
         slug=slug,
@@ -103,7 +110,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         status=exc.status_code,
         detail=str(exc.detail),
     )
-    return ProblemResponse(body, status_code=exc.status_code, headers=exc.headers)
+    return ProblemResponse(body, status_code=exc.status_code, headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette's 405 names one route's only)."""
+    allowed = {
+        method
+        for method in _METHODS
+        for route in request.app.router.routes
+        if route.matches({**request.scope, "method": method})[0] == Match.FULL
+    }
+    return ", ".join(sorted(allowed))
 
 
 def serve_app() -> FastAPI:
@@ -150,6 +168,9 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         servers=[{"url": "/", "description": "The server that serves this document"}],
         docs_url=None,
         redoc_url=None,
+        # No 307 to the path without its trailing slash: `GET /v1/users/` (an empty user id)
+        # would be redirected to the user list. A path no route serves is a 404 problem.
+        redirect_slashes=False,
     )
     install_docs(app)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]

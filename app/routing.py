@@ -23,7 +23,13 @@ from starlette.responses import Response
 
 from app.auth.dependencies import check_scopes, get_principal, require_operator
 from app.core.clock import utcnow
-from app.core.errors import AppError, InvalidRequest, merge_responses, problem_responses
+from app.core.errors import (
+    AppError,
+    InvalidRequest,
+    NotFound,
+    merge_responses,
+    problem_responses,
+)
 from app.core.http import DecimalRequest, JSONResponse, problem_from_error
 from app.core.openapi import (
     API_KEY_SECURITY,
@@ -71,6 +77,9 @@ def _render_models(endpoint: Callable[..., Any], status_code: int) -> Callable[.
 _IDEMPOTENCY_ERRORS = problem_responses(
     IdempotencyKeyReused, IdempotencyKeyInFlight, InvalidIdempotencyKey
 )
+# A path parameter that is empty or holds a '/' ("/v1/users/", "/v1/users/a%2Fb/credits")
+# leaves the path to no route at all: the router's own 404 `not_found`.
+_NO_ROUTE = problem_responses(NotFound)
 
 
 class TransactionalRoute(APIRoute):
@@ -84,6 +93,8 @@ class TransactionalRoute(APIRoute):
             kwargs["responses"] = merge_responses(
                 kwargs.get("responses") or {}, _IDEMPOTENCY_ERRORS
             )
+        if "{" in path:
+            kwargs["responses"] = merge_responses(kwargs.get("responses") or {}, _NO_ROUTE)
         super().__init__(path, _render_models(endpoint, status_code), **kwargs)
         # The scopes the endpoint demands: a replayed response must pass the same check.
         scopes = [getattr(dep.call, "required_scopes", None) for dep in self.dependant.dependencies]

@@ -11,7 +11,7 @@ from app.auth.dependencies import Operator
 from app.auth.exceptions import InvalidAdminToken
 from app.core.cursors import parse_id, uuid_cursor
 from app.core.errors import problem_responses
-from app.core.pagination import Page, PageParams, make_page, page_params
+from app.core.pagination import Page, PageParams, make_page, uuid_page_params
 from app.db.session import Session
 from app.projects import service as projects
 from app.projects.schemas import ProjectOut
@@ -45,7 +45,7 @@ async def create_project(session: Session, body: ProjectCreate) -> ProjectCreate
     "", operation_id="admin_projects_list", summary="List projects", response_model=Page[ProjectOut]
 )
 async def list_projects(
-    session: Session, page: Annotated[PageParams, Depends(page_params)]
+    session: Session, page: Annotated[PageParams, Depends(uuid_page_params)]
 ) -> Page[ProjectOut]:
     rows = await projects.list_projects(
         session, limit=page.limit, after=uuid_cursor(page.starting_after)

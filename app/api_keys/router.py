@@ -10,7 +10,7 @@ from app.auth.dependencies import AdminKey
 from app.auth.service import KeyCache
 from app.core.cursors import parse_id, uuid_cursor
 from app.core.errors import ExpiryInPast, problem_responses
-from app.core.pagination import Page, PageParams, make_page, page_params
+from app.core.pagination import Page, PageParams, make_page, uuid_page_params
 from app.db.session import Session
 from app.routing import TransactionalRoute
 
@@ -43,7 +43,7 @@ async def create_key(session: Session, principal: AdminKey, body: ApiKeyCreate) 
     response_model=Page[ApiKeyOut],
 )
 async def list_keys(
-    session: Session, principal: AdminKey, page: Annotated[PageParams, Depends(page_params)]
+    session: Session, principal: AdminKey, page: Annotated[PageParams, Depends(uuid_page_params)]
 ) -> Page[ApiKeyOut]:
     rows = await service.list_keys(
         session, principal.project_id, limit=page.limit, after=uuid_cursor(page.starting_after)

@@ -38,6 +38,7 @@ def quantize(value: Decimal) -> Decimal:
 # A decimal string: plain digits, no exponent, no spaces, within the amount limits.
 DECIMAL_STRING_PATTERN = rf"^-?[0-9]{{1,{MAX_INTEGER_DIGITS}}}(\.[0-9]{{1,{SCALE}}})?$"
 _DECIMAL_STRING = re.compile(DECIMAL_STRING_PATTERN)
+_ZERO_STRING_PATTERN = r"^0+(\.0+)?$"
 
 
 def _as_decimal(value: Any) -> Decimal:
@@ -98,6 +99,8 @@ def _amount_schema(*, minimum: int | None = None, exclusive: bool = False) -> di
     else:
         number["exclusiveMinimum" if exclusive else "minimum"] = minimum
         string["pattern"] = DECIMAL_STRING_PATTERN.replace("^-?", "^")
+        if exclusive:  # "0" and "0.000" match the digits but are not positive
+            string["not"] = {"pattern": _ZERO_STRING_PATTERN}
     return {"anyOf": [number, string], "description": _DESCRIPTION}
 
 

@@ -52,7 +52,14 @@ IDEMPOTENCY_KEY_PARAMETER: dict[str, Any] = {
         " `idempotency_key_reused`; a first attempt still running answers 409"
         " `idempotency_key_in_flight`. A 5xx does not hold the key."
     ),
-    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    # Printable ASCII without surrounding spaces (HTTP strips them): what every client can send
+    # and the server keeps as is.
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "pattern": "^[!-~]([ -~]*[!-~])?$",
+    },
 }
 
 UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"

@@ -21,10 +21,34 @@ class PageParams(BaseModel):
     starting_after: str | None = None
 
 
+Limit = Annotated[int, Query(ge=1, le=100, description="Items per page (1-100)")]
+_CURSOR = "Cursor: the id of the last item seen"
+
+
 async def page_params(
-    limit: Annotated[int, Query(ge=1, le=100, description="Items per page (1-100)")] = 20,
+    limit: Limit = 20,
+    starting_after: Annotated[str | None, Query(max_length=255, description=_CURSOR)] = None,
+) -> PageParams:
+    return PageParams(limit=limit, starting_after=starting_after)
+
+
+# Lists whose items have UUIDs or sequence numbers take only such a cursor (else 422, see
+# app.core.cursors); the spec says so, so that clients and fuzzers send well-formed ones.
+async def uuid_page_params(
+    limit: Limit = 20,
     starting_after: Annotated[
-        str | None, Query(max_length=255, description="Cursor: the id of the last item seen")
+        str | None,
+        Query(max_length=255, description=_CURSOR, json_schema_extra={"format": "uuid"}),
+    ] = None,
+) -> PageParams:
+    return PageParams(limit=limit, starting_after=starting_after)
+
+
+async def int_page_params(
+    limit: Limit = 20,
+    starting_after: Annotated[
+        str | None,
+        Query(max_length=255, description=_CURSOR, json_schema_extra={"pattern": "^[0-9]{1,18}$"}),
     ] = None,
 ) -> PageParams:
     return PageParams(limit=limit, starting_after=starting_after)

@@ -10,7 +10,13 @@ from app.auth.dependencies import ReadKey, WriteKey
 from app.core.clock import utcnow
 from app.core.cursors import int_cursor, uuid_cursor
 from app.core.errors import ExpiryInPast, problem_responses
-from app.core.pagination import Page, PageParams, make_page, page_params
+from app.core.pagination import (
+    Page,
+    PageParams,
+    int_page_params,
+    make_page,
+    uuid_page_params,
+)
 from app.credits import service as credits
 from app.credits.exceptions import InsufficientCredits
 from app.credits.schemas import CreditIn, DebitIn, DebitOut, GrantCreated, GrantOut, LedgerEntryOut
@@ -99,7 +105,7 @@ async def list_grants(
     session: Session,
     principal: ReadKey,
     user_id: str,
-    page: Annotated[PageParams, Depends(page_params)],
+    page: Annotated[PageParams, Depends(uuid_page_params)],
 ) -> Page[GrantOut]:
     await users.get(session, principal.project_id, user_id)
     rows = await credits.list_grants(
@@ -123,7 +129,7 @@ async def list_ledger(
     session: Session,
     principal: ReadKey,
     user_id: str,
-    page: Annotated[PageParams, Depends(page_params)],
+    page: Annotated[PageParams, Depends(int_page_params)],
 ) -> Page[LedgerEntryOut]:
     await users.get(session, principal.project_id, user_id)
     rows = await credits.list_ledger(

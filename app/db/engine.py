@@ -16,8 +16,19 @@ def _json_dumps(value: Any) -> str:
     return render_json(value).decode()
 
 
+_INT64 = 2**63 - 1
+
+
+def _exact_int(text: str) -> int | Decimal:
+    # PostgreSQL writes jsonb numbers without exponents, so a stored 1e30 comes back as 31
+    # digits: keep integers past 64 bits as Decimal, which the JSON renderer writes exactly
+    # (orjson refuses such ints, and the response would be a 500).
+    value = int(text)
+    return value if -_INT64 <= value <= _INT64 else Decimal(text)
+
+
 def _json_loads(value: str) -> Any:
-    return json.loads(value, parse_float=Decimal)
+    return json.loads(value, parse_float=Decimal, parse_int=_exact_int)
 
 
 def create_engine(settings: DatabaseSettings, *, pool_size: int | None = None) -> AsyncEngine:

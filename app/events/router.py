@@ -8,7 +8,7 @@ from app.auth.dependencies import ReadKey
 from app.core.cursors import parse_id, uuid_cursor
 from app.core.errors import problem_responses
 from app.core.money import UtcDatetime
-from app.core.pagination import Page, PageParams, make_page, page_params
+from app.core.pagination import Page, PageParams, make_page, uuid_page_params
 from app.db.session import Session
 from app.events import service
 from app.events.schemas import EventOut
@@ -26,7 +26,7 @@ router = APIRouter(prefix="/v1/events", tags=["events"], route_class=Transaction
 async def list_events(
     session: Session,
     principal: ReadKey,
-    page: Annotated[PageParams, Depends(page_params)],
+    page: Annotated[PageParams, Depends(uuid_page_params)],
     type: Annotated[str | None, Query(max_length=100)] = None,
     user_id: Annotated[str | None, Query(max_length=255)] = None,
     created_after: UtcDatetime | None = None,

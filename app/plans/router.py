@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Response
 from app.auth.dependencies import ReadKey, WriteKey
 from app.core.cursors import parse_id, uuid_cursor
 from app.core.errors import problem_responses
-from app.core.pagination import Page, PageParams, make_page, page_params
+from app.core.pagination import Page, PageParams, make_page, page_params, uuid_page_params
 from app.db.session import Session
 from app.plans import service
 from app.plans.exceptions import (
@@ -162,7 +162,7 @@ async def list_subscriptions(
     session: Session,
     principal: ReadKey,
     user_id: str,
-    page: Annotated[PageParams, Depends(page_params)],
+    page: Annotated[PageParams, Depends(uuid_page_params)],
 ) -> Page[SubscriptionOut]:
     await users.get(session, principal.project_id, user_id)
     rows = await service.list_subscriptions(

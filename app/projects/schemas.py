@@ -5,7 +5,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.core.money import PositiveAmount
+from app.core.money import Money, PositiveAmount
 
 
 class ProjectSettings(BaseModel):
@@ -24,10 +24,18 @@ class ProjectSettingsPatch(BaseModel):
     low_balance_thresholds: list[PositiveAmount] | None = Field(default=None, max_length=20)
 
 
+class ProjectSettingsOut(BaseModel):
+    """The settings as returned: every field present, amounts as exact output numbers."""
+
+    auto_create_users: bool
+    default_hold_ttl_seconds: int
+    low_balance_thresholds: list[Money]
+
+
 class ProjectOut(BaseModel):
     id: uuid.UUID
     name: str
-    settings: ProjectSettings
+    settings: ProjectSettingsOut
     created_at: datetime
 
 

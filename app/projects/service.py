@@ -12,7 +12,7 @@ from app.auth.service import announce_project_change
 from app.core.errors import NotFound
 from app.core.ids import uuid7
 from app.db.models import ApiKey, Project
-from app.projects.schemas import ProjectOut, ProjectPatch, ProjectSettings
+from app.projects.schemas import ProjectOut, ProjectPatch, ProjectSettings, ProjectSettingsOut
 
 
 class ProjectNotFound(NotFound):
@@ -24,7 +24,9 @@ def to_out(project: Project) -> ProjectOut:
     return ProjectOut(
         id=project.id,
         name=project.name,
-        settings=ProjectSettings.model_validate(project.settings),
+        settings=ProjectSettingsOut.model_validate(
+            ProjectSettings.model_validate(project.settings).model_dump()
+        ),
         created_at=project.created_at,
     )
 

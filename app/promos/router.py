@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from app.auth.dependencies import ReadKey, WriteKey
 from app.core.cursors import uuid_cursor
 from app.core.errors import problem_responses
-from app.core.pagination import Page, PageParams, make_page, page_params
+from app.core.pagination import Page, PageParams, make_page, page_params, uuid_page_params
 from app.db.session import Session
 from app.promos import service
 from app.promos.exceptions import (
@@ -163,7 +163,7 @@ async def list_redemptions(
     session: Session,
     principal: ReadKey,
     code: Code,
-    page: Annotated[PageParams, Depends(page_params)],
+    page: Annotated[PageParams, Depends(uuid_page_params)],
 ) -> Page[RedemptionOut]:
     rows = await service.list_redemptions(
         session,

@@ -104,8 +104,21 @@ class PromoCreate(_PromoRules):
     active: bool = Field(default=True, description=_DESCRIPTIONS["active"])
 
 
+_REQUIRED_ON_THE_PROMO = ("max_per_user", "new_users_only", "active")
+
+
+def _not_nullable(schema: dict[str, Any]) -> None:
+    """Publish the fields a patch may omit but not null as their plain type (no null branch)."""
+    for name in _REQUIRED_ON_THE_PROMO:
+        prop = schema["properties"][name]
+        (plain,) = [b for b in prop.pop("anyOf") if b.get("type") != "null"]
+        prop.update(plain)
+
+
 class PromoPatch(_PromoRules):
     """Only the fields sent change; null clears an optional field. code and credits are fixed."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_not_nullable)
 
     max_per_user: int | None = Field(
         default=None, ge=1, le=_INT4_MAX, description=_DESCRIPTIONS["max_per_user"]
@@ -115,7 +128,7 @@ class PromoPatch(_PromoRules):
 
     @model_validator(mode="after")
     def _required_not_null(self) -> Any:
-        for name in ("max_per_user", "new_users_only", "active"):
+        for name in _REQUIRED_ON_THE_PROMO:
             if name in self.model_fields_set and getattr(self, name) is None:
                 raise ValueError(f"{name} cannot be null")
         return self

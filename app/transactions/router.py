@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Query
 from app.auth.dependencies import ReadKey, UsageKey, WriteKey
 from app.core.cursors import parse_id, uuid_cursor
 from app.core.errors import problem_responses
-from app.core.pagination import Page, PageParams, make_page, page_params
+from app.core.pagination import Page, PageParams, make_page, uuid_page_params
 from app.db.session import Session
 from app.pricing.exceptions import UnknownModel
 from app.routing import TransactionalRoute
@@ -106,7 +106,7 @@ async def refund(
 async def list_transactions(
     session: Session,
     principal: ReadKey,
-    page: Annotated[PageParams, Depends(page_params)],
+    page: Annotated[PageParams, Depends(uuid_page_params)],
     filters: Annotated[TransactionFilters, Query()],
 ) -> Page[TransactionOut]:
     rows = await service.list_transactions(

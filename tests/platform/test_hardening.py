@@ -119,3 +119,27 @@ async def test_a_completion_without_any_tokens_charges_the_request_price(project
     txn = await start(project, "u")
     done = body(await complete(project, txn["transaction_id"]))
     assert done["credits_used"] == Decimal("0.5")
+
+
+@pytest.mark.parametrize(
+    ("raw", "stored"),
+    [
+        (b"1e30", "1" + "0" * 30),
+        (b"-4E+100", "-4" + "0" * 100),
+        (b"1.7976931348623157e+308", "17976931348623157" + "0" * 292),
+    ],
+    ids=["1e30", "minus-4e100", "max-double"],
+)
+async def test_json_numbers_that_come_back_as_huge_integers_round_trip(
+    project: Project, raw: bytes, stored: str
+) -> None:
+    # PostgreSQL stores 1e30 in jsonb as 31 digits; rendering that as a 64-bit int was a 500.
+    user = b'{"id": "u", "metadata": {"n": ' + raw + b"}}"
+    r = await project.post("/v1/users", content=user, headers=JSON)
+    assert r.status_code == 201, r.text
+    assert f'"n":{stored}' in r.text
+    assert f'"n":{stored}' in (await project.get("/v1/users/u")).text
+    tier = b'{"id": "t", "name": "T", "features": {"n": ' + raw + b"}}"
+    r = await project.post("/v1/tiers", content=tier, headers=JSON)
+    assert r.status_code == 201, r.text
+    assert f'"n":{stored}' in (await project.get("/v1/tiers/t")).text

@@ -138,7 +138,11 @@ def test_amount_inputs_take_exact_numbers_or_decimal_strings(spec: dict[str, Any
     assert number["exclusiveMinimum"] == 0
     assert number["exclusiveMaximum"] == 10**15
     assert number["multipleOf"] == 0.000001
-    assert string == {"type": "string", "pattern": r"^[0-9]{1,15}(\.[0-9]{1,6})?$"}
+    assert string == {
+        "type": "string",
+        "pattern": r"^[0-9]{1,15}(\.[0-9]{1,6})?$",
+        "not": {"pattern": r"^0+(\.0+)?$"},  # a positive amount is not "0" or "0.00"
+    }
     balance = spec["components"]["schemas"]["Balance"]["properties"]["available"]
     assert balance["type"] == "number"
     assert balance["format"] == "decimal"

@@ -32,8 +32,19 @@ from app.core.http import JSONResponse, ProblemResponse, problem_body, problem_f
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
 from app.core.settings import Settings, get_settings
+from app.credits.exceptions import AccountBusy
+from app.credits.gate import AccountGate
 from app.credits.router import router as credits_router
 from app.db.engine import create_engine
+from app.db.exceptions import (
+    CommitOutcomeUnknown,
+    DatabaseUnavailable,
+    DeadlockDetected,
+    LockTimeout,
+    PoolTimeout,
+    SerializationFailure,
+    StatementTimeout,
+)
 from app.db.session import Database
 from app.events.router import router as events_router
 from app.health.router import expected_revision
@@ -139,11 +150,25 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
     app.state.rate_limiter = RateLimiter(
         settings.api.rate_limit_per_second, settings.api.rate_limit_burst
     )
+    app.state.account_gate = AccountGate(
+        limit=settings.api.account_lock_waiters,
+        stall_seconds=settings.api.account_lock_stall_seconds,
+    )
     app.state.schema_head = expected_revision()
     app.add_middleware(RequestContextMiddleware)
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    transient = (
+        DatabaseUnavailable,
+        LockTimeout,
+        StatementTimeout,
+        SerializationFailure,
+        DeadlockDetected,
+        PoolTimeout,
+        CommitOutcomeUnknown,
+        AccountBusy,
+    )
     api_errors = problem_responses(
         InvalidApiKey,
         InsufficientScope,
@@ -151,6 +176,7 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         ValidationFailed,
         RateLimited,
         InternalError,
+        *transient,
     )
     # Routes match in order: the metering hot path first.
     for router in (
@@ -169,5 +195,7 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
     ):
         app.include_router(router, responses=api_errors)
     app.include_router(health_router)
-    app.include_router(admin_router, responses=problem_responses(ValidationFailed, InternalError))
+    app.include_router(
+        admin_router, responses=problem_responses(ValidationFailed, InternalError, *transient)
+    )
     return app

@@ -79,6 +79,19 @@ class RateLimited(AppError):
     status = 429
 
 
+class ServiceUnavailable(AppError):
+    """A transient condition (503 with ``Retry-After``): the request changed nothing, and a
+    retry, with the same ``Idempotency-Key``, is safe."""
+
+    slug = "service_unavailable"
+    title = "Temporarily unavailable"
+    status = 503
+    retry_after: ClassVar[int] = 1
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"Retry-After": str(self.retry_after)})
+
+
 class Problem(BaseModel):
     """The problem+json body every error response carries."""
 
@@ -106,8 +119,17 @@ class InternalError(AppError):
     status = 500
 
 
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+
+
 def problem_responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for the given errors (grouped by status)."""
+    """OpenAPI ``responses`` entries for the given errors (grouped by status); 429 and 503
+    answers carry ``Retry-After``."""
     by_status: dict[int, list[type[AppError]]] = {}
     for err in errors:
         by_status.setdefault(err.status, []).append(err)
@@ -119,4 +141,6 @@ def problem_responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]
             "description": f"{errs[0].title if len(errs) == 1 else 'Error'} ({slugs})",
             "content": {"application/problem+json": {}},
         }
+        if status in (429, 503):
+            out[status]["headers"] = _RETRY_AFTER
     return out

@@ -32,3 +32,26 @@ def test_amounts_are_documented_as_json_numbers() -> None:
     spec = json.loads(openapi_document())
     amount = spec["components"]["schemas"]["CreditIn"]["properties"]["amount"]
     assert amount["type"] == "number"
+
+
+def test_every_v1_operation_documents_the_transient_503s_with_retry_after() -> None:
+    spec = json.loads(openapi_document())
+    slugs = (
+        "account_busy",
+        "commit_outcome_unknown",
+        "database_unavailable",
+        "deadlock_detected",
+        "lock_timeout",
+        "pool_timeout",
+        "serialization_failure",
+        "statement_timeout",
+    )
+    for path, ops in spec["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, op in ops.items():
+            unavailable = op["responses"].get("503")
+            assert unavailable is not None, (method, path)
+            assert all(slug in unavailable["description"] for slug in slugs), (method, path)
+            assert "Retry-After" in unavailable["headers"], (method, path)
+            assert "application/problem+json" in unavailable["content"]

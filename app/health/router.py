@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from fastapi import APIRouter, Request, Response
@@ -11,6 +13,7 @@ from sqlalchemy import text
 
 from app.core.http import JSONResponse
 from app.core.paths import ALEMBIC_INI
+from app.core.settings import Settings
 from app.db.session import Database
 
 router = APIRouter(tags=["service"])
@@ -40,14 +43,18 @@ async def healthz() -> Health:
     responses={503: {"model": Health, "description": "Not ready"}},
 )
 async def readyz(request: Request) -> Response:
+    """503 while the database is unreachable (a round trip on a pooled connection, bounded by
+    the connect timeout) or behind the code's migrations. Container health checks use it."""
     db: Database = request.app.state.db
+    settings: Settings = request.app.state.settings
     try:
-        async with db.engine.connect() as conn:
-            current = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+        async with asyncio.timeout(settings.database.connect_timeout_seconds):
+            async with db.engine.connect() as conn:
+                result = await conn.execute(text("SELECT version_num FROM alembic_version"))
+                current = result.scalar()
     except Exception as exc:
-        return JSONResponse(
-            Health(status="unavailable", detail=type(exc).__name__), status_code=503
-        )
+        detail = "TimeoutError" if isinstance(exc, TimeoutError) else type(exc).__name__
+        return JSONResponse(Health(status="unavailable", detail=detail), status_code=503)
     head = request.app.state.schema_head
     if current != head:
         return JSONResponse(

@@ -35,8 +35,8 @@ class ApiSettings(BaseModel):
     key_cache_ttl_seconds: float = 5.0
     idempotency_ttl_hours: int = 48
     # A request for an account that already has this many requests waiting for its lock, and
-    # saw none of them get it for ``account_lock_stall_seconds``, fails fast with 503
-    # account_busy (per process): a locked account cannot take the whole pool.
+    # saw none of them get it for ``account_lock_stall_seconds`` (longer when this process's
+    # holds are slow), fails fast with 503 account_busy: a locked account cannot take the pool.
     account_lock_waiters: int = Field(default=4, ge=1)
     account_lock_stall_seconds: float = Field(default=0.25, gt=0)
 

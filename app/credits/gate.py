@@ -5,7 +5,9 @@ pool and every tenant stalls. A request for an account that already has ``limit`
 fails fast with 503 ``account_busy``, but only while the account is stuck: none of this
 process's requests holds its lock, and none got or released it for ``stall_seconds``. That is
 a lock held from elsewhere (a long transaction, a psql session). A hot account that keeps
-handing its lock on (a burst of one user's starts, however slow the process) is never refused.
+handing its lock on (a burst of one user's starts) is never refused. When this process's own
+holds grow slow (a starved CPU, several processes taking turns on one hot account), the stall
+it tolerates grows with them, up to ``MAX_STALL_FACTOR`` times ``stall_seconds``.
 No I/O: a few dict operations per account lock.
 """
 
@@ -24,6 +26,11 @@ from app.db.session import on_end
 
 _SESSION_KEY = "creditd.account_gate"
 Key = tuple[uuid.UUID, str]
+# A stall counts only once it is this many times the usual hold (another process may be
+# taking its turns on the account meanwhile) ...
+HOLD_FACTOR = 10
+# ... and is always counted past this many times ``stall_seconds``.
+MAX_STALL_FACTOR = 8
 
 
 @dataclass
@@ -45,6 +52,13 @@ class AccountGate:
         self.stall_seconds = stall_seconds
         self._clock = clock
         self._accounts: dict[Key, _Account] = {}
+        self._hold = 0.0  # moving average of how long this process holds an account lock
+
+    @property
+    def stall_after(self) -> float:
+        """How long an account may go without progress here before it counts as stuck."""
+        usual = max(self.stall_seconds, HOLD_FACTOR * self._hold)
+        return min(usual, MAX_STALL_FACTOR * self.stall_seconds)
 
     def enter(self, key: Key) -> _Account:
         """Count one more waiter, or raise ``AccountBusy`` when the account is stuck."""
@@ -55,7 +69,7 @@ class AccountGate:
         elif (
             account.waiting >= self.limit
             and account.holding == 0
-            and now - account.progress_at >= self.stall_seconds
+            and now - account.progress_at >= self.stall_after
         ):
             raise AccountBusy(
                 f"{account.waiting} requests are already waiting for this user's account, "
@@ -64,18 +78,22 @@ class AccountGate:
         account.waiting += 1
         return account
 
-    def acquired(self, key: Key, account: _Account) -> None:
+    def acquired(self, key: Key, account: _Account) -> float:
+        """The waiter got the lock; returns when, for ``released``."""
         account.waiting -= 1
         account.holding += 1
         account.progress_at = self._clock()
+        return account.progress_at
 
     def gave_up(self, key: Key, account: _Account) -> None:
         account.waiting -= 1
         self._forget_if_idle(key, account)
 
-    def released(self, key: Key, account: _Account) -> None:
+    def released(self, key: Key, account: _Account, since: float) -> None:
+        """Its transaction ended; ``since`` is what ``acquired`` returned."""
         account.holding -= 1
         account.progress_at = self._clock()
+        self._hold += (account.progress_at - since - self._hold) / 10
         self._forget_if_idle(key, account)
 
     def _forget_if_idle(self, key: Key, account: _Account) -> None:
@@ -107,5 +125,5 @@ def waiting(session: AsyncSession, project_id: uuid.UUID, user_id: str) -> Itera
     except BaseException:
         gate.gave_up(key, account)
         raise
-    gate.acquired(key, account)
-    on_end(session, lambda: gate.released(key, account))
+    since = gate.acquired(key, account)
+    on_end(session, lambda: gate.released(key, account, since))

@@ -57,10 +57,10 @@ def test_an_account_whose_lock_is_handed_on_is_never_refused() -> None:
     waiting = [g.enter(KEY) for _ in range(5)]
     for account in waiting:  # slow, but each waiter gets the lock in turn
         clock.now += 1.0
-        g.acquired(KEY, account)
+        since = g.acquired(KEY, account)
         g.enter(KEY)
         clock.now += 1.0
-        g.released(KEY, account)
+        g.released(KEY, account, since)
         g.enter(KEY)
     assert g.waiters(PROJECT, "u") == 10
 
@@ -69,15 +69,43 @@ def test_while_one_of_ours_holds_the_lock_the_account_is_not_stuck() -> None:
     clock = Clock()
     g = gate(clock)
     holder = g.enter(KEY)
-    g.acquired(KEY, holder)
+    since = g.acquired(KEY, holder)
     g.enter(KEY)
     g.enter(KEY)
     clock.now += 60  # a long transaction of ours: its waiters queue behind it
     g.enter(KEY)
-    g.released(KEY, holder)
-    clock.now += 0.25
+    g.released(KEY, holder, since)
+    clock.now += g.stall_after
     with pytest.raises(AccountBusy):
         g.enter(KEY)
+
+
+def test_slow_holds_of_this_process_make_it_wait_longer_before_calling_an_account_stuck() -> None:
+    clock = Clock()
+    g = gate(clock)
+    assert g.stall_after == 0.25
+    other = (PROJECT, "other")
+    for _ in range(50):  # this process's holds take 100 ms (a starved CPU, say)
+        since = g.acquired(other, g.enter(other))
+        clock.now += 0.1
+        g.released(other, g._accounts[other], since)
+    assert 0.9 < g.stall_after <= 1.0
+    for _ in range(3):
+        g.enter(KEY)
+    clock.now += 0.5
+    g.enter(KEY)  # 0.5 s without progress is not stuck for this slow process
+    clock.now += 0.5
+    with pytest.raises(AccountBusy):
+        g.enter(KEY)
+
+
+def test_the_tolerated_stall_has_a_ceiling() -> None:
+    clock = Clock()
+    g = gate(clock)
+    since = g.acquired(KEY, g.enter(KEY))
+    clock.now += 3600
+    g.released(KEY, g._accounts[KEY], since)
+    assert g.stall_after == 8 * 0.25
 
 
 def test_other_accounts_are_not_affected() -> None:
@@ -98,8 +126,7 @@ def test_an_idle_account_is_forgotten() -> None:
     a = g.enter(KEY)
     b = g.enter(KEY)
     g.gave_up(KEY, a)
-    g.acquired(KEY, b)
-    g.released(KEY, b)
+    g.released(KEY, b, g.acquired(KEY, b))
     assert g.waiters(PROJECT, "u") == 0
     assert g._accounts == {}
 

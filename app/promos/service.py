@@ -189,20 +189,21 @@ def _refuse(reason: EligibilityReason | None) -> None:
 async def claim(session: AsyncSession, principal: Principal, code: str, user_id: str) -> ClaimOut:
     """Grant the promo's credits to the user, atomically, or raise the first failing reason.
 
-    Lock order: the user's account, then the promo row. The promo's own checks run first on a
-    plain read, so a claim of a missing or closed promo creates nobody; they run again under
-    the promo's lock. An unknown user is created when the project auto-creates users (else
-    404 user_not_found, after the promo's own checks).
+    Lock order: the user's account, then the promo row; the checks run under both locks. An
+    unknown user is created when the project auto-creates users (else 404 user_not_found), but
+    only after the promo's own checks passed on a plain read: a claim of a missing or closed
+    promo creates nobody.
     """
     project_id = principal.project_id
     key = _key(code)
-    promo = None if key is None else await repo.get(session, project_id, key)
-    _refuse(promo_reason(promo, utcnow()))
-    assert key is not None
-    account = await users.lock_account(session, principal, user_id, auto_create=True)
-    promo = await repo.get(session, project_id, key, for_update=True)
+    account = await users.lock_existing(session, principal, user_id)
+    if account is None:
+        unlocked = None if key is None else await repo.get(session, project_id, key)
+        _refuse(promo_reason(unlocked, utcnow()))
+        account = await users.lock_account(session, principal, user_id, auto_create=True)
+    promo = None if key is None else await repo.get(session, project_id, key, for_update=True)
     now = utcnow()
-    _refuse(promo_reason(promo, now))  # it may have changed while we waited for the account
+    _refuse(promo_reason(promo, now))
     assert promo is not None
     _refuse(user_reason(promo, await _claimant(session, project_id, promo, user_id)))
 

@@ -50,10 +50,12 @@ ENV PATH=/app/.venv/bin:$PATH \
 USER creditd:creditd
 EXPOSE 8000
 
-# Liveness only (GET /healthz does no I/O). slim has no curl, so ask Python.
+# Readiness (GET /readyz): unhealthy while the database is unreachable or behind the code's
+# migrations, so an orchestrator or load balancer stops routing here; the process itself
+# recovers on its own when the database is back. slim has no curl, so ask Python.
 # Containers running `worker` or `migrate` serve no HTTP: compose disables this check for them.
-HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+HEALTHCHECK --interval=10s --timeout=6s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=5)"]
 
 ENTRYPOINT ["creditd"]
 CMD ["serve", "--host", "0.0.0.0", "--port", "8000", "--no-workers"]

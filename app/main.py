@@ -36,8 +36,19 @@ from app.core.logging import configure_logging
 from app.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.core.openapi import build_openapi
 from app.core.settings import Settings, get_settings
+from app.credits.exceptions import AccountBusy
+from app.credits.gate import AccountGate
 from app.credits.router import router as credits_router
 from app.db.engine import create_engine
+from app.db.exceptions import (
+    CommitOutcomeUnknown,
+    DatabaseUnavailable,
+    DeadlockDetected,
+    LockTimeout,
+    PoolTimeout,
+    SerializationFailure,
+    StatementTimeout,
+)
 from app.db.session import Database
 from app.docs.router import install_docs
 from app.events.router import router as events_router
@@ -179,6 +190,10 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         settings.api.key_cache_ttl_seconds, settings.api.key_cache_fallback_ttl_seconds
     )
     app.state.rate_limits = RateLimits(settings.api)
+    app.state.account_gate = AccountGate(
+        limit=settings.api.account_lock_waiters,
+        stall_seconds=settings.api.account_lock_stall_seconds,
+    )
     app.state.schema_head = expected_revision()
     # Added first, so it runs inside the request context: a 413 carries a request id and is
     # logged and counted like any response.
@@ -187,6 +202,16 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    transient = (
+        DatabaseUnavailable,
+        LockTimeout,
+        StatementTimeout,
+        SerializationFailure,
+        DeadlockDetected,
+        PoolTimeout,
+        CommitOutcomeUnknown,
+        AccountBusy,
+    )
     api_errors = problem_responses(
         InvalidApiKey,
         InsufficientScope,
@@ -195,6 +220,7 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         ValidationFailed,
         RateLimited,
         InternalError,
+        *transient,
     )
     # Routes match in order: the metering hot path first.
     for router in (
@@ -215,6 +241,8 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
     app.include_router(health_router)
     app.include_router(
         admin_router,
-        responses=problem_responses(PayloadTooLarge, ValidationFailed, RateLimited, InternalError),
+        responses=problem_responses(
+            PayloadTooLarge, ValidationFailed, RateLimited, InternalError, *transient
+        ),
     )
     return app

@@ -4,18 +4,25 @@ It opens the session, runs the handler, and commits before the response leaves. 
 with ``Idempotency-Key`` it also takes a transaction-scoped advisory lock on the key, replays a
 stored response, and stores the new one *in the same transaction* as the effect it describes,
 so a stored response exists exactly when its effect was committed.
+
+Transient database failures leave ``Database.transaction()`` as 503s. When only the reply to
+COMMIT was lost, a request with a key reads its stored response back to learn whether the
+commit happened, and answers accordingly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import inspect
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
+import structlog
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -39,6 +46,8 @@ from app.core.openapi import (
     scope_note,
 )
 from app.core.settings import Settings
+from app.credits import gate
+from app.db.exceptions import CommitOutcomeUnknown, DatabaseFault, DatabaseUnavailable
 from app.db.models.idempotency_key import OPERATOR_SCOPE
 from app.db.session import Database, driver
 from app.idempotency import repository as idem_repo
@@ -49,6 +58,10 @@ from app.idempotency.exceptions import (
 )
 
 REPLAY_HEADER = "Idempotent-Replayed"
+# How long a request whose COMMIT reply was lost keeps asking whether it committed.
+COMMIT_CHECK_SECONDS = 3.0
+
+log = structlog.get_logger("creditd.http")
 
 
 class UnstorableInput(InvalidRequest):
@@ -126,13 +139,26 @@ class TransactionalRoute(APIRoute):
                 raise UnstorableInput()
             request = DecimalRequest(request.scope, request.receive)
             db: Database = request.app.state.db
-            async with db.transaction() as session:
-                request.state.session = session
-                key = request.headers.get("idempotency-key")
-                if key is not None and request.method == "POST":
-                    scope = await self.idempotency_scope(request)
-                    return await _idempotent(request, handler, key, scope)
-                return await handler(request)
+            key = request.headers.get("idempotency-key")
+            keyed = key is not None and request.method == "POST"
+            scope: uuid.UUID | None = None
+            response: Response | None = None
+            try:
+                async with db.transaction() as session:
+                    gate.attach(session, request.app.state.account_gate)
+                    request.state.session = session
+                    if keyed:
+                        assert key is not None
+                        scope = await self.idempotency_scope(request)
+                        response = await _idempotent(request, handler, key, scope)
+                    else:
+                        response = await handler(request)
+            except CommitOutcomeUnknown:
+                if scope is not None and response is not None and response.status_code < 500:
+                    assert key is not None
+                    return await _settle_lost_commit(request, db, scope, key, response)
+                raise
+            return response
 
         return route_handler
 
@@ -191,6 +217,33 @@ async def _idempotent(
             expires_at=utcnow() + timedelta(hours=settings.api.idempotency_ttl_hours),
         )
     return response
+
+
+async def _settle_lost_commit(
+    request: Request, db: Database, scope: uuid.UUID, key: str, response: Response
+) -> Response:
+    """The reply to COMMIT was lost. The response was stored under ``key`` in the same
+    transaction, so reading it back says whether the commit happened: answer the response,
+    or a 503 that changed nothing. Asks for ``COMMIT_CHECK_SECONDS`` at most."""
+    deadline = time.monotonic() + COMMIT_CHECK_SECONDS
+    while True:
+        try:
+            async with db.transaction() as session:
+                stored = await idem_repo.get_live(session, scope, key)
+            break
+        except DatabaseFault:
+            if time.monotonic() >= deadline:
+                raise CommitOutcomeUnknown(
+                    "The connection broke while committing and the database is still away: "
+                    "retry with the same Idempotency-Key to get the first result or apply it once."
+                ) from None
+            await asyncio.sleep(0.2)
+    # A different stored body is a retry that ran after ours failed: ours did not commit.
+    if stored is not None and bytes(stored.body) == bytes(response.body):
+        log.info("lost_commit_applied", status=response.status_code)
+        return response
+    log.info("lost_commit_not_applied")
+    raise DatabaseUnavailable("The connection to the database was lost; nothing was changed.")
 
 
 class OperatorRoute(TransactionalRoute):

@@ -7,16 +7,12 @@ apart, and `creditd verify` runs over everything after the concurrency tests.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from app.cli import run_migrations
@@ -27,6 +23,7 @@ from app.db.session import Database
 from app.main import create_app
 from tests.fixtures.database import fresh_database
 from tests.fixtures.redis import redis_prefix, redis_url  # noqa: F401 - fixtures
+from tests.fixtures.serving import serve
 
 ADMIN_TOKEN = "test-operator-token-0123456789"
 
@@ -70,23 +67,8 @@ def db(app: FastAPI) -> Database:
 @pytest.fixture(scope="session")
 async def live_url(app: FastAPI) -> AsyncIterator[str]:
     """The same app served by uvicorn on a real 127.0.0.1 socket, for racing HTTP clients."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    # Long keep-alive: clients reuse connections across a test's setup and its race.
-    config = uvicorn.Config(
-        app, log_config=None, access_log=False, lifespan="off", timeout_keep_alive=120
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    for _ in range(1000):  # bounded wait for uvicorn's startup flag
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with serve(app) as url:
+        yield url
 
 
 @pytest.fixture

@@ -85,6 +85,19 @@ class RateLimited(AppError):
     status = 429
 
 
+class ServiceUnavailable(AppError):
+    """A transient condition (503 with ``Retry-After``): the request changed nothing, and a
+    retry, with the same ``Idempotency-Key``, is safe."""
+
+    slug = "service_unavailable"
+    title = "Temporarily unavailable"
+    status = 503
+    retry_after: ClassVar[int] = 1
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"Retry-After": str(self.retry_after)})
+
+
 class Problem(BaseModel):
     """An RFC 9457 problem: the body of every error response (``application/problem+json``)."""
 
@@ -128,6 +141,14 @@ class InternalError(AppError):
     status = 500
 
 
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+
+
 PROBLEM_CODES = "x-problem-codes"  # the slugs a documented error response may carry
 
 
@@ -141,7 +162,7 @@ def problem_response(status: int, codes: set[str], title: str | None = None) -> 
     schema = ValidationProblem if status == 422 else Problem
     ordered = sorted(codes)
     summary = title if title and len(ordered) == 1 else "Error"
-    return {
+    response: dict[str, Any] = {
         "description": f"{summary} ({', '.join(ordered)})",
         "content": {
             "application/problem+json": {
@@ -150,10 +171,14 @@ def problem_response(status: int, codes: set[str], title: str | None = None) -> 
         },
         PROBLEM_CODES: ordered,
     }
+    if status in (429, 503):
+        response["headers"] = _RETRY_AFTER
+    return response
 
 
 def problem_responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for the given errors (grouped by status)."""
+    """OpenAPI ``responses`` entries for the given errors (grouped by status); 429 and 503
+    answers carry ``Retry-After``."""
     by_status: dict[int, list[type[AppError]]] = {}
     for err in errors:
         by_status.setdefault(err.status, []).append(err)

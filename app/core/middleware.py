@@ -1,5 +1,9 @@
 """Pure-ASGI middleware: request ids, access logs, Prometheus metrics, last-resort 500s, and
-the request-body limit."""
+the request-body limit.
+
+A client that hangs up mid-request is logged as ``client_disconnected`` and counted with
+status 499, never as an error or a 500.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import uuid
 
 import structlog
 from prometheus_client import Counter, Histogram
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import PayloadTooLarge
@@ -24,6 +28,7 @@ LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+CLIENT_CLOSED_REQUEST = 499
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _EXTRA_HEADERS = "extra_response_headers"
 
@@ -52,7 +57,15 @@ class RequestContextMiddleware:
         )
         status = 500
         started = False
+        disconnected = False
         begin = time.perf_counter()
+
+        async def receive_wrapper() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, started
@@ -66,8 +79,14 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except ClientDisconnect:
+            disconnected = True  # nobody is left to answer
         except Exception:
+            if disconnected:
+                # The client hung up mid-request and what failed was reading from it.
+                log.info("client_disconnected_error", exc_info=True)
+                return
             log.exception("unhandled_error")
             if started:
                 raise
@@ -83,6 +102,10 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - begin
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
+            if disconnected:
+                # Whatever the app answered went nowhere: 499, nginx's "client closed request".
+                status = CLIENT_CLOSED_REQUEST
+                log.info("client_disconnected", duration_ms=round(elapsed * 1000, 2))
             REQUESTS.labels(scope["method"], template, str(status)).inc()
             LATENCY.labels(scope["method"], template).observe(elapsed)
             log.info("request_finished", status=status, duration_ms=round(elapsed * 1000, 2))

@@ -69,6 +69,7 @@ class DatabaseSettings(BaseModel):
     pool_size: int = 20
     max_overflow: int = 10
     pool_timeout_seconds: float = 10.0
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
     statement_timeout_ms: int = 15_000
     lock_timeout_ms: int = 5_000
     echo: bool = False
@@ -136,10 +137,19 @@ class ApiSettings(BaseModel):
         window = max(1, round(self.rate_limit_burst / self.rate_limit_per_second))
         return f"{self.rate_limit_burst} per {window} seconds"
 
+    # A request for an account that already has this many requests waiting for its lock, and
+    # saw none of them get it for ``account_lock_stall_seconds`` (longer when this process's
+    # holds are slow), fails fast with 503 account_busy: a locked account cannot take the pool.
+    account_lock_waiters: int = Field(default=4, ge=1)
+    account_lock_stall_seconds: float = Field(default=0.25, gt=0)
+
 
 class WorkerSettings(BaseModel):
     in_process: bool = True  # `creditd serve` also runs the background jobs
     sweep_interval_seconds: float = 1.0
+    # A failing job waits its interval doubled per consecutive failure, capped at the larger
+    # of this and its interval; the first success resets it.
+    max_backoff_seconds: float = Field(default=5.0, gt=0)
     batch_size: int = 100
     idempotency_cleanup_interval_seconds: float = 300.0
     # Closing finished UTC days into the analytics day tables (app/analytics/rollup.py).

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.ids import uuid7
 from app.core.money import ZERO
+from app.credits import gate
 from app.credits import repository as repo
 from app.credits.exceptions import InsufficientCredits
 from app.credits.repository import LockedAccount
@@ -25,8 +26,16 @@ from app.db.models import Grant
 from app.db.writes import Write
 from app.events import service as events
 
-lock_for_user = repo.lock_for_user
 read_balance = repo.read_balance
+
+
+async def lock_for_user(
+    session: AsyncSession, project_id: uuid.UUID, user_id: str
+) -> LockedAccount | None:
+    """Lock the user's account (None without such a user); on request paths the wait is
+    bounded per account (``app/credits/gate.py``)."""
+    with gate.waiting(session, project_id, user_id):
+        return await repo.lock_for_user(session, project_id, user_id)
 
 
 async def create_account_for_user(

@@ -1,4 +1,5 @@
-"""The async engine: asyncpg, sane timeouts, JSON that keeps decimals exact."""
+"""The async engine: asyncpg, sane timeouts, JSON that keeps decimals exact, and a pool that
+never hands out a connection asyncpg knows to be closed."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import json
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from app.core.http import render_json
 from app.core.settings import DatabaseSettings, to_async_url
@@ -31,10 +35,20 @@ def _json_loads(value: str) -> Any:
     return json.loads(value, parse_float=Decimal, parse_int=_exact_int)
 
 
+def _discard_if_closed(
+    dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+) -> None:
+    """Pool checkout: a connection whose socket closed while it sat in the pool (backend
+    terminated, server restarted) is replaced by a fresh one. No I/O: asyncpg saw the close
+    on its own, so this costs an attribute check where ``pool_pre_ping`` costs a round trip."""
+    if dbapi_connection.driver_connection.is_closed():
+        raise DisconnectionError("connection closed while idle in the pool")
+
+
 def create_engine(settings: DatabaseSettings, *, pool_size: int | None = None) -> AsyncEngine:
     if not settings.url:
         raise RuntimeError("no database URL configured")
-    return create_async_engine(
+    engine = create_async_engine(
         to_async_url(settings.url),
         pool_size=pool_size or settings.pool_size,
         max_overflow=settings.max_overflow,
@@ -47,12 +61,15 @@ def create_engine(settings: DatabaseSettings, *, pool_size: int | None = None) -
         json_serializer=_json_dumps,
         json_deserializer=_json_loads,
         connect_args={
+            "timeout": settings.connect_timeout_seconds,
             "server_settings": {
                 "application_name": "creditd",
                 "statement_timeout": str(settings.statement_timeout_ms),
                 "lock_timeout": str(settings.lock_timeout_ms),
                 "idle_in_transaction_session_timeout": "60000",
                 "timezone": "UTC",
-            }
+            },
         },
     )
+    event.listen(engine.sync_engine.pool, "checkout", _discard_if_closed)
+    return engine

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from alembic.config import Config
@@ -13,6 +14,7 @@ from sqlalchemy import text
 
 from app.core.http import JSONResponse
 from app.core.paths import ALEMBIC_INI
+from app.core.settings import Settings
 from app.db.session import Database
 
 # Probes and metrics need no credentials (an empty security list says so explicitly).
@@ -49,14 +51,18 @@ async def healthz() -> Health:
     openapi_extra=_PUBLIC,
 )
 async def readyz(request: Request) -> Response:
+    """503 while the database is unreachable (a round trip on a pooled connection, bounded by
+    the connect timeout) or behind the code's migrations. Container health checks use it."""
     db: Database = request.app.state.db
+    settings: Settings = request.app.state.settings
     try:
-        async with db.engine.connect() as conn:
-            current = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+        async with asyncio.timeout(settings.database.connect_timeout_seconds):
+            async with db.engine.connect() as conn:
+                result = await conn.execute(text("SELECT version_num FROM alembic_version"))
+                current = result.scalar()
     except Exception as exc:
-        return JSONResponse(
-            Health(status="unavailable", detail=type(exc).__name__), status_code=503
-        )
+        detail = "TimeoutError" if isinstance(exc, TimeoutError) else type(exc).__name__
+        return JSONResponse(Health(status="unavailable", detail=detail), status_code=503)
     head = request.app.state.schema_head
     if current != head:
         return JSONResponse(

@@ -14,8 +14,10 @@ Eligibility is evaluated in this fixed order; the first failing check is the rea
 
 An unknown user is evaluated as the user a claim would create: new, on the default tier.
 
-A claim locks the promo row, then the user's account (the only lock order on these rows), so
-claims of one promo are serialized and the checks above hold when the grant is written.
+A claim locks the user's account, then the promo row (the only lock order on these rows), so
+claims of one promo are serialized and the checks above hold when the grant is written. The
+account comes first so that a claim waiting for a locked (or busy) account holds nothing other
+users' claims of the same promo need.
 """
 
 from __future__ import annotations
@@ -187,16 +189,22 @@ def _refuse(reason: EligibilityReason | None) -> None:
 async def claim(session: AsyncSession, principal: Principal, code: str, user_id: str) -> ClaimOut:
     """Grant the promo's credits to the user, atomically, or raise the first failing reason.
 
-    Lock order: the promo row, then the user's account. An unknown user is created when the
-    project auto-creates users (else 404 user_not_found, after the promo's own checks).
+    Lock order: the user's account, then the promo row; the checks run under both locks. An
+    unknown user is created when the project auto-creates users (else 404 user_not_found), but
+    only after the promo's own checks passed on a plain read: a claim of a missing or closed
+    promo creates nobody.
     """
     project_id = principal.project_id
     key = _key(code)
+    account = await users.lock_existing(session, principal, user_id)
+    if account is None:
+        unlocked = None if key is None else await repo.get(session, project_id, key)
+        _refuse(promo_reason(unlocked, utcnow()))
+        account = await users.lock_account(session, principal, user_id, auto_create=True)
     promo = None if key is None else await repo.get(session, project_id, key, for_update=True)
     now = utcnow()
     _refuse(promo_reason(promo, now))
     assert promo is not None
-    account = await users.lock_account(session, principal, user_id, auto_create=True)
     _refuse(user_reason(promo, await _claimant(session, project_id, promo, user_id)))
 
     days = promo.credit_expires_in_days

@@ -120,18 +120,18 @@ _COMPLETE = """
         completion_hash = $8, completion_result = $9, completed_at = now(), updated_at = now()
     WHERE project_id = $1 AND id = $2
 """
+# The sweeper: due transactions with their accounts, both locked, skipping any transaction or
+# account another transaction holds (a request, a psql session, another sweeper). LIMIT counts
+# only the rows locked, so one locked account never hides other tenants' due holds; the skipped
+# ones are picked up by a later sweep. Nothing waits, so the lock order cannot deadlock.
 _LOCK_DUE = """
-    SELECT id, project_id, account_id, user_id, hold_amount, model
-    FROM transactions
-    WHERE status = 'pending' AND expires_at <= $1
-    ORDER BY expires_at
+    SELECT t.id, t.project_id, t.account_id, t.user_id, t.hold_amount, t.model,
+           a.total, a.held, a.debt
+    FROM transactions t JOIN accounts a ON a.id = t.account_id
+    WHERE t.status = 'pending' AND t.expires_at <= $1
+    ORDER BY t.expires_at
     LIMIT $2
-    FOR UPDATE SKIP LOCKED
-"""
-# Accounts locked in id order, so sweepers working on overlapping accounts cannot deadlock.
-_LOCK_ACCOUNTS = """
-    SELECT id, project_id, total, held, debt FROM accounts
-    WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
+    FOR UPDATE OF t, a SKIP LOCKED
 """
 
 
@@ -329,12 +329,9 @@ async def add_refund(
 
 
 async def lock_due(session: AsyncSession, now: datetime, limit: int) -> list[Any]:
-    """Pending transactions past ``expires_at`` that no other worker is handling."""
+    """Pending transactions past ``expires_at``, each with its account, both locked; rows
+    another transaction holds are skipped (a later sweep comes back to them)."""
     return list(await driver(session).fetch(_LOCK_DUE, now, limit))
-
-
-async def lock_accounts(session: AsyncSession, account_ids: list[uuid.UUID]) -> list[Any]:
-    return list(await driver(session).fetch(_LOCK_ACCOUNTS, account_ids))
 
 
 async def mark_expired(session: AsyncSession, due: list[Any]) -> None:

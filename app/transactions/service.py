@@ -23,6 +23,7 @@ from app.core.clock import utcnow
 from app.core.freeform import require_freeform
 from app.core.ids import uuid7
 from app.core.money import ZERO
+from app.credits import gate
 from app.credits import service as credits
 from app.credits.repository import LockedAccount
 from app.db.models import Transaction
@@ -135,7 +136,8 @@ async def _lock_for_usage(
     """Lock the user's account with its tier rules and the model's price for its tier; on a
     first usage, check the price before auto-creating the user (an unknown model creates
     nobody)."""
-    locked = await repo.lock_account(session, principal.project_id, user_id, model)
+    with gate.waiting(session, principal.project_id, user_id):
+        locked = await repo.lock_account(session, principal.project_id, user_id, model)
     if locked is None:
         await pricing.price_for(session, principal.project_id, model)
         await users.lock_account(session, principal, user_id, auto_create=True)
@@ -502,22 +504,23 @@ async def list_transactions(
 
 
 async def sweep_expired_holds(session: AsyncSession, *, now: datetime, limit: int) -> int:
-    """Release holds past ``expires_at``; safe with several workers (SKIP LOCKED)."""
+    """Release holds past ``expires_at``; safe with several workers, and never waits for a
+    locked account (SKIP LOCKED: its holds are released by a later sweep)."""
     due = await repo.lock_due(session, now, limit)
     if not due:
         return 0
-    accounts = {
-        row["id"]: row
-        for row in await repo.lock_accounts(session, list({t["account_id"] for t in due}))
-    }
     await repo.mark_expired(session, due)
     state: dict[uuid.UUID, LockedAccount] = {}
     for txn in due:
-        row = accounts[txn["account_id"]]
         account = state.setdefault(
-            row["id"],
+            txn["account_id"],
             LockedAccount(
-                row["id"], row["project_id"], txn["user_id"], row["total"], row["held"], row["debt"]
+                txn["account_id"],
+                txn["project_id"],
+                txn["user_id"],
+                txn["total"],
+                txn["held"],
+                txn["debt"],
             ),
         )
         await credits.settle(

@@ -106,19 +106,27 @@ async def delete(session: AsyncSession, project_id: uuid.UUID, user_id: str) -> 
     await repo.soft_delete(session, project_id, user_id)
 
 
+async def lock_existing(
+    session: AsyncSession, principal: Principal, user_id: str
+) -> LockedAccount | None:
+    """Lock the user's account; None when there is no such user."""
+    account = await credits.lock_for_user(session, principal.project_id, user_id)
+    if account is not None:
+        account.low_balance_alerts = bool(principal.settings.low_balance_thresholds)
+    return account
+
+
 async def lock_account(
     session: AsyncSession, principal: Principal, user_id: str, *, auto_create: bool
 ) -> LockedAccount:
     """Lock the user's account; create the user first when allowed and missing."""
-    account = await credits.lock_for_user(session, principal.project_id, user_id)
+    account = await lock_existing(session, principal, user_id)
     if account is not None:
-        account.low_balance_alerts = bool(principal.settings.low_balance_thresholds)
         return account
     if auto_create and principal.settings.auto_create_users:
         await _create(session, principal.project_id, user_id, None, {})
         # Created here or by a concurrent request: either way it exists now (or was deleted).
-        account = await credits.lock_for_user(session, principal.project_id, user_id)
+        account = await lock_existing(session, principal, user_id)
         if account is not None:
-            account.low_balance_alerts = bool(principal.settings.low_balance_thresholds)
             return account
     raise UserNotFound(f"User '{user_id}' does not exist.")

@@ -1,14 +1,17 @@
 """Background jobs: run by `creditd worker`, or inside `creditd serve` for a single process.
 
-Each job claims its work with SKIP LOCKED, so any number of workers cooperate safely.
+Each job claims its work with SKIP LOCKED, so any number of workers cooperate safely and a
+locked row never holds a job up. A job that fails (the database restarting, say) backs off and
+runs again; the pool replaces the broken connections meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 
@@ -17,6 +20,7 @@ from app.analytics import rollup
 from app.core.clock import utcnow
 from app.core.settings import Settings
 from app.credits import service as credits
+from app.db.exceptions import DatabaseFault
 from app.db.session import Database
 from app.idempotency import repository as idempotency
 from app.plans import service as plans
@@ -112,38 +116,65 @@ async def close_usage_days_once(
         total += 1
 
 
-async def _every(name: str, seconds: float, job: Callable[[], Awaitable[int]]) -> None:
+def backoff(seconds: float, failures: int, cap: float) -> float:
+    """The wait before a job's next run: its interval, doubled per consecutive failure, at most
+    ``cap`` (or the interval itself when that is longer)."""
+    if failures == 0:
+        return seconds
+    return min(seconds * 2.0 ** (failures - 1), max(cap, seconds))
+
+
+async def _every(
+    name: str, seconds: float, job: Callable[[], Awaitable[int]], *, max_backoff: float
+) -> None:
+    """Run ``job`` forever. A failure never ends the loop: a transient database fault (the
+    database restarting, a lock timeout) is logged as a warning, anything else with its
+    traceback, and the job backs off. The pool replaces broken connections meanwhile."""
+    failures = 0
     while True:
         try:
             done = await job()
+            if failures:
+                log.info("job_recovered", job=name, failures=failures)
+            failures = 0
             if done:
                 log.info("job_done", job=name, count=done)
         except asyncio.CancelledError:
             raise
+        except DatabaseFault as exc:
+            failures += 1
+            log.warning("job_database_fault", job=name, code=exc.slug, failures=failures)
         except Exception:
-            log.exception("job_failed", job=name)
-        await asyncio.sleep(seconds)
+            failures += 1
+            log.exception("job_failed", job=name, failures=failures)
+        await asyncio.sleep(backoff(seconds, failures, max_backoff))
 
 
 async def run_workers(db: Database, settings: Settings) -> None:
     """Run every background job until cancelled."""
     cfg = settings.workers
+
+    def every(
+        name: str, seconds: float, job: Callable[[], Awaitable[int]]
+    ) -> Coroutine[Any, Any, None]:
+        return _every(name, seconds, job, max_backoff=cfg.max_backoff_seconds)
+
     jobs = [
-        _every("hold_sweeper", cfg.sweep_interval_seconds,
-               lambda: sweep_holds_once(db, batch_size=cfg.batch_size)),
-        _every("tier_refills", cfg.sweep_interval_seconds,
-               lambda: refill_tiers_once(db, batch_size=cfg.batch_size)),
-        _every("subscription_renewals", cfg.sweep_interval_seconds,
-               lambda: renew_subscriptions_once(db, batch_size=cfg.batch_size)),
-        _every("grant_expiry", cfg.sweep_interval_seconds,
-               lambda: expire_grants_once(db, batch_size=cfg.batch_size)),
-        _every("expiring_notices", cfg.idempotency_cleanup_interval_seconds,
-               lambda: announce_expiring_once(db, batch_size=cfg.batch_size)),
-        _every("usage_rollup", cfg.rollup_interval_seconds,
-               lambda: close_usage_days_once(
-                   db, grace=timedelta(seconds=cfg.rollup_grace_seconds))),
-        _every("idempotency_purge", cfg.idempotency_cleanup_interval_seconds,
-               lambda: purge_idempotency_once(db, batch_size=cfg.batch_size)),
+        every("hold_sweeper", cfg.sweep_interval_seconds,
+              lambda: sweep_holds_once(db, batch_size=cfg.batch_size)),
+        every("tier_refills", cfg.sweep_interval_seconds,
+              lambda: refill_tiers_once(db, batch_size=cfg.batch_size)),
+        every("subscription_renewals", cfg.sweep_interval_seconds,
+              lambda: renew_subscriptions_once(db, batch_size=cfg.batch_size)),
+        every("grant_expiry", cfg.sweep_interval_seconds,
+              lambda: expire_grants_once(db, batch_size=cfg.batch_size)),
+        every("expiring_notices", cfg.idempotency_cleanup_interval_seconds,
+              lambda: announce_expiring_once(db, batch_size=cfg.batch_size)),
+        every("usage_rollup", cfg.rollup_interval_seconds,
+              lambda: close_usage_days_once(
+                  db, grace=timedelta(seconds=cfg.rollup_grace_seconds))),
+        every("idempotency_purge", cfg.idempotency_cleanup_interval_seconds,
+              lambda: purge_idempotency_once(db, batch_size=cfg.batch_size)),
     ]  # fmt: skip
     tasks = [asyncio.create_task(j) for j in jobs]
     try:

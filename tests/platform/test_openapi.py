@@ -194,3 +194,27 @@ def test_list_limits_are_published(spec: dict[str, Any]) -> None:
     limit = next(p for p in op["parameters"] if p["name"] == "limit")
     assert limit["schema"]["minimum"] == 1
     assert limit["schema"]["maximum"] == 100
+
+
+def test_every_v1_operation_documents_the_transient_503s_with_retry_after(
+    spec: dict[str, Any],
+) -> None:
+    slugs = (
+        "account_busy",
+        "commit_outcome_unknown",
+        "database_unavailable",
+        "deadlock_detected",
+        "lock_timeout",
+        "pool_timeout",
+        "serialization_failure",
+        "statement_timeout",
+    )
+    for path, ops in spec["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, op in ops.items():
+            unavailable = op["responses"].get("503")
+            assert unavailable is not None, (method, path)
+            assert all(slug in unavailable["description"] for slug in slugs), (method, path)
+            assert "Retry-After" in unavailable["headers"], (method, path)
+            assert "application/problem+json" in unavailable["content"]

@@ -1,6 +1,7 @@
 """Claims racing over real parallel HTTP (uvicorn over TCP) against real PostgreSQL.
 
-A claim locks the promo row first, so the limits hold however many claims arrive at once.
+A claim locks the account, then the promo row, so the limits hold however many claims arrive
+at once.
 Each test ends with `creditd verify`'s invariants over the whole database.
 """
 

@@ -407,6 +407,13 @@ async def test_claim_of_unknown_code_is_404_promo_not_found(project: Project) ->
     assert_problem(await claim(project, "nope", "u_1"), 404, "promo_not_found")
 
 
+async def test_claims_of_a_missing_or_closed_promo_create_nobody(project: Project) -> None:
+    await make_promo(project, "OFF", active=False)
+    assert_problem(await claim(project, "nope", "u_ghost"), 404, "promo_not_found")
+    assert_problem(await claim(project, "off", "u_ghost"), 409, "promo_inactive")
+    assert (await project.get("/v1/users/u_ghost")).status_code == 404
+
+
 async def test_claim_creates_an_unknown_user_when_the_project_auto_creates(
     project: Project,
 ) -> None:

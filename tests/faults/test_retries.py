@@ -1,0 +1,140 @@
+"""A request that failed with a transient 503 changed nothing, and its retry with the same
+Idempotency-Key applies once. The one fault that may have changed something, a lost reply to
+COMMIT, is settled through the stored idempotent response when the request had a key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+from asyncpg.transaction import Transaction
+
+from app.core.settings import ApiSettings, DatabaseSettings, Settings
+from app.main import create_app
+from tests.conftest import ADMIN_TOKEN, Project, create_project
+from tests.fixtures.locks import account_locked
+from tests.helpers import balance
+
+START = {"user_id": "u", "model": "m", "provisional_tokens": {"input_tokens": 1000}}
+
+
+@pytest.fixture
+def lose_next_commit(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
+    """The next top-level COMMIT loses its reply: the connection dies right after COMMIT was
+    sent, having committed (``applied``) or not. asyncpg then raises what it raises when the
+    server goes away mid-operation."""
+    original = Transaction.commit
+    plan = {"armed": False, "applied": False}
+
+    async def commit(self: Transaction) -> None:
+        if not plan["armed"]:
+            await original(self)
+            return
+        plan["armed"] = False
+        if plan["applied"]:
+            await original(self)
+        self._connection.terminate()
+        raise asyncpg.ConnectionDoesNotExistError(
+            "connection was closed in the middle of operation"
+        )
+
+    monkeypatch.setattr(Transaction, "commit", commit)
+    return plan
+
+
+async def _transactions(project: Project) -> list[str]:
+    r = await project.get("/v1/transactions", params={"user_id": "u"})
+    return [t["id"] for t in r.json()["data"]]
+
+
+async def test_a_lost_commit_reply_of_a_keyed_request_that_committed_answers_its_result(
+    project: Project, lose_next_commit: dict[str, bool]
+) -> None:
+    await project.price("_default", 1, 1)
+    await project.user("u", credits=10)
+    lose_next_commit.update(armed=True, applied=True)
+    r = await project.post("/v1/transactions/start", START, headers={"Idempotency-Key": "k1"})
+    assert r.status_code == 201, r.text
+    assert await _transactions(project) == [r.json()["transaction_id"]]
+    again = await project.post("/v1/transactions/start", START, headers={"Idempotency-Key": "k1"})
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == r.content
+    assert await balance(project, "u") == {"available": 9, "held": 1, "total": 10}
+
+
+async def test_a_lost_commit_of_a_keyed_request_that_did_not_commit_is_503_and_retry_applies_once(
+    project: Project, lose_next_commit: dict[str, bool]
+) -> None:
+    await project.price("_default", 1, 1)
+    await project.user("u", credits=10)
+    lose_next_commit.update(armed=True, applied=False)
+    r = await project.post("/v1/transactions/start", START, headers={"Idempotency-Key": "k2"})
+    assert r.status_code == 503, r.text
+    assert r.json()["code"] == "database_unavailable"
+    assert r.headers["retry-after"] == "2"
+    assert await _transactions(project) == []
+    retried = await project.post("/v1/transactions/start", START, headers={"Idempotency-Key": "k2"})
+    assert retried.status_code == 201
+    assert "idempotent-replayed" not in retried.headers
+    assert await _transactions(project) == [retried.json()["transaction_id"]]
+
+
+async def test_a_lost_commit_reply_without_a_key_is_503_commit_outcome_unknown(
+    project: Project, lose_next_commit: dict[str, bool]
+) -> None:
+    await project.price("_default", 1, 1)
+    await project.user("u", credits=10)
+    lose_next_commit.update(armed=True, applied=True)
+    r = await project.post("/v1/transactions/start", START)
+    assert r.status_code == 503
+    assert r.json()["code"] == "commit_outcome_unknown"
+    assert r.headers["retry-after"] == "2"
+    # It did commit: this is the one 503 that may have changed something, and says so.
+    assert len(await _transactions(project)) == 1
+
+
+@pytest.fixture
+async def impatient(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with a lock_timeout of 300 ms, in process."""
+    settings = Settings(
+        env="test",
+        admin_token=ADMIN_TOKEN,
+        database=DatabaseSettings(url=database_url, pool_size=4, lock_timeout_ms=300),
+        api=ApiSettings(rate_limit_per_second=100_000, rate_limit_burst=100_000),
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            yield http
+
+
+async def test_a_keyed_request_that_timed_out_on_a_lock_changed_nothing_and_its_retry_applies_once(
+    impatient: httpx.AsyncClient, database_url: str
+) -> None:
+    p = await create_project(impatient)
+    await p.price("_default", 1, 1)
+    await p.user("u", credits=10)
+    async with account_locked(database_url, p.id, "u"):
+        r = await p.post("/v1/transactions/start", START, headers={"Idempotency-Key": "k"})
+        assert r.status_code == 503
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.json()["code"] == "lock_timeout"
+        assert r.headers["retry-after"] == "1"
+        grant = await p.post("/v1/users/u/credits", {"amount": 5}, headers={"Idempotency-Key": "g"})
+        assert (grant.status_code, grant.json()["code"]) == (503, "lock_timeout")
+    assert await _transactions(p) == []
+    assert await balance(p, "u") == {"available": 10, "held": 0, "total": 10}
+    retried = await p.post("/v1/transactions/start", START, headers={"Idempotency-Key": "k"})
+    assert retried.status_code == 201
+    assert "idempotent-replayed" not in retried.headers
+    replayed = await p.post("/v1/transactions/start", START, headers={"Idempotency-Key": "k"})
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert (
+        await p.post("/v1/users/u/credits", {"amount": 5}, headers={"Idempotency-Key": "g"})
+    ).status_code == 201
+    assert await _transactions(p) == [retried.json()["transaction_id"]]
+    assert await balance(p, "u") == {"available": 14, "held": 1, "total": 15}

@@ -45,6 +45,11 @@ export CREDITD_DATA_DIR="$work/data"
 CREDITD_ADMIN_TOKEN="st-operator-$(.venv/bin/python -c 'import secrets; print(secrets.token_hex(16))')"
 export CREDITD_ADMIN_TOKEN
 export CREDITD_LOG__LEVEL=WARNING
+# The fuzzer sends thousands of requests, many with bad credentials on purpose: lift the rate
+# limits (tests/auth covers them) so every operation is exercised, not answered 429.
+export CREDITD_API__RATE_LIMIT="1000000 per second"
+export CREDITD_API__PROJECT_RATE_LIMIT="1000000 per second"
+export CREDITD_API__AUTH_FAILURE_RATE_LIMIT="1000000 per second"
 unset DATABASE_URL CREDITD_DATABASE_URL CREDITD_DATABASE__URL
 
 .venv/bin/creditd serve --host 127.0.0.1 --port "$port" >"$work/server.log" 2>&1 &

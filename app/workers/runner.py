@@ -147,6 +147,11 @@ async def _every(
         except Exception:
             failures += 1
             log.exception("job_failed", job=name, failures=failures)
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # The driver turned our cancellation into its own error (asyncpg does, mid-query):
+            # stop anyway, or a shutdown would wait on a loop that never ends.
+            raise asyncio.CancelledError
         await asyncio.sleep(backoff(seconds, failures, max_backoff))
 
 

@@ -157,6 +157,27 @@ class WorkerSettings(BaseModel):
     rollup_grace_seconds: float = Field(default=900.0, ge=120)
 
 
+class PaymentsSettings(BaseModel):
+    """Stripe and Razorpay: where their APIs are, how provider secrets are kept at rest, and
+    when a payment nobody heard back about is looked up (reconciliation)."""
+
+    # Fernet keys (urlsafe base64 of 32 bytes), comma-separated: the first encrypts, every one
+    # decrypts, so a new key goes first and old ones stay until `creditd rotate-secrets` ran.
+    # Unset outside production: a development key is generated into ``data_dir``.
+    secrets_key: SecretStr | None = None
+    stripe_api_base: str = "https://api.stripe.com"
+    razorpay_api_base: str = "https://api.razorpay.com"
+    provider_timeout_seconds: float = Field(default=20.0, gt=0)
+    # After a webhook secret is replaced, the old one still verifies for this long.
+    webhook_secret_grace_seconds: int = Field(default=24 * 3600, ge=0)
+    # A payment still created/pending this long after creation is looked up at the provider.
+    reconcile_after_seconds: float = Field(default=900.0, ge=0)
+    reconcile_interval_seconds: float = Field(default=60.0, gt=0)
+    # A payment nobody paid is given up on (expired) after this long; providers' checkouts
+    # expire well before (Stripe: 24 h at most).
+    reconcile_give_up_seconds: float = Field(default=7 * 86400.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CREDITD_", env_nested_delimiter="__", extra="ignore", env_file=None
@@ -173,6 +194,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     api: ApiSettings = ApiSettings()
     workers: WorkerSettings = WorkerSettings()
+    payments: PaymentsSettings = PaymentsSettings()
 
     # Each check below raises its own error, so that every problem is reported at once.
     @field_validator("admin_token")

@@ -58,12 +58,14 @@ _BALANCE = """
     WHERE u.project_id = $1 AND u.id = $2 AND u.deleted_at IS NULL
 """
 # One statement per balance change: burn ``$burn`` from the grants (soonest expiry first, no
-# expiry last, then oldest), write the account, append the ledger entry. Whatever the grants
-# could not cover becomes debt ($12 = credits to burn, $13 = debt increase before burning).
+# expiry last, then promotional before paid, then oldest), write the account, append the
+# ledger entry. Whatever the grants could not cover becomes debt ($12 = credits to burn,
+# $13 = debt increase before burning).
 _CHANGE = """
     WITH ordered AS (
         SELECT id, remaining,
-               sum(remaining) OVER (ORDER BY expires_at ASC NULLS LAST, created_at, id) AS running
+               sum(remaining) OVER (ORDER BY expires_at ASC NULLS LAST, (category = 'paid'),
+                                    created_at, id) AS running
         FROM grants
         WHERE account_id = $1 AND remaining > 0 AND $12::numeric > 0
     ), take AS (

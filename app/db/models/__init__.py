@@ -8,9 +8,12 @@ from app.db.models.grant import Grant
 from app.db.models.idempotency_key import IdempotencyKey
 from app.db.models.ledger_entry import LedgerEntry
 from app.db.models.model_price import ModelPrice
+from app.db.models.payment import Payment
 from app.db.models.plan import Plan
 from app.db.models.project import Project
 from app.db.models.promo import Promo, PromoRedemption
+from app.db.models.provider_account import ProviderAccount
+from app.db.models.provider_event import ProviderEvent
 from app.db.models.refund import Refund
 from app.db.models.spend_cap import SpendCap
 from app.db.models.subscription import Subscription
@@ -34,10 +37,13 @@ __all__ = [
     "IdempotencyKey",
     "LedgerEntry",
     "ModelPrice",
+    "Payment",
     "Plan",
     "Project",
     "Promo",
     "PromoRedemption",
+    "ProviderAccount",
+    "ProviderEvent",
     "Refund",
     "SpendCap",
     "Subscription",

@@ -16,10 +16,13 @@ class Grant(CreatedAt, Base):
     __tablename__ = "grants"
     __table_args__ = (
         CheckConstraint("remaining >= 0 AND remaining <= amount", name="remaining_in_range"),
+        CheckConstraint("category IN ('paid', 'promotional')", name="category_known"),
+        # Burn order: soonest expiry (none last), promotional before paid, oldest first.
         Index(
             "ix_grants_burn_order",
             "account_id",
             text("expires_at ASC NULLS LAST"),
+            text("(category = 'paid')"),
             "created_at",
             "id",
             postgresql_where=text("remaining > 0"),
@@ -29,6 +32,14 @@ class Grant(CreatedAt, Base):
             "ix_grants_due_expiry",
             "expires_at",
             postgresql_where=text("expires_at IS NOT NULL AND expired_at IS NULL"),
+        ),
+        # A payment credits its user once: at most one grant per payment, by construction.
+        Index(
+            "uq_grants_payment_id",
+            "project_id",
+            "payment_id",
+            unique=True,
+            postgresql_where=text("payment_id IS NOT NULL"),
         ),
     )
 
@@ -44,3 +55,9 @@ class Grant(CreatedAt, Base):
     transaction_id: Mapped[uuid.UUID | None]
     expired_at: Mapped[datetime | None]  # set when the expiry worker removed the remainder
     expiry_notified_at: Mapped[datetime | None]  # "credits.expiring" sent
+    category: Mapped[str] = mapped_column(Text, server_default="promotional")  # or "paid"
+    payment_id: Mapped[uuid.UUID | None]  # the payment that bought it (paid grants)
+    # What was paid for ``amount`` (cost basis = cost_amount / amount per credit), in
+    # ``cost_currency``; None for promotional grants and paid ones of unknown price.
+    cost_amount: Mapped[Decimal | None]
+    cost_currency: Mapped[str | None] = mapped_column(Text)

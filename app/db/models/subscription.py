@@ -52,4 +52,7 @@ class Subscription(Timestamps, Base):
     ended_at: Mapped[datetime | None]
     provider_subscription_id: Mapped[str | None] = mapped_column(Text)
     provider_customer_id: Mapped[str | None] = mapped_column(Text)
+    # The checkout that starts a provider subscription (Stripe cs_…); the user pays there.
+    provider_reference: Mapped[str | None] = mapped_column(Text)
+    checkout_url: Mapped[str | None] = mapped_column(Text)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", server_default="{}")

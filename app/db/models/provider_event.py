@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import ForeignKey, PrimaryKeyConstraint, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base, CreatedAt
+
+
+class ProviderEvent(CreatedAt, Base):
+    """A verified webhook from a provider, stored once per (project, provider, event id) in the
+    same transaction as its effect: a redelivery finds it and changes nothing."""
+
+    __tablename__ = "provider_events"
+    __table_args__ = (PrimaryKeyConstraint("project_id", "provider", "event_id"),)
+
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    provider: Mapped[str] = mapped_column(Text)
+    event_id: Mapped[str] = mapped_column(Text)
+    type: Mapped[str] = mapped_column(Text)
+    # "applied" | "ignored" | "unmatched" | "amount_mismatch" | "stale"
+    outcome: Mapped[str] = mapped_column(Text)
+    payment_id: Mapped[uuid.UUID | None]
+    subscription_id: Mapped[uuid.UUID | None]
+    payload: Mapped[dict[str, Any]]

@@ -1,0 +1,1 @@
+"""Payment providers behind one seam: ``base.PaymentProvider``; ``registry.get(name)``."""

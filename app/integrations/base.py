@@ -36,6 +36,7 @@ class Credentials:
     secret_key: str  # Stripe sk_…, Razorpay key_secret
     key_id: str | None = None  # Razorpay rzp_… (None for Stripe)
     api_base: str = ""  # from settings: the real API, or a fake in tests
+    timeout_seconds: float = 20.0  # settings.payments.provider_timeout_seconds, per HTTP call
 
 
 @dataclass(frozen=True)

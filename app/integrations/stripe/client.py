@@ -6,7 +6,6 @@ key is never global state) on the SDK's asynchronous HTTPX client, and closes it
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -129,24 +128,10 @@ class StripeApi:
             )
 
         session = (await self._call(creds, call)).to_dict()
-        facts = session_facts(session)
-        out: list[Fact] = []
-        for fact in facts:
-            ref = getattr(fact, "ref", None)
-            if (
-                ref is not None
-                and ref.payment_id is not None
-                and ref.payment_id != (payment.payment_id)
-            ):
-                raise ProviderError(
-                    f"session {payment.reference} belongs to another payment", transient=False
-                )
-            if ref is not None and ref.payment_id is None:
-                fact = dataclasses.replace(  # noqa: PLW2901 - filling in, not rebinding
-                    fact, ref=dataclasses.replace(ref, payment_id=payment.payment_id)
-                )
-            out.append(fact)
-        return out
+        try:
+            return session_facts(session, payment_id=payment.payment_id)
+        except ValueError as exc:  # the reference is stale or wrong: nothing to reconcile
+            raise ProviderError(str(exc), transient=False) from exc
 
     async def _create_session(
         self, creds: Credentials, params: SessionCreateParams, idempotency_key: str | None

@@ -8,6 +8,7 @@ when it is paid.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -141,24 +142,28 @@ def parse(body: bytes) -> ProviderEvent:
     return ProviderEvent(event_id=event_id, type=event_type, facts=facts, payload=event)
 
 
-def session_facts(session: Mapping[str, Any]) -> list[Fact]:
-    """What a Checkout Session in ``payment`` mode says now (reconciliation's lookup).
+def session_facts(session: Mapping[str, Any], *, payment_id: uuid.UUID) -> list[Fact]:
+    """What a Checkout Session in ``payment`` mode says now about our ``payment_id``
+    (reconciliation's lookup); ``ValueError`` if the session names another payment.
 
     ``open`` is still waiting (nothing); ``complete`` and paid is a success, with any refund
     the charge already had; complete but unpaid is an asynchronous method still clearing,
     unless its PaymentIntent (when expanded) shows it failed.
     """
-    status = session.get("status")
     ref = _payment_ref(session)
+    if ref.payment_id not in (None, payment_id):
+        raise ValueError(f"session {ref.reference} belongs to payment {ref.payment_id}")
+    ref = dataclasses.replace(ref, payment_id=payment_id)
+    status = session.get("status")
     if status == "expired":
         return [PaymentExpired(ref)]
     if status != "complete":
         return []
     if session.get("payment_status") == "paid":
-        facts: list[Fact] = [_succeeded(session)]
+        facts: list[Fact] = [_succeeded(session, ref)]
         charge = _expanded(session.get("payment_intent"), "latest_charge")
         if charge is not None and _int(charge.get("amount_refunded", 0)) > 0:
-            facts.append(_refunded(charge, ref_payment_id=ref.payment_id))
+            facts.append(_refunded(charge, payment_id=payment_id))
         return facts
     if session.get("payment_status") == "unpaid":
         intent = session.get("payment_intent")
@@ -284,7 +289,7 @@ def _subscription_deleted(sub: dict[str, Any]) -> list[Fact]:
 
 
 def _charge_refunded(charge: dict[str, Any]) -> list[Fact]:
-    return [_refunded(charge, ref_payment_id=None)]
+    return [_refunded(charge, payment_id=None)]
 
 
 def _dispute(state_of: Callable[[dict[str, Any]], DisputeState | None]) -> _Handler:
@@ -345,8 +350,8 @@ _HANDLERS: dict[str, _Handler] = {
 # --- field helpers ---------------------------------------------------------------------------
 
 
-def _succeeded(session: Mapping[str, Any]) -> PaymentSucceeded:
-    ref = _payment_ref(session)
+def _succeeded(session: Mapping[str, Any], ref: PaymentRef | None = None) -> PaymentSucceeded:
+    ref = ref or _payment_ref(session)
     return PaymentSucceeded(
         ref=ref,
         amount_minor=_int(session["amount_total"]),
@@ -355,9 +360,9 @@ def _succeeded(session: Mapping[str, Any]) -> PaymentSucceeded:
     )
 
 
-def _refunded(charge: Mapping[str, Any], *, ref_payment_id: uuid.UUID | None) -> PaymentRefunded:
+def _refunded(charge: Mapping[str, Any], *, payment_id: uuid.UUID | None) -> PaymentRefunded:
     ref = PaymentRef(
-        payment_id=ref_payment_id or _uuid(_metadata(charge).get(PAYMENT_ID_KEY)),
+        payment_id=payment_id or _uuid(_metadata(charge).get(PAYMENT_ID_KEY)),
         # Subscription charges carry no creditd id: their payment is found by the intent.
         provider_payment_id=_id(charge.get("payment_intent")) or _str(charge["id"]),
     )

@@ -22,6 +22,7 @@ from app.credits.verify import verify
 from app.db.session import Database
 from app.main import create_app
 from tests.fakes.razorpay_server import fake_razorpay, fake_razorpay_server  # noqa: F401 - fixtures
+from tests.fakes.stripe_server import fake_stripe, fake_stripe_server  # noqa: F401 - fixtures
 from tests.fixtures.database import fresh_database
 from tests.fixtures.redis import redis_prefix, redis_url  # noqa: F401 - fixtures
 from tests.fixtures.serving import serve

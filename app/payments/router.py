@@ -39,19 +39,14 @@ webhooks = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=Webho
 
 
 def secrets_box(request: Request) -> Any:
-    """The app's secrets box, built once (not a dependency: a request refused by validation
-    never needs it).
+    """The app's secrets box (``app.core.secrets.secret_box``), fetched only once a request
+    passed validation: a refused request never builds one.
 
-    TODO(integrator): use the providers helper's dependency (app.state / app.core.secrets).
+    TODO(integrator): imported lazily only because app.core.secrets is not on this branch.
     """
-    box = getattr(request.app.state, "secrets", None)
-    if box is None:
-        from app.core.secrets import SecretBox  # noqa: PLC0415
+    from app.core.secrets import secret_box  # noqa: PLC0415
 
-        settings: Settings = request.app.state.settings
-        box = SecretBox.from_settings(settings)
-        request.app.state.secrets = box
-    return box
+    return secret_box(request)
 
 
 @router.post(

@@ -281,8 +281,9 @@ async def record_subscription_payment(
     """Record one paid subscription period (a Stripe invoice, a Razorpay charge) as a succeeded
     payment; None when this charge was recorded before (then grant nothing).
 
-    The caller grants ``credits`` with ``payment_id`` = the returned payment's id: refunds and
-    disputes of the charge then claw back from that grant like a top-up's.
+    The caller then grants ``credits`` with ``payment_id`` = the returned payment's id and
+    calls ``link_grant``: refunds and disputes of the charge claw back from that grant like a
+    top-up's.
     """
     code = currency.upper()
     return await repo.insert_payment_once(
@@ -298,13 +299,29 @@ async def record_subscription_payment(
             "currency": code,
             "amount_minor": amount_minor,
             "credits": credits,
-            "credits_granted": credits,
             "provider_reference": charge_id,
             "provider_payment_id": provider_payment_id,
             "subscription_id": subscription_id,
             "succeeded_at": utcnow(),
             "metadata_": {"plan_id": plan_id},
         },
+    )
+
+
+async def link_grant(
+    session: AsyncSession,
+    *,
+    project_id: uuid.UUID,
+    payment_id: uuid.UUID,
+    grant_id: uuid.UUID,
+    credits_granted: Decimal,
+) -> None:
+    """Remember the grant a subscription payment bought (``record_subscription_payment``)."""
+    await repo.update(
+        session,
+        project_id,
+        payment_id,
+        {"grant_id": grant_id, "credits_granted": credits_granted},
     )
 
 

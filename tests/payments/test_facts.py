@@ -7,6 +7,7 @@ import asyncio
 import itertools
 from decimal import Decimal
 
+from app.db.models import Payment
 from app.db.session import Database
 from app.integrations.base import (
     DisputeChanged,
@@ -64,12 +65,11 @@ async def test_twenty_concurrent_successes_grant_once(project: Project, db: Data
     await assert_ledger_consistent(db)
 
 
-def _razorpay_trio(payment: object, ppid: str, order_id: str) -> list[PaymentSucceeded]:
+def _razorpay_trio(payment: Payment, ppid: str, order_id: str) -> list[PaymentSucceeded]:
     """payment_link.paid (our reference id), payment.captured (order), order.paid (link)."""
-    assert hasattr(payment, "id")
-    by_ours = PaymentRef(payment_id=payment.id)  # type: ignore[attr-defined]
+    by_ours = PaymentRef(payment_id=payment.id)
     by_order = PaymentRef(order_id=order_id)
-    by_link = PaymentRef(reference=payment.provider_reference)  # type: ignore[attr-defined]
+    by_link = PaymentRef(reference=payment.provider_reference)
     return [
         PaymentSucceeded(ref=ref, amount_minor=1000, currency="USD", provider_payment_id=ppid)
         for ref in (by_ours, by_order, by_link)
@@ -339,9 +339,7 @@ async def test_dispute_lost_takes_everything_even_spent_credits(
     await assert_ledger_consistent(db)
 
 
-async def test_dispute_won_without_withdrawal_moves_nothing(
-    project: Project, db: Database
-) -> None:
+async def test_dispute_won_without_withdrawal_moves_nothing(project: Project, db: Database) -> None:
     await project.user("u")
     payment = await new_payment(db, project)
     await apply(db, project, paid(payment))

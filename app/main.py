@@ -54,6 +54,8 @@ from app.docs.router import install_docs
 from app.events.router import router as events_router
 from app.health.router import expected_revision
 from app.health.router import router as health_router
+from app.payments.router import router as payments_router
+from app.payments.router import webhooks as webhooks_router
 from app.plans.router import router as plans_router
 from app.pricing.router import router as models_router
 from app.projects.router import router as project_router
@@ -230,6 +232,7 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         models_router,
         tiers_router,
         plans_router,
+        payments_router,
         promos_router,
         spend_caps_router,
         analytics_router,
@@ -238,6 +241,10 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         events_router,
     ):
         app.include_router(router, responses=api_errors)
+    app.include_router(
+        webhooks_router,
+        responses=problem_responses(PayloadTooLarge, ValidationFailed, InternalError, *transient),
+    )
     app.include_router(health_router)
     app.include_router(
         admin_router,

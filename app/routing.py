@@ -98,10 +98,12 @@ _NO_ROUTE = problem_responses(NotFound)
 class TransactionalRoute(APIRoute):
     """A project route: API-key auth, and ``Idempotency-Key`` on every POST."""
 
+    idempotent: bool = True  # POSTs take an Idempotency-Key
+
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         status_code = kwargs.get("status_code") or 200
         methods = {m.upper() for m in kwargs.get("methods") or ()}
-        takes_key = "POST" in methods
+        takes_key = self.idempotent and "POST" in methods
         if takes_key:
             kwargs["responses"] = merge_responses(
                 kwargs.get("responses") or {}, _IDEMPOTENCY_ERRORS
@@ -140,7 +142,7 @@ class TransactionalRoute(APIRoute):
             request = DecimalRequest(request.scope, request.receive)
             db: Database = request.app.state.db
             key = request.headers.get("idempotency-key")
-            keyed = key is not None and request.method == "POST"
+            keyed = self.idempotent and key is not None and request.method == "POST"
             scope: uuid.UUID | None = None
             response: Response | None = None
             try:
@@ -255,3 +257,13 @@ class OperatorRoute(TransactionalRoute):
 
     def _contract(self) -> dict[str, Any]:
         return {"security": OPERATOR_SECURITY, "parameters": []}
+
+
+class WebhookRoute(TransactionalRoute):
+    """A provider's webhook: no API key (the handler verifies the provider's signature) and
+    no ``Idempotency-Key`` (providers send none; the event id deduplicates instead)."""
+
+    idempotent = False
+
+    def _contract(self) -> dict[str, Any]:
+        return {"security": [], "parameters": []}

@@ -23,6 +23,7 @@ from app.credits import service as credits
 from app.db.exceptions import DatabaseFault
 from app.db.session import Database
 from app.idempotency import repository as idempotency
+from app.payments import reconcile
 from app.plans import service as plans
 from app.tiers import service as tiers
 from app.transactions import service as transactions
@@ -180,6 +181,8 @@ async def run_workers(db: Database, settings: Settings) -> None:
                   db, grace=timedelta(seconds=cfg.rollup_grace_seconds))),
         every("idempotency_purge", cfg.idempotency_cleanup_interval_seconds,
               lambda: purge_idempotency_once(db, batch_size=cfg.batch_size)),
+        every("payment_reconciliation", settings.payments.reconcile_interval_seconds,
+              lambda: reconcile.reconcile_once(db, settings, batch_size=cfg.batch_size)),
     ]  # fmt: skip
     tasks = [asyncio.create_task(j) for j in jobs]
     try:

@@ -75,6 +75,7 @@ async def test_project_settings_can_be_read_and_patched(project: Project) -> Non
         "auto_create_users": True,
         "default_hold_ttl_seconds": 600,
         "low_balance_thresholds": [],
+        "credits_per_unit": {},
     }
     r = await project.patch(
         "/v1/project", {"name": "renamed", "settings": {"default_hold_ttl_seconds": 30}}

@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import uuid
+from typing import Annotated, cast
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from app.auth.dependencies import ReadKey, WriteKey
 from app.core.cursors import parse_id, uuid_cursor
 from app.core.errors import problem_responses
 from app.core.pagination import Page, PageParams, make_page, page_params, uuid_page_params
+from app.core.settings import Settings
+from app.credits.exceptions import AccountBusy
+from app.db.exceptions import (
+    CommitOutcomeUnknown,
+    DatabaseUnavailable,
+    DeadlockDetected,
+    LockTimeout,
+    PoolTimeout,
+    SerializationFailure,
+    StatementTimeout,
+)
 from app.db.session import Session
+from app.integrations.base import Credentials, PaymentProvider, ProviderName
 from app.plans import service
 from app.plans.exceptions import (
     PlanExists,
     PlanInactive,
     PlanInUse,
+    PlanNotAvailable,
     PlanNotFound,
+    ProviderFailed,
     ProviderNotConfigured,
+    ProviderUnavailable,
     SubscriptionExists,
     SubscriptionNotFound,
 )
@@ -35,6 +51,21 @@ from app.tiers.exceptions import TierNotFound
 from app.users import service as users
 from app.users.exceptions import UserNotFound
 
+# A route's own 503 replaces the one every route inherits from create_app (FastAPI does not
+# merge responses of one status): it repeats the transient causes besides the provider's.
+_PROVIDER_ERRORS = problem_responses(
+    ProviderFailed,
+    ProviderUnavailable,
+    AccountBusy,
+    CommitOutcomeUnknown,
+    DatabaseUnavailable,
+    DeadlockDetected,
+    LockTimeout,
+    PoolTimeout,
+    SerializationFailure,
+    StatementTimeout,
+)
+
 router = APIRouter(prefix="/v1", tags=["plans"], route_class=TransactionalRoute)
 
 _SUBSCRIBE = """For `manual` subscriptions creditd is the provider:
@@ -50,15 +81,35 @@ _SUBSCRIBE = """For `manual` subscriptions creditd is the provider:
 - subscription credits do not expire and are kept when the subscription ends;
 - `checkout_url` is null.
 
-`stripe` and `razorpay` subscriptions are not available yet: 409 `provider_not_configured`, and
-nothing is created. A user may hold one subscription that has not ended (409
-`subscription_exists`)."""
+`stripe` (Checkout in subscription mode on the plan's `stripe_price_id`) and `razorpay` (a
+Razorpay subscription on the plan's `razorpay_plan_id`):
+
+- the subscription is created `incomplete`, with nothing granted, and `checkout_url` is where
+  the user pays (`success_url`/`cancel_url` are where Stripe Checkout sends the user back);
+- each period the provider collects (Stripe `invoice.paid`, Razorpay `subscription.charged`)
+  is recorded as a payment and grants `credits_per_period` once (paid credits, linked to the
+  payment); the first one makes the subscription `active` and moves the user to the plan's
+  tier, as above;
+- a failed renewal makes it `past_due` while the provider retries; when the provider gives up
+  or the subscription is deleted/cancelled there, it ends (`canceled`) and the user goes back to
+  its previous tier;
+- the provider must be configured for the project (409 `provider_not_configured`) and the plan
+  must have that provider's id (409 `plan_not_available`); if the provider cannot be reached
+  (503 `provider_unavailable`, retry) or refuses (502 `provider_error`), nothing is created.
+
+A user may hold one subscription that has not ended, `incomplete` ones included (409
+`subscription_exists`): cancel an abandoned checkout's subscription to start another."""
 
 _CANCEL = """`at_period_end: true` (the default) keeps the subscription `active` with
 `cancel_at_period_end: true` until `current_period_end`; it is then ended (no renewal).
 `at_period_end: false` ends it now: status `canceled`, `ended_at` set, the user back on its
 previous tier. `canceled_at` is when the cancellation was asked for. Credits already granted are
-kept. Canceling a subscription that has already ended returns it unchanged."""
+kept. Canceling a subscription that has already ended returns it unchanged.
+
+A `stripe`/`razorpay` subscription is canceled at the provider first (503
+`provider_unavailable` / 502 `provider_error` if that fails: nothing changes here). With
+`at_period_end: true` the provider ends it at the period end and its event ends it here. An
+`incomplete` subscription (never paid) has no period: it ends now either way."""
 
 
 # --- plans -------------------------------------------------------------------------------------
@@ -140,15 +191,41 @@ async def delete_plan(session: Session, principal: WriteKey, plan_id: str) -> Re
         PlanNotFound,
         TierNotFound,
         PlanInactive,
+        PlanNotAvailable,
         ProviderNotConfigured,
         SubscriptionExists,
-    ),
+    )
+    | _PROVIDER_ERRORS,
 )
 async def create_subscription(
-    session: Session, principal: WriteKey, user_id: str, body: SubscriptionCreate
+    request: Request, session: Session, principal: WriteKey, user_id: str, body: SubscriptionCreate
 ) -> SubscriptionCreated:
-    sub = await service.subscribe(session, principal.project_id, users.check_path_id(user_id), body)
-    return SubscriptionCreated(subscription=service.subscription_out(sub), checkout_url=None)
+    user_id = users.check_path_id(user_id)
+    if body.provider == service.MANUAL:
+        sub = await service.subscribe(session, principal.project_id, user_id, body)
+        return SubscriptionCreated(subscription=service.subscription_out(sub), checkout_url=None)
+    impl, creds = await _provider(request, session, principal.project_id, body.provider)
+    sub, checkout_url = await service.start_provider_subscription(
+        session, principal.project_id, user_id, body, provider_impl=impl, creds=creds
+    )
+    return SubscriptionCreated(
+        subscription=service.subscription_out(sub), checkout_url=checkout_url
+    )
+
+
+async def _provider(
+    request: Request, session: Session, project_id: uuid.UUID, provider: str
+) -> tuple[PaymentProvider, Credentials]:
+    """The provider's adapter and the project's credentials for it (409
+    ``provider_not_configured`` when the project has none)."""
+    # Loaded on first use: the adapters bring in the provider SDKs.
+    from app.integrations import registry  # noqa: PLC0415
+    from app.providers import service as providers  # noqa: PLC0415
+
+    name = cast(ProviderName, provider)
+    settings: Settings = request.app.state.settings
+    creds = await providers.credentials(session, project_id, name, settings=settings.payments)
+    return registry.get(name), creds
 
 
 @router.get(
@@ -197,18 +274,27 @@ async def get_subscription(
     summary="Cancel a subscription now or at the end of its current period",
     description=_CANCEL,
     response_model=SubscriptionOut,
-    responses=problem_responses(SubscriptionNotFound),
+    responses=problem_responses(SubscriptionNotFound, ProviderNotConfigured) | _PROVIDER_ERRORS,
 )
 async def cancel_subscription(
+    request: Request,
     session: Session,
     principal: WriteKey,
     subscription_id: str,
     body: CancelIn | None = None,
 ) -> SubscriptionOut:
+    sub_id = parse_id(subscription_id, SubscriptionNotFound)
+    at_period_end = (body or CancelIn()).at_period_end
+    sub = await service.get_subscription(session, principal.project_id, sub_id)
+    impl = creds = None
+    if service.provider_cancel_needed(sub, at_period_end=at_period_end):
+        impl, creds = await _provider(request, session, principal.project_id, sub.provider)
     sub = await service.cancel(
         session,
         principal.project_id,
-        parse_id(subscription_id, SubscriptionNotFound),
-        at_period_end=(body or CancelIn()).at_period_end,
+        sub_id,
+        at_period_end=at_period_end,
+        provider_impl=impl,
+        creds=creds,
     )
     return service.subscription_out(sub)

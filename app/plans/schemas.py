@@ -19,6 +19,9 @@ SubscriptionProvider = TypeAliasType(
     "SubscriptionProvider", Literal["stripe", "razorpay", "manual"]
 )
 ProviderRef = Annotated[str, Field(min_length=1, max_length=255)]
+RedirectUrl = Annotated[
+    str, Field(max_length=2048, pattern=r"^https?://[^\s]+$", examples=["https://example.com/ok"])
+]
 
 _ACTIVE = "Only active plans can be subscribed to; existing subscriptions keep renewing"
 _TIER = "Subscribers are moved to this tier while their subscription lasts"
@@ -89,8 +92,14 @@ class SubscriptionCreate(BaseModel):
 
     plan_id: PlanId
     provider: SubscriptionProvider = Field(
-        description="`manual`: creditd renews it on schedule. `stripe`/`razorpay`: not "
-        "available yet (409 provider_not_configured)"
+        description="`manual`: creditd renews it on schedule. `stripe`/`razorpay`: the user "
+        "pays at `checkout_url`; the provider renews it and its webhooks grant each period"
+    )
+    success_url: RedirectUrl | None = Field(
+        default=None, description="Stripe: where Checkout sends the user after paying"
+    )
+    cancel_url: RedirectUrl | None = Field(
+        default=None, description="Stripe: where Checkout sends the user who gives up"
     )
 
 
@@ -110,8 +119,9 @@ class SubscriptionOut(BaseModel):
     plan_id: str
     provider: SubscriptionProvider
     status: str = Field(
-        description="`active` or `canceled` (ended); provider-driven subscriptions will add "
-        "`incomplete` and `past_due`"
+        description="`incomplete` (provider subscriptions until the first period is paid), "
+        "`active`, `past_due` (a provider renewal failed; the provider retries) or `canceled` "
+        "(ended: `ended_at` is set)"
     )
     current_period_start: datetime | None
     current_period_end: datetime | None

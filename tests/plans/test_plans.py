@@ -266,16 +266,6 @@ async def test_inactive_plan_cannot_be_subscribed_to(project: Project) -> None:
     assert_problem(await subscribe(project, "u"), 409, "plan_inactive")
 
 
-async def test_provider_subscriptions_are_409_and_create_nothing(project: Project) -> None:
-    await make_plan(project, "pro", stripe_price_id="price_1", razorpay_plan_id="plan_1")
-    await project.user("u")
-    for provider in ("stripe", "razorpay"):
-        assert_problem(await subscribe(project, "u", provider=provider), 409,
-                       "provider_not_configured")  # fmt: skip
-    assert body(await project.get("/v1/users/u/subscriptions"))["data"] == []
-    assert (await balance(project, "u"))["total"] == 0
-
-
 async def test_subscribe_unknown_user_plan_or_provider(project: Project) -> None:
     await make_plan(project, "pro")
     assert_problem(await subscribe(project, "ghost"), 404, "user_not_found")

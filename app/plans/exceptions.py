@@ -1,4 +1,16 @@
 from app.core.errors import Conflict, NotFound
+from app.providers.exceptions import ProviderNotConfigured
+
+# Moved to the providers domain (payments raise it too); kept importable from here.
+__all__ = [
+    "PlanExists",
+    "PlanInUse",
+    "PlanInactive",
+    "PlanNotFound",
+    "ProviderNotConfigured",
+    "SubscriptionExists",
+    "SubscriptionNotFound",
+]
 
 
 class PlanNotFound(NotFound):
@@ -29,8 +41,3 @@ class SubscriptionNotFound(NotFound):
 class SubscriptionExists(Conflict):
     slug = "subscription_exists"
     title = "The user already has a subscription that has not ended"
-
-
-class ProviderNotConfigured(Conflict):
-    slug = "provider_not_configured"
-    title = "This payment provider is not available for subscriptions yet"

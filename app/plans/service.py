@@ -338,8 +338,16 @@ async def _grant_period(
         return None
     amount = plan.credits_per_period
     if amount > ZERO:
+        # Sold credits: the period's price is their cost basis (deferred revenue).
         grant, _ = await credits.grant(
-            session, account, amount=amount, source=SOURCE, reason=f"plan {plan.id}"
+            session,
+            account,
+            amount=amount,
+            source=SOURCE,
+            reason=f"plan {plan.id}",
+            category=credits.PAID,
+            cost_amount=plan.price_amount,
+            cost_currency=plan.price_currency,
         )
         await driver(session).execute(_SET_ALLOCATION_GRANT, *key, grant.id)
         await events.record(

@@ -330,9 +330,11 @@ async def _grant_period(
     plan: Plan,
     *,
     period_start: datetime,
+    payment_id: uuid.UUID | None = None,
 ) -> Decimal | None:
     """Grant the plan's credits for one period, once: the allocation row is inserted first and
-    a period that already has one grants nothing (returns None)."""
+    a period that already has one grants nothing (returns None). ``payment_id``: the provider
+    payment that paid the period (its grant, for `creditd verify` and clawbacks)."""
     key = (account.project_id, account.user_id, SOURCE, str(sub.id), period_start)
     if await driver(session).fetchval(_INSERT_ALLOCATION, *key) is None:
         return None
@@ -346,6 +348,7 @@ async def _grant_period(
             source=SOURCE,
             reason=f"plan {plan.id}",
             category=credits.PAID,
+            payment_id=payment_id,
             cost_amount=plan.price_amount,
             cost_currency=plan.price_currency,
         )

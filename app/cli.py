@@ -1,4 +1,4 @@
-"""The `creditd` command: serve, worker, migrate, bootstrap, verify, openapi."""
+"""The `creditd` command: serve, worker, migrate, bootstrap, verify, rotate-secrets, openapi."""
 
 from __future__ import annotations
 
@@ -276,6 +276,36 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if violations else 0
 
 
+def cmd_rotate_secrets(args: argparse.Namespace) -> int:
+    from app.core.secrets import InvalidSecretsKey, SecretBox, SecretUnreadable
+    from app.db.engine import create_engine
+    from app.db.session import Database
+    from app.providers import service as providers
+
+    settings = load_settings()
+    try:
+        box = SecretBox.from_settings(settings)
+    except InvalidSecretsKey as bad:
+        raise SettingsProblem([f"CREDITD_PAYMENTS__SECRETS_KEY: {bad}"]) from None
+
+    async def main() -> int:
+        db = Database(create_engine(settings.database, pool_size=1))
+        try:
+            async with db.transaction() as session:
+                return await providers.rotate_secrets(session, box)
+        finally:
+            await db.dispose()
+
+    with _database(settings, migrate=False):
+        try:
+            count = asyncio.run(main())
+        except SecretUnreadable as unreadable:
+            print(f"creditd: rotate-secrets: {unreadable}", file=sys.stderr)
+            return 1
+    print(f"re-encrypted the secrets of {count} provider account(s) with the first key")
+    return 0
+
+
 def cmd_expire(args: argparse.Namespace) -> int:
     from app.core.clock import utcnow
     from app.credits import service as credits
@@ -358,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ver = sub.add_parser("verify", help="Check every money invariant; non-zero exit on violation")
     ver.set_defaults(func=cmd_verify)
+
+    rotate = sub.add_parser(
+        "rotate-secrets",
+        help="Re-encrypt every provider secret with the first CREDITD_PAYMENTS__SECRETS_KEY key",
+    )
+    rotate.set_defaults(func=cmd_rotate_secrets)
 
     expire = sub.add_parser("expire", help="Expire grants past their expiry now")
     expire.add_argument("--dry-run", action="store_true", help="Only list what would expire")

@@ -60,6 +60,7 @@ from app.plans.router import router as plans_router
 from app.pricing.router import router as models_router
 from app.projects.router import router as project_router
 from app.promos.router import router as promos_router
+from app.providers.router import router as providers_router
 from app.spend_caps.router import router as spend_caps_router
 from app.tiers.router import router as tiers_router
 from app.transactions.router import router as transactions_router
@@ -197,6 +198,9 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         stall_seconds=settings.api.account_lock_stall_seconds,
     )
     app.state.schema_head = expected_revision()
+    # The secrets box is built on first use (app/core/secrets.py `Secrets` dependency), so an
+    # app that never touches a provider never generates a development key file.
+    app.state.secrets = None
     # Added first, so it runs inside the request context: a 413 carries a request id and is
     # logged and counted like any response.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_body_bytes)
@@ -238,6 +242,7 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         analytics_router,
         project_router,
         api_keys_router,
+        providers_router,
         events_router,
     ):
         app.include_router(router, responses=api_errors)

@@ -38,9 +38,11 @@ def database_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str) -> Settings:
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(
         env="test",
+        # Not the working directory's .creditd: the development secrets key is generated here.
+        data_dir=tmp_path_factory.mktemp("data"),
         admin_token=ADMIN_TOKEN,
         database=DatabaseSettings(url=database_url, pool_size=30, max_overflow=20),
         # Out of the way of the suite: the limits' own tests build apps with tight ones.

@@ -373,3 +373,29 @@ async def summary(
     stmt = summary_query(project_id, start=start, end=end, closed=closed)
     row: Row[Any] = (await session.execute(stmt)).one()
     return row
+
+
+# Outstanding credits: what unexpired grants of open accounts still hold. The money value of a
+# paid grant's remainder is remaining * cost_amount / amount, divided at 30 fractional digits
+# so that the sum rounds to the currency's minor units as the exact value would.
+_LIABILITY = """
+    SELECT g.category, g.cost_currency,
+           sum(g.remaining) AS credits,
+           sum(round(g.remaining * g.cost_amount, 30) / g.amount) AS value
+    FROM grants g JOIN accounts a ON a.id = g.account_id
+    WHERE g.project_id = $1 AND g.remaining > 0 AND g.expired_at IS NULL
+      AND (g.expires_at IS NULL OR g.expires_at > $2) AND a.closed_at IS NULL
+    GROUP BY g.category, g.cost_currency
+    ORDER BY g.category, g.cost_currency NULLS FIRST
+"""
+_DEBT = "SELECT coalesce(sum(debt), 0) FROM accounts WHERE project_id = $1 AND closed_at IS NULL"
+
+
+async def liability(session: AsyncSession, project_id: uuid.UUID, now: datetime) -> list[Any]:
+    """Outstanding credits per (category, cost currency), with the value of priced ones."""
+    return list(await driver(session).fetch(_LIABILITY, project_id, now))
+
+
+async def debt(session: AsyncSession, project_id: uuid.UUID) -> Decimal:
+    total: Decimal = await driver(session).fetchval(_DEBT, project_id)
+    return total

@@ -7,8 +7,9 @@ from pydantic import AwareDatetime
 
 from app.analytics import service
 from app.analytics.exceptions import WindowOutOfOrder, WindowTooLong
-from app.analytics.schemas import GroupBy, SpendOut, SummaryOut
+from app.analytics.schemas import GroupBy, LiabilityOut, SpendOut, SummaryOut
 from app.auth.dependencies import ReadKey
+from app.core.clock import utcnow
 from app.core.errors import problem_responses
 from app.db.session import Session
 from app.routing import TransactionalRoute
@@ -67,3 +68,19 @@ async def summary(
     session: Session, principal: ReadKey, start: Start = None, end: End = None
 ) -> SummaryOut:
     return await service.summary(session, principal, start=start, end=end)
+
+
+@router.get(
+    "/analytics/liability",
+    operation_id="analytics_liability",
+    summary="Outstanding paid credits and their money value; promotional credits; debt",
+    description="Outstanding credits are the unspent remainders of unexpired grants of"
+    " existing users. Paid credits are valued at their cost basis (what their payment or"
+    " subscription period cost per credit) and grouped by the currency paid, each value"
+    " rounded half-up to that currency's minor units: the deferred revenue. Paid credits of"
+    " unknown price (granted by hand as `paid`) are counted apart. `debt` is what users owe:"
+    " usage beyond their credits and clawbacks of credits already spent.",
+    response_model=LiabilityOut,
+)
+async def liability(session: Session, principal: ReadKey) -> LiabilityOut:
+    return await service.liability(session, principal, now=utcnow())

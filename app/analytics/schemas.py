@@ -34,3 +34,22 @@ class SummaryOut(BaseModel):
     transactions: int = Field(description="Successful charges")
     top_model: str | None = Field(description="The model with the most credits; null: no usage")
     top_user: str | None = Field(description="The user with the most credits; null: no usage")
+
+
+class PaidLiability(BaseModel):
+    currency: str = Field(description="ISO 4217 code the credits were paid in")
+    credits: Money = Field(description="Paid credits outstanding (unspent, unexpired)")
+    value: Money = Field(
+        description="Their money value (deferred revenue): the sum of remaining * cost_amount"
+        " / amount, rounded half-up to the currency's minor units"
+    )
+
+
+class LiabilityOut(BaseModel):
+    paid: list[PaidLiability] = Field(description="Per currency, ordered by currency code")
+    paid_unpriced_credits: Money = Field(
+        description="Paid credits outstanding whose price is unknown (granted by hand as paid)"
+    )
+    promotional_credits: Money = Field(description="Promotional credits outstanding")
+    debt: Money = Field(description="Credits users owe (spent beyond their grants, clawed back)")
+    as_of: datetime = Field(description="The moment the figures describe")

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import decimal
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analytics import repository as repo
 from app.analytics.exceptions import WindowOutOfOrder, WindowTooLong
-from app.analytics.schemas import GroupBy, SpendOut, SpendRow, SummaryOut
+from app.analytics.schemas import (
+    GroupBy,
+    LiabilityOut,
+    PaidLiability,
+    SpendOut,
+    SpendRow,
+    SummaryOut,
+)
 from app.auth.service import Principal
 from app.core.clock import utcnow
+from app.core.money import ZERO
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 366
@@ -111,3 +121,41 @@ async def summary(
         top_model=row.top_model,
         top_user=row.top_user,
     )
+
+
+async def liability(session: AsyncSession, principal: Principal, *, now: datetime) -> LiabilityOut:
+    """Outstanding paid credits and their money value per currency, unpriced paid credits,
+    promotional credits and debt, over users that exist (deleted users' grants are out)."""
+    paid: list[PaidLiability] = []
+    unpriced = promotional = ZERO
+    for row in await repo.liability(session, principal.project_id, now):
+        if row["category"] == "promotional":
+            promotional += row["credits"]
+        elif row["cost_currency"] is None:
+            unpriced += row["credits"]
+        else:
+            paid.append(
+                PaidLiability(
+                    currency=row["cost_currency"],
+                    credits=row["credits"],
+                    value=to_minor_units(row["value"], row["cost_currency"]),
+                )
+            )
+    return LiabilityOut(
+        paid=paid,
+        paid_unpriced_credits=unpriced,
+        promotional_credits=promotional,
+        debt=await repo.debt(session, principal.project_id),
+        as_of=now,
+    )
+
+
+def to_minor_units(value: Decimal, currency: str) -> Decimal:
+    """``value`` rounded half-up to the currency's minor units (Babel's currency table)."""
+    from babel.numbers import get_currency_precision  # noqa: PLC0415 - loads locale data
+
+    with decimal.localcontext() as ctx:
+        ctx.traps[decimal.Inexact] = False  # the rounding is the point
+        return value.quantize(
+            Decimal(1).scaleb(-get_currency_precision(currency)), rounding=ROUND_HALF_UP
+        )

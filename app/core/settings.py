@@ -165,6 +165,20 @@ class PaymentsSettings(BaseModel):
     # decrypts, so a new key goes first and old ones stay until `creditd rotate-secrets` ran.
     # Unset outside production: a development key is generated into ``data_dir``.
     secrets_key: SecretStr | None = None
+
+    @field_validator("secrets_key")
+    @classmethod
+    def _fernet_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        from app.core.secrets import InvalidSecretsKey, parse_keys  # noqa: PLC0415 - only if set
+
+        try:
+            parse_keys(value.get_secret_value())
+        except InvalidSecretsKey as bad:
+            raise _problem("CREDITD_PAYMENTS__SECRETS_KEY", str(bad)) from None
+        return value
+
     stripe_api_base: str = "https://api.stripe.com"
     razorpay_api_base: str = "https://api.razorpay.com"
     provider_timeout_seconds: float = Field(default=20.0, gt=0)
@@ -194,7 +208,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     api: ApiSettings = ApiSettings()
     workers: WorkerSettings = WorkerSettings()
-    payments: PaymentsSettings = PaymentsSettings()
+    payments: PaymentsSettings = Field(default_factory=PaymentsSettings, validate_default=True)
 
     # Each check below raises its own error, so that every problem is reported at once.
     @field_validator("admin_token")
@@ -228,6 +242,16 @@ class Settings(BaseSettings):
                 "is required in production (the embedded PostgreSQL is for development only)",
             )
         return database
+
+    @field_validator("payments")
+    @classmethod
+    def _secrets_key_in_production(cls, payments: PaymentsSettings, info: ValidationInfo) -> Any:
+        if info.data.get("env") == "production" and payments.secrets_key is None:
+            raise _problem(
+                "CREDITD_PAYMENTS__SECRETS_KEY",
+                "is required in production (comma-separated Fernet keys; the first encrypts)",
+            )
+        return payments
 
     @model_validator(mode="after")
     def _merge(self) -> Settings:

@@ -198,6 +198,38 @@ def take_from_grant(grant_id: uuid.UUID, amount: Decimal, *, close: bool) -> Wri
     return Write(_TAKE_FROM_GRANT, (grant_id, amount, close))
 
 
+@dataclass(frozen=True)
+class GrantState:
+    amount: Decimal
+    remaining: Decimal
+    expired: bool  # the expiry worker already removed its remainder
+
+
+_GRANT_STATE = """
+    SELECT amount, remaining, expired_at IS NOT NULL AS expired FROM grants
+    WHERE id = $1 AND account_id = $2
+"""
+# Credits given back to one grant (a reversed clawback). A grant the expiry worker had closed
+# is reopened, so the worker takes the returned credits out again if it is past its expiry.
+_GIVE_TO_GRANT = """
+    UPDATE grants SET remaining = remaining + $2,
+                      expired_at = CASE WHEN $2 > 0 THEN NULL ELSE expired_at END
+    WHERE id = $1
+"""
+
+
+async def grant_state(
+    session: AsyncSession, account: LockedAccount, grant_id: uuid.UUID
+) -> GrantState | None:
+    """One grant of the (locked) account: current, since only its lock holder changes it."""
+    row = await driver(session).fetchrow(_GRANT_STATE, grant_id, account.id)
+    return None if row is None else GrantState(row["amount"], row["remaining"], row["expired"])
+
+
+def give_to_grant(grant_id: uuid.UUID, amount: Decimal) -> Write:
+    return Write(_GIVE_TO_GRANT, (grant_id, amount))
+
+
 async def read_balance(
     session: AsyncSession, project_id: uuid.UUID, user_id: str
 ) -> tuple[Decimal, Decimal] | None:
@@ -278,6 +310,10 @@ async def insert_grant(
     reason: str | None,
     expires_at: datetime | None,
     transaction_id: uuid.UUID | None,
+    category: str,
+    payment_id: uuid.UUID | None,
+    cost_amount: Decimal | None,
+    cost_currency: str | None,
 ) -> Grant:
     stmt = (
         insert(Grant)
@@ -292,6 +328,10 @@ async def insert_grant(
             reason=reason,
             expires_at=expires_at,
             transaction_id=transaction_id,
+            category=category,
+            payment_id=payment_id,
+            cost_amount=cost_amount,
+            cost_currency=cost_currency,
         )
         .returning(Grant)
     )

@@ -52,6 +52,7 @@ async def grant_credits(
         source=body.source,
         reason=body.reason,
         expires_at=body.expires_at,
+        category=body.category,
     )
     await events.record(
         session,
@@ -62,6 +63,7 @@ async def grant_credits(
             "grant_id": str(grant.id),
             "amount": body.amount,
             "source": body.source,
+            "category": body.category,
             "ledger_entry_id": entry,
             "balance": account.available,
         },

@@ -28,6 +28,10 @@ from app.events import service as events
 
 read_balance = repo.read_balance
 
+PAID = "paid"
+PROMOTIONAL = "promotional"
+CATEGORIES = (PAID, PROMOTIONAL)
+
 
 async def lock_for_user(
     session: AsyncSession, project_id: uuid.UUID, user_id: str
@@ -101,8 +105,22 @@ async def grant(
     expires_at: datetime | None = None,
     transaction_id: uuid.UUID | None = None,
     ledger_kind: str = "grant",
+    category: str = PROMOTIONAL,
+    payment_id: uuid.UUID | None = None,
+    cost_amount: Decimal | None = None,
+    cost_currency: str | None = None,
 ) -> tuple[Grant, int]:
-    """Add a grant; it pays any debt first. Returns the grant and its ledger entry id."""
+    """Add a grant; it pays any debt first. Returns the grant and its ledger entry id.
+
+    ``category``: ``paid`` (sold: purchases, subscription periods) or ``promotional`` (given
+    away); paid grants burn last. ``cost_amount`` in ``cost_currency`` is what was paid for the
+    whole ``amount`` (its cost basis); ``payment_id`` is unique per project (one grant per
+    payment, by the database).
+    """
+    if category not in CATEGORIES:
+        raise ValueError(f"unknown grant category {category!r}")
+    if (cost_amount is None) != (cost_currency is None):
+        raise ValueError("cost_amount and cost_currency go together")
     paid = min(account.debt, amount)
     grant_row = await repo.insert_grant(
         session,
@@ -114,6 +132,10 @@ async def grant(
         reason=reason,
         expires_at=expires_at,
         transaction_id=transaction_id,
+        category=category,
+        payment_id=payment_id,
+        cost_amount=cost_amount,
+        cost_currency=cost_currency,
     )
     entry = await _change(
         session,
@@ -227,6 +249,77 @@ async def remove_from_grant(
         reason=reason,
         carry=[repo.take_from_grant(grant_id, amount, close=close), *carry],
     )
+
+
+async def clawback(
+    session: AsyncSession,
+    account: LockedAccount,
+    *,
+    grant_id: uuid.UUID,
+    amount: Decimal,
+    reason: str | None,
+    carry: Sequence[Write] = (),
+) -> Decimal:
+    """Take ``amount`` back from what one grant gave (a refund, a lost dispute): as much as
+    the grant still has, the rest as debt, so ``total`` drops by ``amount`` and may go
+    negative. Other grants are never touched. One ``clawback`` ledger entry; returns how much
+    came out of the grant."""
+    if amount <= ZERO:
+        raise ValueError("a clawback takes a positive amount")
+    state = await _grant_state(session, account, grant_id)
+    taken = min(amount, state.remaining)
+    await _change(
+        session,
+        account,
+        kind="clawback",
+        amount=-amount,
+        debt_delta=amount - taken,
+        grant_id=grant_id,
+        reason=reason,
+        carry=[repo.take_from_grant(grant_id, taken, close=False), *carry],
+    )
+    return taken
+
+
+async def restore(
+    session: AsyncSession,
+    account: LockedAccount,
+    *,
+    grant_id: uuid.UUID,
+    amount: Decimal,
+    reason: str | None,
+    carry: Sequence[Write] = (),
+) -> Decimal:
+    """Give back ``amount`` of a clawback (a won dispute, reinstated funds): it pays debt
+    first, like a grant, and the rest returns to that grant, never above its ``amount``.
+    One ``clawback_reversal`` ledger entry; returns the credits given back (``amount``
+    unless the grant had no room left, which a caller restoring at most what it clawed back
+    never meets)."""
+    if amount <= ZERO:
+        raise ValueError("a restore gives back a positive amount")
+    state = await _grant_state(session, account, grant_id)
+    paid = min(account.debt, amount)
+    back = min(amount - paid, state.amount - state.remaining)
+    await _change(
+        session,
+        account,
+        kind="clawback_reversal",
+        amount=paid + back,
+        debt_delta=-paid,
+        grant_id=grant_id,
+        reason=reason,
+        carry=[repo.give_to_grant(grant_id, back), *carry],
+    )
+    return paid + back
+
+
+async def _grant_state(
+    session: AsyncSession, account: LockedAccount, grant_id: uuid.UUID
+) -> repo.GrantState:
+    state = await repo.grant_state(session, account, grant_id)
+    if state is None:  # a caller's bug: the grant of a payment always belongs to its user
+        raise LookupError(f"grant {grant_id} is not one of this account's grants")
+    return state
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,15 @@ CHECKS: dict[str, str] = {
         LEFT JOIN (SELECT account_id, sum(remaining) AS s FROM grants GROUP BY account_id) g
                ON g.account_id = a.id
         WHERE coalesce(g.s, 0) - a.debt <> a.total""",
+    # Usage creates debt only once every grant is spent. A clawback is the exception: what it
+    # cannot take from its own grant becomes debt while other grants keep their credits.
     "debt_only_when_grants_are_spent": """
         SELECT a.project_id, a.id::text, format('debt=%s grants=%s', a.debt, g.s)
         FROM accounts a
         JOIN (SELECT account_id, sum(remaining) AS s FROM grants GROUP BY account_id) g
           ON g.account_id = a.id
-        WHERE a.debt > 0 AND g.s > 0""",
+        WHERE a.debt > 0 AND g.s > 0
+          AND a.id NOT IN (SELECT account_id FROM ledger_entries WHERE kind = 'clawback')""",
     "ledger_running_balances": """
         SELECT project_id, id::text, format('total_after=%s running=%s held_after=%s running=%s',
                total_after, rt, held_after, rh)
@@ -59,6 +62,37 @@ CHECKS: dict[str, str] = {
         LEFT JOIN (SELECT transaction_id, sum(amount) AS s FROM refunds GROUP BY transaction_id) r
                ON r.transaction_id = t.id
         WHERE t.refunded_total > t.credits_used OR t.refunded_total <> coalesce(r.s, 0)""",
+    # Payments: credited at most once (also a unique index: this catches corruption), the
+    # grant is exactly what was credited, and clawbacks are what the ledger says, within it.
+    "payment_credited_at_most_once": """
+        SELECT project_id, payment_id::text, format('grants=%s', count(*))
+        FROM grants WHERE payment_id IS NOT NULL
+        GROUP BY project_id, payment_id HAVING count(*) > 1""",
+    "payment_credits_granted_equal_its_grant": """
+        SELECT p.project_id, p.id::text,
+               format('credits_granted=%s grant=%s grant_amount=%s payment.grant_id=%s',
+                      p.credits_granted, g.id, coalesce(g.amount, 0), p.grant_id)
+        FROM payments p
+        LEFT JOIN LATERAL (SELECT id, amount FROM grants
+                           WHERE project_id = p.project_id AND payment_id = p.id
+                           ORDER BY id LIMIT 1) g ON true
+        WHERE p.credits_granted <> coalesce(g.amount, 0)
+           OR p.grant_id IS DISTINCT FROM g.id""",
+    "payment_clawbacks_within_credits_granted": """
+        SELECT project_id, id::text,
+               format('credits_granted=%s credits_clawed_back=%s',
+                      credits_granted, credits_clawed_back)
+        FROM payments
+        WHERE credits_clawed_back < 0 OR credits_clawed_back > credits_granted""",
+    "payment_clawbacks_equal_ledger": """
+        SELECT p.project_id, p.id::text,
+               format('credits_clawed_back=%s ledger=%s', p.credits_clawed_back, coalesce(l.s, 0))
+        FROM payments p
+        LEFT JOIN grants g ON g.project_id = p.project_id AND g.payment_id = p.id
+        LEFT JOIN (SELECT grant_id, -sum(amount) AS s FROM ledger_entries
+                   WHERE kind IN ('clawback', 'clawback_reversal') GROUP BY grant_id) l
+               ON l.grant_id = g.id
+        WHERE p.credits_clawed_back <> coalesce(l.s, 0)""",
     "pending_transactions_have_expiry": """
         SELECT project_id, id::text, 'pending without expires_at'
         FROM transactions WHERE status = 'pending' AND expires_at IS NULL""",

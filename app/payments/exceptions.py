@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from app.core.errors import AppError, Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from app.core.errors import AppError, InvalidRequest, NotFound
+from app.providers.exceptions import ProviderFailed, ProviderNotConfigured, ProviderUnavailable
+
+__all__ = ["ProviderFailed", "ProviderNotConfigured", "ProviderUnavailable"]  # re-exported
 
 
 class PaymentNotFound(NotFound):
@@ -30,22 +33,6 @@ class InvalidCredits(InvalidRequest):
     loc = ("body", "credits")
 
 
-class ProviderUnavailable(ServiceUnavailable):
-    """The provider timed out, failed or rate-limited us: nothing was stored, retry later."""
-
-    slug = "provider_unavailable"
-    title = "The payment provider is temporarily unavailable"
-    retry_after = 5
-
-
-class ProviderFailed(AppError):
-    """The provider refused the request (bad credentials, an invalid parameter)."""
-
-    slug = "provider_error"
-    title = "The payment provider refused the request"
-    status = 502
-
-
 class WebhookNotConfigured(AppError):
     # One answer for an unknown project and a project without this provider: a caller
     # learns nothing about which projects exist.
@@ -64,13 +51,3 @@ class MalformedWebhookBody(AppError):
     slug = "malformed_webhook"
     title = "The webhook verified but is not an event this provider sends"
     status = 400
-
-
-class ProviderNotConfiguredDoc(Conflict):
-    """Documentation only: raised as ``app.providers.exceptions.ProviderNotConfigured``.
-
-    TODO(integrator): document that class instead (it does not exist on this branch).
-    """
-
-    slug = "provider_not_configured"
-    title = "The project has not configured this payment provider"

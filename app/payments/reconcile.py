@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from app.core.clock import utcnow
+from app.core.secrets import SecretBox
 from app.core.settings import Settings
 from app.db.exceptions import DatabaseFault
 from app.db.session import Database
@@ -33,22 +34,14 @@ from app.integrations.base import (
 )
 from app.payments import repository as repo
 from app.payments import service
-
-if TYPE_CHECKING:
-    from app.core.secrets import SecretBox
+from app.providers import service as providers
+from app.providers.exceptions import ProviderNotConfigured
 
 log = structlog.get_logger("creditd.payments.reconcile")
 
 MAX_BACKOFF_SECONDS = 3600.0
 # The first retry never comes sooner than this, even when lookups start immediately.
 MIN_BACKOFF_SECONDS = 60.0
-
-
-def _box(settings: Settings) -> SecretBox:
-    # TODO(integrator): share the app's box if the providers helper keeps one per process.
-    from app.core.secrets import SecretBox  # noqa: PLC0415
-
-    return SecretBox.from_settings(settings)
 
 
 async def reconcile_once(
@@ -72,7 +65,8 @@ async def reconcile_once(
         )
     if not due:
         return 0
-    box = box or _box(settings)
+    # The worker passes its one box; without one (the CLI, tests) it is built from settings.
+    box = box or SecretBox.from_settings(settings)
     for row in due:
         try:
             await reconcile_payment(db, settings, row, box=box, now=at)
@@ -87,9 +81,6 @@ async def reconcile_payment(
     db: Database, settings: Settings, row: Any, *, box: SecretBox, now: datetime
 ) -> list[str]:
     """Look one claimed payment up and apply the answer; returns the facts' outcomes."""
-    from app.providers import service as providers  # noqa: PLC0415 - TODO(integrator)
-    from app.providers.exceptions import ProviderNotConfigured  # noqa: PLC0415
-
     project_id: uuid.UUID = row["project_id"]
     payment_id: uuid.UUID = row["id"]
     provider = row["provider"]

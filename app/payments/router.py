@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,6 +13,7 @@ from app.core.clock import utcnow
 from app.core.cursors import parse_id, uuid_cursor
 from app.core.errors import NotFound, problem_responses
 from app.core.pagination import Page, PageParams, make_page, uuid_page_params
+from app.core.secrets import secret_box
 from app.core.settings import Settings
 from app.db.session import Session
 from app.integrations.base import ProviderName
@@ -25,7 +26,7 @@ from app.payments.exceptions import (
     MalformedWebhookBody,
     PaymentNotFound,
     ProviderFailed,
-    ProviderNotConfiguredDoc,
+    ProviderNotConfigured,
     ProviderUnavailable,
     UnknownCurrency,
     WebhookNotConfigured,
@@ -36,17 +37,6 @@ from app.users.exceptions import UserNotFound
 
 router = APIRouter(prefix="/v1", tags=["payments"], route_class=TransactionalRoute)
 webhooks = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=WebhookRoute)
-
-
-def secrets_box(request: Request) -> Any:
-    """The app's secrets box (``app.core.secrets.secret_box``), fetched only once a request
-    passed validation: a refused request never builds one.
-
-    TODO(integrator): imported lazily only because app.core.secrets is not on this branch.
-    """
-    from app.core.secrets import secret_box  # noqa: PLC0415
-
-    return secret_box(request)
 
 
 @router.post(
@@ -68,7 +58,7 @@ def secrets_box(request: Request) -> Any:
         CreditsRequired,
         InvalidCredits,
         UserNotFound,
-        ProviderNotConfiguredDoc,
+        ProviderNotConfigured,
         ProviderFailed,
         ProviderUnavailable,
     ),
@@ -79,7 +69,7 @@ async def create_payment(
     settings: Settings = request.app.state.settings
     quote = service.price(body, principal.settings.credits_per_unit)
     payment = await service.create_payment(
-        session, principal, body, quote, settings=settings.payments, box=secrets_box(request)
+        session, principal, body, quote, settings=settings.payments, box=secret_box(request)
     )
     return service.to_out(payment)
 
@@ -135,7 +125,7 @@ async def _receive(
     request: Request, session: AsyncSession, provider: ProviderName, project_id: str
 ) -> WebhookReceived:
     pid = parse_id(project_id, NotFound)
-    box = secrets_box(request)
+    box = secret_box(request)
     return await service.receive_webhook(
         session,
         project_id=pid,

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import structlog
 from prometheus_client import Counter
@@ -33,6 +33,7 @@ from app.auth.service import Principal
 from app.core.clock import utcnow
 from app.core.ids import uuid7
 from app.core.money import LIMIT, fmt, quantize
+from app.core.secrets import SecretBox
 from app.core.settings import PaymentsSettings
 from app.credits import service as credits
 from app.credits.repository import LockedAccount
@@ -73,11 +74,9 @@ from app.payments.exceptions import (
     WebhookNotConfigured,
 )
 from app.payments.schemas import PaymentCreate, PaymentFilters, PaymentOut, WebhookReceived
+from app.providers import service as providers
 from app.users import service as users
 from app.users.exceptions import UserNotFound
-
-if TYPE_CHECKING:
-    from app.core.secrets import SecretBox
 
 log = structlog.get_logger("creditd.payments")
 
@@ -198,7 +197,6 @@ async def create_payment(
         # Only a brand-new user gets locked here (its account is created under the lock);
         # an existing user's account is never held across the provider call.
         await users.lock_account(session, principal, body.user_id, auto_create=True)
-    from app.providers import service as providers  # noqa: PLC0415 - TODO(integrator)
 
     creds = await providers.credentials(
         session, project_id, body.provider, settings=settings, box=box
@@ -723,7 +721,7 @@ async def apply_facts(
     subscription_id: uuid.UUID | None = None
     for fact in facts:
         if isinstance(fact, _SUBSCRIPTION_FACTS):
-            from app.plans import service as plans  # noqa: PLC0415 - TODO(integrator)
+            from app.plans import service as plans  # noqa: PLC0415 - plans imports payments
 
             outcomes.append(
                 await plans.apply_subscription_fact(session, project_id, provider, fact)
@@ -755,7 +753,6 @@ async def receive_webhook(
     of a stored event changes nothing. A refused webhook raises, and the rollback keeps
     nothing of it (only a counter).
     """
-    from app.providers import service as providers  # noqa: PLC0415 - TODO(integrator)
 
     # An unknown project has no secrets either: the same answer, so ids cannot be probed.
     secrets = await providers.webhook_secrets(session, project_id, provider, now=now, box=box)

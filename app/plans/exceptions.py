@@ -1,4 +1,20 @@
-from app.core.errors import AppError, Conflict, NotFound, ServiceUnavailable
+from app.core.errors import Conflict, NotFound
+from app.providers.exceptions import ProviderFailed, ProviderNotConfigured, ProviderUnavailable
+
+# The provider errors live in the providers domain (payments raise them too); they are
+# re-exported here for the plans routes.
+__all__ = [
+    "PlanExists",
+    "PlanInUse",
+    "PlanInactive",
+    "PlanNotAvailable",
+    "PlanNotFound",
+    "ProviderFailed",
+    "ProviderNotConfigured",
+    "ProviderUnavailable",
+    "SubscriptionExists",
+    "SubscriptionNotFound",
+]
 
 
 class PlanNotFound(NotFound):
@@ -31,34 +47,9 @@ class SubscriptionExists(Conflict):
     title = "The user already has a subscription that has not ended"
 
 
-class ProviderNotConfigured(Conflict):
-    """Same slug as ``app.providers.exceptions.ProviderNotConfigured`` (what the router
-    really raises): kept here so the plans routes document it."""
-
-    slug = "provider_not_configured"
-    title = "This payment provider is not configured for the project"
-
-
 class PlanNotAvailable(Conflict):
     """The plan has no price at the asked provider (``stripe_price_id`` /
     ``razorpay_plan_id`` unset), so there is nothing to check out."""
 
     slug = "plan_not_available"
     title = "The plan is not offered through this payment provider"
-
-
-class ProviderUnavailable(ServiceUnavailable):
-    """The provider could not be reached or answered 5xx/429: nothing was created; a retry
-    (same ``Idempotency-Key``) is safe."""
-
-    slug = "provider_unavailable"
-    title = "The payment provider is unavailable; retry later"
-    retry_after = 5
-
-
-class ProviderFailed(AppError):
-    """The provider refused the call (bad credentials, an unknown price or plan id)."""
-
-    slug = "provider_error"
-    title = "The payment provider refused the request"
-    status = 502

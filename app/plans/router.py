@@ -11,6 +11,7 @@ from app.auth.dependencies import ReadKey, WriteKey
 from app.core.cursors import parse_id, uuid_cursor
 from app.core.errors import problem_responses
 from app.core.pagination import Page, PageParams, make_page, page_params, uuid_page_params
+from app.core.secrets import secret_box
 from app.core.settings import Settings
 from app.credits.exceptions import AccountBusy
 from app.db.exceptions import (
@@ -23,6 +24,7 @@ from app.db.exceptions import (
     StatementTimeout,
 )
 from app.db.session import Session
+from app.integrations import registry
 from app.integrations.base import Credentials, PaymentProvider, ProviderName
 from app.plans import service
 from app.plans.exceptions import (
@@ -46,6 +48,7 @@ from app.plans.schemas import (
     SubscriptionCreated,
     SubscriptionOut,
 )
+from app.providers import service as providers
 from app.routing import TransactionalRoute
 from app.tiers.exceptions import TierNotFound
 from app.users import service as users
@@ -218,13 +221,11 @@ async def _provider(
 ) -> tuple[PaymentProvider, Credentials]:
     """The provider's adapter and the project's credentials for it (409
     ``provider_not_configured`` when the project has none)."""
-    # Loaded on first use: the adapters bring in the provider SDKs.
-    from app.integrations import registry  # noqa: PLC0415
-    from app.providers import service as providers  # noqa: PLC0415
-
     name = cast(ProviderName, provider)
     settings: Settings = request.app.state.settings
-    creds = await providers.credentials(session, project_id, name, settings=settings.payments)
+    creds = await providers.credentials(
+        session, project_id, name, settings=settings.payments, box=secret_box(request)
+    )
     return registry.get(name), creds
 
 

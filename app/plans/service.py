@@ -37,7 +37,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from babel.numbers import get_currency_precision
@@ -50,7 +50,7 @@ from app.core.ids import uuid7
 from app.core.money import ZERO
 from app.credits import service as credits
 from app.credits.repository import LockedAccount
-from app.db.models import Payment, Plan, Subscription, User
+from app.db.models import Plan, Subscription, User
 from app.db.scoping import scoped_columns, scoped_delete, scoped_select, scoped_update
 from app.db.session import driver
 from app.events import service as events
@@ -66,6 +66,7 @@ from app.integrations.base import (
     SubscriptionPeriodPaid,
     SubscriptionStatusChanged,
 )
+from app.payments import service as payments
 from app.plans.exceptions import (
     PlanExists,
     PlanInactive,
@@ -516,29 +517,35 @@ async def _grant_period(
     paid_by: _PaidBy | None = None,
 ) -> Decimal | None:
     """Grant the plan's credits for one period, once: the allocation row is inserted first and
-    a period that already has one grants nothing (returns None)."""
+    a period that already has one grants nothing (returns None). ``payment_id``: the provider
+    payment that paid the period (its grant, for `creditd verify` and clawbacks)."""
     key = (account.project_id, account.user_id, SOURCE, str(sub.id), period_start)
     if await driver(session).fetchval(_INSERT_ALLOCATION, *key) is None:
         return None
     amount = plan.credits_per_period
     if amount > ZERO:
-        if paid_by is None:
-            grant, _ = await credits.grant(
-                session, account, amount=amount, source=SOURCE, reason=f"plan {plan.id}"
-            )
-        else:
-            grant, _ = await credits.grant(
+        # Sold credits: what was paid for the period is their cost basis (deferred revenue);
+        # a manual subscription's period is valued at the plan's price.
+        grant, _ = await credits.grant(
+            session,
+            account,
+            amount=amount,
+            source=SOURCE,
+            reason=f"plan {plan.id}",
+            category=credits.PAID,
+            payment_id=paid_by.payment_id if paid_by else None,
+            cost_amount=paid_by.amount if paid_by else plan.price_amount,
+            cost_currency=paid_by.currency if paid_by else plan.price_currency,
+        )
+        if paid_by is not None:
+            # Refunds and disputes of this payment claw back from this grant.
+            await payments.link_grant(
                 session,
-                account,
-                amount=amount,
-                source=SOURCE,
-                reason=f"plan {plan.id}",
-                category="paid",
+                project_id=account.project_id,
                 payment_id=paid_by.payment_id,
-                cost_amount=paid_by.amount,
-                cost_currency=paid_by.currency,
+                grant_id=grant.id,
+                credits_granted=amount,
             )
-            await _link_payment_grant(session, account.project_id, paid_by, grant.id, amount)
         await driver(session).execute(_SET_ALLOCATION_GRANT, *key, grant.id)
         data: dict[str, Any] = {
             "grant_id": grant.id, "amount": amount, "source": SOURCE, "subscription_id": sub.id,
@@ -554,21 +561,6 @@ async def _grant_period(
             data=data,
         )
     return amount
-
-
-async def _link_payment_grant(
-    session: AsyncSession,
-    project_id: uuid.UUID,
-    paid_by: _PaidBy,
-    grant_id: uuid.UUID,
-    amount: Decimal,
-) -> None:
-    # Refunds and disputes of this payment claw back from this grant, up to this amount.
-    await session.execute(
-        scoped_update(Payment, project_id)
-        .where(Payment.id == paid_by.payment_id)
-        .values(grant_id=grant_id, credits_granted=amount, updated_at=func.now())
-    )
 
 
 async def _end(
@@ -762,12 +754,10 @@ async def _period_paid(
         return IGNORED
     paid_by = None
     if fact.amount_minor > 0:
-        from app.payments import service as payments  # noqa: PLC0415 - payments imports plans
-
         payment = await payments.record_subscription_payment(
             session,
             project_id=project_id,
-            provider=sub.provider,
+            provider=cast(ProviderName, sub.provider),
             subscription_id=sub.id,
             user_id=sub.user_id,
             charge_id=fact.charge_id,

@@ -18,6 +18,7 @@ import structlog
 from app.analytics import repository as usage
 from app.analytics import rollup
 from app.core.clock import utcnow
+from app.core.secrets import SecretBox
 from app.core.settings import Settings
 from app.credits import service as credits
 from app.db.exceptions import DatabaseFault
@@ -159,6 +160,7 @@ async def _every(
 async def run_workers(db: Database, settings: Settings) -> None:
     """Run every background job until cancelled."""
     cfg = settings.workers
+    box = SecretBox.from_settings(settings)  # provider credentials, for reconciliation
 
     def every(
         name: str, seconds: float, job: Callable[[], Awaitable[int]]
@@ -182,7 +184,8 @@ async def run_workers(db: Database, settings: Settings) -> None:
         every("idempotency_purge", cfg.idempotency_cleanup_interval_seconds,
               lambda: purge_idempotency_once(db, batch_size=cfg.batch_size)),
         every("payment_reconciliation", settings.payments.reconcile_interval_seconds,
-              lambda: reconcile.reconcile_once(db, settings, batch_size=cfg.batch_size)),
+              lambda: reconcile.reconcile_once(
+                  db, settings, batch_size=cfg.batch_size, box=box)),
     ]  # fmt: skip
     tasks = [asyncio.create_task(j) for j in jobs]
     try:

@@ -15,6 +15,7 @@ from app.core.settings import Settings, problems
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "Pa55/w0rd-Zq8x"  # an unencoded '/' makes the URL's port unparseable
 TOKEN = "tok-9vQ"  # too short for production
+SECRETS_KEY = "k5cYp0sQq3tq0Jm1v3vJ8m6kQ3n8a0m9rX2mZyq7b8Y="  # a valid Fernet key
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -67,6 +68,7 @@ def test_every_bad_production_setting_is_one_line_naming_it(
         "CREDITD_ADMIN_TOKEN",
         "DATABASE_URL",
         "CREDITD_DATABASE__POOL_SIZE",
+        "CREDITD_PAYMENTS__SECRETS_KEY",
     ]
     assert "16+ characters" in lines[0]
     assert "percent-encoded" in lines[1]
@@ -94,7 +96,12 @@ def test_an_unusable_database_url_is_named_without_its_password(
 
 
 def test_production_without_a_database_url_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    lines = _load(monkeypatch, CREDITD_ENV="production", CREDITD_ADMIN_TOKEN="a" * 32)
+    lines = _load(
+        monkeypatch,
+        CREDITD_ENV="production",
+        CREDITD_ADMIN_TOKEN="a" * 32,
+        CREDITD_PAYMENTS__SECRETS_KEY=SECRETS_KEY,
+    )
     assert lines == [
         "DATABASE_URL: is required in production (the embedded PostgreSQL is for development only)"
     ]
@@ -107,6 +114,7 @@ def test_bad_settings_exit_2_with_one_line_each_and_no_secret(tmp_path: Path) ->
         DATABASE_URL=f"postgresql://creditd:{PASSWORD}@db/creditd",
         CREDITD_LOG__LEVEL="INFO",
         CREDITD_WORKERS__ROLLUP_GRACE_SECONDS="5",
+        CREDITD_PAYMENTS__SECRETS_KEY=SECRETS_KEY,
         CREDITD_DATA_DIR=str(tmp_path / "data"),
     )
     done = _creditd("serve", env=env)
@@ -131,6 +139,7 @@ def test_production_without_database_url_never_starts_the_embedded_database(
     env = _clean_env(
         CREDITD_ENV="production",
         CREDITD_ADMIN_TOKEN="a-real-secret-of-32-characters!!",
+        CREDITD_PAYMENTS__SECRETS_KEY=SECRETS_KEY,
         CREDITD_DATA_DIR=str(tmp_path / "data"),
     )
     for command in ("serve", "migrate", "worker"):

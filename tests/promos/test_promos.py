@@ -364,7 +364,10 @@ async def test_claim_grants_the_credits_and_returns_the_balance(project: Project
     assert result["balance"] == Decimal("15.25")
     grant = result["grant"]
     assert set(grant) == {"id", "amount", "remaining", "source", "reason", "expires_at",
-                          "created_at"}  # fmt: skip
+                          "created_at", "category", "payment_id", "cost_basis",
+                          "cost_currency"}  # fmt: skip
+    assert grant["category"] == "promotional"
+    assert grant["payment_id"] is grant["cost_basis"] is grant["cost_currency"] is None
     assert grant["amount"] == grant["remaining"] == Decimal("10.25")
     assert grant["source"] == "promo"
     assert grant["reason"] == "promo save10"

@@ -36,19 +36,9 @@ from app.core.logging import configure_logging
 from app.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.core.openapi import build_openapi
 from app.core.settings import Settings, get_settings
-from app.credits.exceptions import AccountBusy
 from app.credits.gate import AccountGate
 from app.credits.router import router as credits_router
 from app.db.engine import create_engine
-from app.db.exceptions import (
-    CommitOutcomeUnknown,
-    DatabaseUnavailable,
-    DeadlockDetected,
-    LockTimeout,
-    PoolTimeout,
-    SerializationFailure,
-    StatementTimeout,
-)
 from app.db.session import Database
 from app.docs.router import install_docs
 from app.events.router import router as events_router
@@ -61,6 +51,7 @@ from app.pricing.router import router as models_router
 from app.projects.router import router as project_router
 from app.promos.router import router as promos_router
 from app.providers.router import router as providers_router
+from app.routing import TRANSIENT_ERRORS
 from app.spend_caps.router import router as spend_caps_router
 from app.tiers.router import router as tiers_router
 from app.transactions.router import router as transactions_router
@@ -208,16 +199,7 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    transient = (
-        DatabaseUnavailable,
-        LockTimeout,
-        StatementTimeout,
-        SerializationFailure,
-        DeadlockDetected,
-        PoolTimeout,
-        CommitOutcomeUnknown,
-        AccountBusy,
-    )
+    transient = TRANSIENT_ERRORS
     api_errors = problem_responses(
         InvalidApiKey,
         InsufficientScope,

@@ -47,7 +47,17 @@ from app.core.openapi import (
 )
 from app.core.settings import Settings
 from app.credits import gate
-from app.db.exceptions import CommitOutcomeUnknown, DatabaseFault, DatabaseUnavailable
+from app.credits.exceptions import AccountBusy
+from app.db.exceptions import (
+    CommitOutcomeUnknown,
+    DatabaseFault,
+    DatabaseUnavailable,
+    DeadlockDetected,
+    LockTimeout,
+    PoolTimeout,
+    SerializationFailure,
+    StatementTimeout,
+)
 from app.db.models.idempotency_key import OPERATOR_SCOPE
 from app.db.session import Database, driver
 from app.idempotency import repository as idem_repo
@@ -93,6 +103,20 @@ _IDEMPOTENCY_ERRORS = problem_responses(
 # A path parameter that is empty or holds a '/' ("/v1/users/", "/v1/users/a%2Fb/credits")
 # leaves the path to no route at all: the router's own 404 `not_found`.
 _NO_ROUTE = problem_responses(NotFound)
+# Every transient cause of a 503 (``app.main`` documents them on each router). A route that
+# declares a 503 of its own (a provider being unavailable) would replace that entry, as
+# FastAPI does not merge responses of one status: the route's list gets them merged in here.
+TRANSIENT_ERRORS = (
+    DatabaseUnavailable,
+    LockTimeout,
+    StatementTimeout,
+    SerializationFailure,
+    DeadlockDetected,
+    PoolTimeout,
+    CommitOutcomeUnknown,
+    AccountBusy,
+)
+_TRANSIENT = problem_responses(*TRANSIENT_ERRORS)
 
 
 class TransactionalRoute(APIRoute):
@@ -110,6 +134,8 @@ class TransactionalRoute(APIRoute):
             )
         if "{" in path:
             kwargs["responses"] = merge_responses(kwargs.get("responses") or {}, _NO_ROUTE)
+        if 503 in (kwargs.get("responses") or {}):
+            kwargs["responses"] = merge_responses(kwargs["responses"], _TRANSIENT)
         super().__init__(path, _render_models(endpoint, status_code), **kwargs)
         # The scopes the endpoint demands: a replayed response must pass the same check.
         scopes = [getattr(dep.call, "required_scopes", None) for dep in self.dependant.dependencies]

@@ -13,16 +13,6 @@ from app.core.errors import problem_responses
 from app.core.pagination import Page, PageParams, make_page, page_params, uuid_page_params
 from app.core.secrets import secret_box
 from app.core.settings import Settings
-from app.credits.exceptions import AccountBusy
-from app.db.exceptions import (
-    CommitOutcomeUnknown,
-    DatabaseUnavailable,
-    DeadlockDetected,
-    LockTimeout,
-    PoolTimeout,
-    SerializationFailure,
-    StatementTimeout,
-)
 from app.db.session import Session
 from app.integrations import registry
 from app.integrations.base import Credentials, PaymentProvider, ProviderName
@@ -54,20 +44,8 @@ from app.tiers.exceptions import TierNotFound
 from app.users import service as users
 from app.users.exceptions import UserNotFound
 
-# A route's own 503 replaces the one every route inherits from create_app (FastAPI does not
-# merge responses of one status): it repeats the transient causes besides the provider's.
-_PROVIDER_ERRORS = problem_responses(
-    ProviderFailed,
-    ProviderUnavailable,
-    AccountBusy,
-    CommitOutcomeUnknown,
-    DatabaseUnavailable,
-    DeadlockDetected,
-    LockTimeout,
-    PoolTimeout,
-    SerializationFailure,
-    StatementTimeout,
-)
+# TransactionalRoute merges the transient database causes into this 503.
+_PROVIDER_ERRORS = problem_responses(ProviderFailed, ProviderUnavailable)
 
 router = APIRouter(prefix="/v1", tags=["plans"], route_class=TransactionalRoute)
 

@@ -515,6 +515,7 @@ async def _grant_period(
     *,
     period_start: datetime,
     paid_by: _PaidBy | None = None,
+    category: str = credits.PAID,
 ) -> Decimal | None:
     """Grant the plan's credits for one period, once: the allocation row is inserted first and
     a period that already has one grants nothing (returns None). ``payment_id``: the provider
@@ -526,16 +527,17 @@ async def _grant_period(
     if amount > ZERO:
         # Sold credits: what was paid for the period is their cost basis (deferred revenue);
         # a manual subscription's period is valued at the plan's price.
+        paid = category == credits.PAID
         grant, _ = await credits.grant(
             session,
             account,
             amount=amount,
             source=SOURCE,
             reason=f"plan {plan.id}",
-            category=credits.PAID,
+            category=category,
             payment_id=paid_by.payment_id if paid_by else None,
-            cost_amount=paid_by.amount if paid_by else plan.price_amount,
-            cost_currency=paid_by.currency if paid_by else plan.price_currency,
+            cost_amount=(paid_by.amount if paid_by else plan.price_amount) if paid else None,
+            cost_currency=(paid_by.currency if paid_by else plan.price_currency) if paid else None,
         )
         if paid_by is not None:
             # Refunds and disputes of this payment claw back from this grant.
@@ -772,7 +774,13 @@ async def _period_paid(
         paid_by = _PaidBy(payment.id, _major(fact.amount_minor, fact.currency), fact.currency)
     # A zero charge (trial, full discount) grants the period as promotional credits.
     granted = await _grant_period(
-        session, account, sub, plan, period_start=fact.period_start, paid_by=paid_by
+        session,
+        account,
+        sub,
+        plan,
+        period_start=fact.period_start,
+        paid_by=paid_by,
+        category=credits.PAID if paid_by else credits.PROMOTIONAL,
     )
     if granted is None:
         # Another charge already paid for this period start: the money is recorded on its

@@ -130,8 +130,8 @@ def test_every_post_takes_an_idempotency_key(spec: dict[str, Any]) -> None:
     assert len(posts) > 15
     for path, op in posts:
         if path in PROVIDER_WEBHOOKS:
-            params = {p["name"] for p in op.get("parameters", []) if p["in"] == "header"}
-            assert "Idempotency-Key" not in params, path
+            headers = {p["name"] for p in op.get("parameters", []) if p["in"] == "header"}
+            assert "Idempotency-Key" not in headers, path
             continue
         params = {p["name"]: p for p in op.get("parameters", []) if p["in"] == "header"}
         assert params["Idempotency-Key"]["schema"]["maxLength"] == 255, path

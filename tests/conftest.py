@@ -17,12 +17,16 @@ from fastapi import FastAPI
 
 from app.cli import run_migrations
 from app.core.http import render_json
-from app.core.settings import ApiSettings, DatabaseSettings, Settings
+from app.core.settings import ApiSettings, DatabaseSettings, PaymentsSettings, Settings
 from app.credits.verify import verify
 from app.db.session import Database
 from app.main import create_app
-from tests.fakes.razorpay_server import fake_razorpay, fake_razorpay_server  # noqa: F401 - fixtures
-from tests.fakes.stripe_server import fake_stripe, fake_stripe_server  # noqa: F401 - fixtures
+from tests.fakes.razorpay_server import (  # noqa: F401 - fixtures
+    FakeRazorpayServer,
+    fake_razorpay,
+    fake_razorpay_server,
+)
+from tests.fakes.stripe_server import FakeStripe, fake_stripe, fake_stripe_server  # noqa: F401
 from tests.fixtures.database import fresh_database
 from tests.fixtures.redis import redis_prefix, redis_url  # noqa: F401 - fixtures
 from tests.fixtures.serving import serve
@@ -38,7 +42,12 @@ def database_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def settings(
+    database_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    fake_stripe_server: FakeStripe,  # noqa: F811 - the imported fixture
+    fake_razorpay_server: FakeRazorpayServer,  # noqa: F811
+) -> Settings:
     return Settings(
         env="test",
         # Not the working directory's .creditd: the development secrets key is generated here.
@@ -51,6 +60,12 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
             rate_limit_burst=100_000,
             project_rate_limit="100000/second",
             auth_failure_rate_limit="100000/second",
+        ),
+        # The official SDKs talk to the fake providers on 127.0.0.1 (tests/fakes/).
+        payments=PaymentsSettings(
+            stripe_api_base=fake_stripe_server.url,
+            razorpay_api_base=fake_razorpay_server.url,
+            provider_timeout_seconds=5,
         ),
     )
 

@@ -29,6 +29,8 @@ from app.core.settings import ApiSettings, Settings
 from app.db.session import Database
 from app.main import create_app
 from tests.conftest import ADMIN_TOKEN, Project, assert_ledger_consistent, create_project
+from tests.fakes.razorpay_server import FakeRazorpay
+from tests.fakes.stripe_server import FakeStripe
 from tests.helpers import body
 from tests.platform.conformance import (
     OPERATIONS,
@@ -69,12 +71,12 @@ class Walk:
         key: str | _ProjectKey | None = PROJECT_KEY,
         headers: dict[str, str] | None = None,
         params: dict[str, Any] | None = None,
+        content: bytes | None = None,
     ) -> Any:
         sent = dict(headers or {})
         token = self.key if isinstance(key, _ProjectKey) else key
         if token is not None:
             sent["Authorization"] = f"Bearer {token}"
-        content = None
         if payload is not None:
             content = render_json(payload)  # exact decimals, as clients with a decimal type send
             sent.setdefault("Content-Type", "application/json")
@@ -439,6 +441,73 @@ async def _walk_promos_and_caps(w: Walk, keys: Keys) -> None:
     await w("DELETE", "/v1/users/nobody/spend-caps/day", 404)
 
 
+async def _walk_payments(
+    w: Walk, keys: Keys, project: Project, stripe: FakeStripe, razorpay: FakeRazorpay
+) -> None:
+    """Provider accounts, top-ups and both webhook receivers, through the official SDKs and
+    the fake providers (tests/fakes/)."""
+    top_up = {
+        "user_id": "payer",
+        "provider": "stripe",
+        "amount": "10.00",
+        "currency": "USD",
+        "credits": 1000,
+        "success_url": "https://example.com/ok",
+        "cancel_url": "https://example.com/cancel",
+    }
+    await w("POST", "/v1/payments", 409, top_up)  # provider_not_configured
+    stripe_account = {"secret_key": stripe.secret_key, "webhook_secret": stripe.webhook_secret}
+    await w("PUT", "/v1/providers/stripe", 200, stripe_account)
+    await w("PUT", "/v1/providers/stripe", 422, {**stripe_account, "secret_key": "nope"})
+    await w("PUT", "/v1/providers/stripe", 403, stripe_account, key=keys.read)
+    await w(
+        "PUT",
+        "/v1/providers/razorpay",
+        200,
+        {
+            "key_id": razorpay.key_id,
+            "key_secret": razorpay.key_secret,
+            "webhook_secret": razorpay.webhook_secret,
+        },
+    )
+    await w("PUT", "/v1/providers/razorpay", 422, {"key_id": "rzp_test_x"})
+    await w("GET", "/v1/providers", 200)
+    await w("GET", "/v1/providers", 403, key=keys.usage)
+
+    payment = await w("POST", "/v1/payments", 201, top_up)
+    await w("POST", "/v1/payments", 422, {**top_up, "amount": "10.001"})
+    await w("POST", "/v1/payments", 422, {**top_up, "currency": "ZZZ"})
+    await w("POST", "/v1/payments", 403, top_up, key=keys.read)
+    await w("GET", "/v1/payments", 200, params={"user_id": "payer", "limit": 1})
+    await w("GET", "/v1/payments", 422, params={"status": "paid"})
+    await w("GET", f"/v1/payments/{payment['id']}", 200, key=keys.read)
+    await w("GET", f"/v1/payments/{uuid.uuid4()}", 404)
+
+    stripe_hook = f"/v1/webhooks/stripe/{project.id}"
+    (event,) = stripe.pay(payment["provider_reference"])
+    raw, signed = stripe.sign(event)
+    await w("POST", stripe_hook, 200, key=None, headers=signed, content=raw)
+    forged = {**signed, "stripe-signature": signed["stripe-signature"][:-4] + "0000"}
+    await w("POST", stripe_hook, 400, key=None, headers=forged, content=raw)
+
+    razorpay_payment = await w(
+        "POST", "/v1/payments", 201, {**top_up, "provider": "razorpay", "currency": "INR"}
+    )
+    razorpay_hook = f"/v1/webhooks/razorpay/{project.id}"
+    for delivery in razorpay.pay(razorpay_payment["provider_reference"]):
+        await w(
+            "POST", razorpay_hook, 200, key=None, headers=delivery.headers, content=delivery.body
+        )
+    await w("POST", razorpay_hook, 400, key=None, headers={}, content=b"{}")
+    paid = await w("GET", "/v1/users/payer", 200)
+    assert paid["balance"]["total"] == 2000, paid
+
+    await w("GET", "/v1/analytics/liability", 200, key=keys.read)
+    await w("GET", "/v1/analytics/liability", 403, key=keys.usage)
+    await w("DELETE", "/v1/providers/razorpay", 204)
+    await w("DELETE", "/v1/providers/razorpay", 404)
+
+
 async def _walk_reads(w: Walk, keys: Keys) -> None:
     for group_by in ("user", "model", "feature", "day"):
         await w("GET", "/v1/analytics/spend", 200, params={"group_by": group_by, "limit": 5})
@@ -463,7 +532,7 @@ async def _walk_reads(w: Walk, keys: Keys) -> None:
 
 
 async def test_every_response_of_a_walk_of_the_api_matches_the_spec(
-    project: Project, db: Database
+    project: Project, db: Database, fake_stripe: FakeStripe, fake_razorpay: FakeRazorpay
 ) -> None:
     w = Walk(project.client, project.key)
     await _walk_operator(w)
@@ -473,6 +542,7 @@ async def test_every_response_of_a_walk_of_the_api_matches_the_spec(
     await _walk_transactions(w, keys)
     await _walk_tiers_and_plans(w, keys)
     await _walk_promos_and_caps(w, keys)
+    await _walk_payments(w, keys, project, fake_stripe, fake_razorpay)
     await _walk_reads(w, keys)
 
     seen = w.recorder.seen

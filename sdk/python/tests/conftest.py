@@ -16,6 +16,12 @@ from creditd_sdk import AsyncCreditd, Creditd
 from sdk_testkit import FaultProxy, ServerProcess, create_project, free_port, running_proxy
 
 from app.cli import run_migrations
+from tests.fakes.razorpay_server import (  # noqa: F401 - fixtures
+    FakeRazorpayServer,
+    fake_razorpay,
+    fake_razorpay_server,
+)
+from tests.fakes.stripe_server import FakeStripe, fake_stripe, fake_stripe_server  # noqa: F401
 from tests.fixtures.database import fresh_database
 
 
@@ -28,9 +34,18 @@ def sdk_database_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def server(
-    sdk_database_url: str, tmp_path_factory: pytest.TempPathFactory
+    sdk_database_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    fake_stripe_server: FakeStripe,  # noqa: F811 - the imported fixture
+    fake_razorpay_server: FakeRazorpayServer,  # noqa: F811
 ) -> Iterator[ServerProcess]:
-    proc = ServerProcess(sdk_database_url, free_port(), tmp_path_factory.mktemp("creditd"))
+    # The official provider SDKs in the server talk to the fakes, never to the real APIs.
+    env = {
+        "CREDITD_PAYMENTS__STRIPE_API_BASE": fake_stripe_server.url,
+        "CREDITD_PAYMENTS__RAZORPAY_API_BASE": fake_razorpay_server.url,
+        "CREDITD_PAYMENTS__PROVIDER_TIMEOUT_SECONDS": "5",
+    }
+    proc = ServerProcess(sdk_database_url, free_port(), tmp_path_factory.mktemp("creditd"), env=env)
     proc.start()
     yield proc
     proc.stop()

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,8 +35,16 @@ def free_port() -> int:
 class ServerProcess:
     """``python -m app.cli serve`` on 127.0.0.1:``port`` against ``database_url``."""
 
-    def __init__(self, database_url: str, port: int, workdir: Path) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        port: int,
+        workdir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.database_url = database_url
+        self.extra_env = dict(env or {})
         self.port = port
         self.workdir = workdir
         self.log_path = workdir / "server.log"
@@ -60,6 +68,7 @@ class ServerProcess:
             "CREDITD_LOG__LEVEL": "WARNING",
             "CREDITD_API__RATE_LIMIT_PER_SECOND": "100000",
             "CREDITD_API__RATE_LIMIT_BURST": "100000",
+            **self.extra_env,
         }
         log = self.log_path.open("ab")
         try:

@@ -1,21 +1,34 @@
 """Every operation in openapi/openapi.json is reachable through the SDK, with typed results.
 
 The tour goes through the recording proxy, so the test sees which operations were really called
-(and answered 2xx), not just which methods exist.
+(and answered 2xx), not just which methods exist. The server's Stripe and Razorpay SDKs talk to
+the fakes of tests/fakes/ (see conftest.py).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import httpx
 from creditd_sdk import AsyncCreditd, Creditd
-from creditd_sdk.models import Event, Grant, Page, Tier, Transaction
-from sdk_testkit import ADMIN_TOKEN, ROOT, Exchange, FaultProxy
+from creditd_sdk.models import Event, Grant, Page, Payment, Tier, Transaction
+from sdk_testkit import ADMIN_TOKEN, ROOT, Exchange, FaultProxy, ServerProcess
+
+from tests.fakes.razorpay_server import FakeRazorpay
+from tests.fakes.stripe_server import FakeStripe
 
 SPEC = json.loads((ROOT / "openapi" / "openapi.json").read_text())
+
+# Operations that are not the client's to call, each with the reason. Only provider webhook
+# receivers belong here (a test holds the list to that).
+NOT_CLIENT_OPERATIONS = {
+    "webhooks_stripe": "called by Stripe, signed with the project's webhook secret",
+    "webhooks_razorpay": "called by Razorpay, signed with the project's webhook secret",
+}
 
 
 def _operations() -> list[tuple[str, str, re.Pattern[str]]]:
@@ -37,7 +50,9 @@ def _operation_of(exchange: Exchange, ops: list[tuple[str, str, re.Pattern[str]]
     return min(matches)[1]  # a literal segment beats a parameter (/transactions/start)
 
 
-def _tour(proxy: FaultProxy) -> None:
+def _tour(
+    proxy: FaultProxy, server: ServerProcess, stripe: FakeStripe, razorpay: FakeRazorpay
+) -> None:
     admin = Creditd(ADMIN_TOKEN, base_url=proxy.url, spool=None)
     created = admin.admin.create_project(name="tour")
     assert created.api_key.scopes == ["admin"]
@@ -51,8 +66,11 @@ def _tour(proxy: FaultProxy) -> None:
     assert "creditd" in c.service.metrics() or "python_info" in c.service.metrics()
 
     assert c.project.get().id == created.id
-    patched = c.project.update(settings={"default_hold_ttl_seconds": 300})
+    patched = c.project.update(
+        settings={"default_hold_ttl_seconds": 300, "credits_per_unit": {"INR": Decimal("1.5")}}
+    )
     assert patched.settings.default_hold_ttl_seconds == 300
+    assert patched.settings.credits_per_unit == {"INR": Decimal("1.5")}
 
     key = c.api_keys.create(name="reader", scopes=["read"])
     assert key.key
@@ -81,7 +99,9 @@ def _tour(proxy: FaultProxy) -> None:
     assert c.users.assign_tier("u1", tier_id="free").tier_id == "free"
     assert c.users.get("u1").balance.total == Decimal(5)
 
-    assert isinstance(c.credits.grant("u1", 10, reason="top-up"), Grant)
+    granted = c.credits.grant("u1", 10, reason="top-up", category="paid")
+    assert isinstance(granted, Grant)
+    assert (granted.category, granted.payment_id, granted.cost_basis) == ("paid", None, None)
     assert c.credits.debit("u1", 1).balance == Decimal(14)
     assert len(c.credits.list_grants("u1").data) == 2
     assert [e.kind for e in c.credits.list_ledger("u1").data] == ["grant", "grant", "debit"]
@@ -116,7 +136,9 @@ def _tour(proxy: FaultProxy) -> None:
     assert c.plans.get("pro").credits_per_period == Decimal(100)
     assert [p.id for p in c.plans.list().data] == ["pro"]
     assert c.plans.update("pro", name="Pro plan").name == "Pro plan"
-    sub = c.subscriptions.create("u1", plan_id="pro", provider="manual")
+    sub = c.subscriptions.create(
+        "u1", plan_id="pro", provider="manual", success_url="https://example.com/ok"
+    )
     assert sub.subscription.status == "active"
     assert sub.checkout_url is None
     assert [s.id for s in c.subscriptions.list("u1").data] == [sub.subscription.id]
@@ -149,18 +171,99 @@ def _tour(proxy: FaultProxy) -> None:
     assert spend.group_by == "model"
     assert c.analytics.summary().credits_consumed >= 0
 
+    _tour_payments(c, server, stripe, razorpay)
+
     c.users.create("u2")
     c.users.delete("u2")
     c.close()
 
 
-def test_every_openapi_operation_is_called_through_the_sdk(proxy: FaultProxy) -> None:
-    _tour(proxy)
+def _tour_payments(
+    c: Creditd, server: ServerProcess, stripe: FakeStripe, razorpay: FakeRazorpay
+) -> None:
+    """Provider accounts, a paid top-up and the liability it leaves."""
+    # The fake's own secret_key may contain "-" (token_urlsafe), which the server's key
+    # pattern refuses; a hex key on the same fake account never does.
+    secret_key = stripe.add_key("sk_test_" + secrets.token_hex(16))
+    account = c.providers.put_stripe(
+        secret_key=secret_key,
+        webhook_secret=stripe.webhook_secret,
+        webhook_secret_grace_seconds=60,
+    )
+    assert account.provider == "stripe"
+    assert account.secret_key != secret_key  # masked
+    rzp = c.providers.put_razorpay(
+        key_id=razorpay.key_id,
+        key_secret=razorpay.key_secret,
+        webhook_secret=razorpay.webhook_secret,
+    )
+    assert rzp.key_id == razorpay.key_id
+    assert sorted(a.provider for a in c.providers.list()) == ["razorpay", "stripe"]
+    c.providers.delete("razorpay")
+    assert [a.provider for a in c.providers.list()] == ["stripe"]
+
+    payment = c.payments.create(
+        user_id="u1",
+        provider="stripe",
+        amount="9.99",
+        currency="USD",
+        credits=500,
+        success_url="https://example.com/ok",
+        cancel_url="https://example.com/cancel",
+        metadata={"order": "42"},
+    )
+    assert isinstance(payment, Payment)
+    assert (payment.status, payment.amount, payment.amount_minor) == (
+        "created",
+        Decimal("9.99"),
+        999,
+    )
+    assert payment.checkout_url
+    assert payment.provider_reference is not None
+    assert payment.metadata == {"order": "42"}
+
+    # The webhook goes straight to the server: Stripe calls it, not the client (not proxied).
+    (event,) = stripe.pay(payment.provider_reference)
+    raw, headers = stripe.sign(event)
+    delivered = httpx.post(
+        f"{server.url}/v1/webhooks/stripe/{c.project.get().id}",
+        content=raw,
+        headers=headers,
+        timeout=30,
+    )
+    assert delivered.status_code == 200, delivered.text
+
+    paid = c.payments.get(payment.id)
+    assert (paid.status, paid.credits_granted) == ("succeeded", Decimal(500))
+    listed = c.payments.list(user_id="u1", provider="stripe", status="succeeded")
+    assert [p.id for p in listed.data] == [payment.id]
+    grant = next(g for g in c.credits.list_grants("u1").data if g.payment_id == payment.id)
+    assert (grant.category, grant.cost_currency) == ("paid", "USD")
+
+    liability = c.analytics.liability()
+    # The top-up, and the period of the tour's manual "pro" subscription (9.99 for 100).
+    assert [(p.currency, p.credits, p.value) for p in liability.paid] == [
+        ("USD", Decimal(600), Decimal("19.98"))
+    ]
+    assert liability.paid_unpriced_credits > 0  # the hand-made paid grant of the tour
+
+
+def test_only_provider_webhooks_are_excluded_from_the_sdk() -> None:
+    paths = {op["operationId"]: path for path, ms in SPEC["paths"].items() for op in ms.values()}
+    excluded = {op: paths.get(op, "(not in the spec)") for op in NOT_CLIENT_OPERATIONS}
+    assert all(path.startswith("/v1/webhooks/") for path in excluded.values()), excluded
+
+
+def test_every_openapi_operation_is_called_through_the_sdk(
+    proxy: FaultProxy, live: ServerProcess, fake_stripe: FakeStripe, fake_razorpay: FakeRazorpay
+) -> None:
+    _tour(proxy, live, fake_stripe, fake_razorpay)
     ops = _operations()
     called: dict[str, list[int | None]] = {}
     for exchange in proxy.exchanges:
         called.setdefault(_operation_of(exchange, ops), []).append(exchange.status)
-    assert set(called) == {op_id for op_id, _, _ in ops}
+    expected = {op_id for op_id, _, _ in ops} - set(NOT_CLIENT_OPERATIONS)
+    assert set(called) == expected
     failed = {
         op: statuses
         for op, statuses in called.items()
@@ -173,7 +276,7 @@ def test_both_clients_expose_the_same_methods() -> None:
     sync = Creditd("ck_x", base_url="http://127.0.0.1:9", spool=None)
     async_ = AsyncCreditd("ck_x", base_url="http://127.0.0.1:9", spool=None)
     resources = [n for n, v in vars(sync).items() if not n.startswith("_") and hasattr(v, "_c")]
-    assert len(resources) == 16
+    assert len(resources) == 18
     for name in resources:
         methods = {m for m in dir(getattr(sync, name)) if not m.startswith("_")}
         assert methods == {m for m in dir(getattr(async_, name)) if not m.startswith("_")}, name

@@ -532,6 +532,31 @@ export class Creditd<M extends AmountsMode = "string"> {
       this.request<T.SpendReport<AmountOf<M>>>({ method: "GET", path: "/v1/analytics/spend", query: params, options: o }),
     summary: (params: T.SummaryParams = {}, o?: RequestOptions) =>
       this.request<T.Summary<AmountOf<M>>>({ method: "GET", path: "/v1/analytics/summary", query: params, options: o }),
+    /** Credits outstanding now, paid ones valued per currency (deferred revenue). */
+    liability: (o?: RequestOptions) =>
+      this.request<T.Liability<AmountOf<M>>>({ method: "GET", path: "/v1/analytics/liability", options: o }),
+  };
+
+  /** The project's own Stripe and Razorpay accounts (admin scope); secrets come back masked. */
+  readonly providers = {
+    putStripe: (body: T.StripeAccountInput, o?: RequestOptions) =>
+      this.request<T.ProviderAccount>({ method: "PUT", path: "/v1/providers/stripe", body, options: o }),
+    putRazorpay: (body: T.RazorpayAccountInput, o?: RequestOptions) =>
+      this.request<T.ProviderAccount>({ method: "PUT", path: "/v1/providers/razorpay", body, options: o }),
+    list: (o?: RequestOptions) =>
+      this.request<{ data: T.ProviderAccount[] }>({ method: "GET", path: "/v1/providers", options: o }),
+    delete: (provider: T.CheckoutProvider, o?: RequestOptions) =>
+      this.request<void>({ method: "DELETE", path: `/v1/providers/${enc(provider)}`, options: o }),
+  };
+
+  /** Top-ups paid through the project's provider account; credits are granted once paid. */
+  readonly payments = {
+    create: (body: T.PaymentCreate, o?: RequestOptions) =>
+      this.request<T.Payment<AmountOf<M>>>({ method: "POST", path: "/v1/payments", body, options: o }),
+    list: (filters?: T.PaymentFilters, o?: RequestOptions) =>
+      this.request<T.Page<T.Payment<AmountOf<M>>>>({ method: "GET", path: "/v1/payments", query: filters, options: o }),
+    get: (paymentId: string, o?: RequestOptions) =>
+      this.request<T.Payment<AmountOf<M>>>({ method: "GET", path: `/v1/payments/${enc(paymentId)}`, options: o }),
   };
 
   /** `GET /healthz` (no I/O on the server). */

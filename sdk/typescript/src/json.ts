@@ -21,8 +21,12 @@ export const AMOUNT_KEYS: ReadonlySet<string> = new Set([
   "balance_after",
   "cached_input_price_per_1k",
   "cost_basis",
+  "debt",
+  "amount_refunded",
   "credits",
+  "credits_clawed_back",
   "credits_consumed",
+  "credits_granted",
   "credits_per_period",
   "credits_used",
   "held",
@@ -34,8 +38,10 @@ export const AMOUNT_KEYS: ReadonlySet<string> = new Set([
   "low_balance_thresholds",
   "output_price_per_1k",
   "overage_limit",
+  "paid_unpriced_credits",
   "previous_balance",
   "price_multiplier",
+  "promotional_credits",
   "refunded_total",
   "remaining",
   "request_price",
@@ -46,7 +52,12 @@ export const AMOUNT_KEYS: ReadonlySet<string> = new Set([
   "thresholds",
   "total",
   "total_after",
+  // Money (deferred revenue) in GET /v1/analytics/liability.
+  "value",
 ]);
+
+/** Members that map names of the caller's choosing (currency codes) to amounts. */
+export const AMOUNT_MAP_KEYS: ReadonlySet<string> = new Set(["credits_per_unit"]);
 
 /**
  * Members whose content belongs to the caller (or echoes the caller's input) and is never
@@ -80,10 +91,14 @@ const enum Ctx {
   Plain = 0,
   Amount = 1,
   Opaque = 2,
+  /** An object whose every member is an amount, whatever its name (`{"USD": 100}`). */
+  AmountMap = 3,
 }
 
 function childContext(parent: Ctx, key: string): Ctx {
   if (parent === Ctx.Opaque || OPAQUE_KEYS.has(key)) return Ctx.Opaque;
+  if (parent === Ctx.AmountMap) return Ctx.Amount;
+  if (AMOUNT_MAP_KEYS.has(key)) return Ctx.AmountMap;
   return AMOUNT_KEYS.has(key) ? Ctx.Amount : Ctx.Plain;
 }
 

@@ -54,6 +54,8 @@ export interface ProjectSettings<A = string> {
   auto_create_users: boolean;
   default_hold_ttl_seconds: number;
   low_balance_thresholds: A[];
+  /** Credits per major unit of each currency (`{ USD: "100" }`); lets a top-up omit `credits`. */
+  credits_per_unit: Record<string, A>;
   [key: string]: unknown;
 }
 
@@ -70,6 +72,8 @@ export interface ProjectUpdate {
     auto_create_users?: boolean;
     default_hold_ttl_seconds?: number;
     low_balance_thresholds?: AmountInput[];
+    /** Replaces the whole map; `{}` removes every rate. */
+    credits_per_unit?: Record<string, AmountInput> | null;
   };
 }
 
@@ -150,12 +154,16 @@ export interface AssignTier {
 }
 
 export type GrantSource = "adjustment" | "purchase" | "promo" | "bonus";
+/** Paid credits were bought (they carry their money); promotional ones were given. */
+export type GrantCategory = "paid" | "promotional";
 
 export interface CreditGrantInput {
   amount: AmountInput;
   reason?: string | null;
   expires_at?: TimestampInput | null;
   source?: GrantSource;
+  /** Default `promotional`. */
+  category?: GrantCategory;
 }
 
 export interface Grant<A = string> {
@@ -166,6 +174,12 @@ export interface Grant<A = string> {
   reason: string | null;
   expires_at: Timestamp | null;
   created_at: Timestamp;
+  category: GrantCategory;
+  /** The payment that bought these credits. */
+  payment_id: string | null;
+  /** Money paid per credit, in `cost_currency`; null when unknown. */
+  cost_basis: A | null;
+  cost_currency: string | null;
   [key: string]: unknown;
 }
 
@@ -410,6 +424,10 @@ export type PaymentProvider = "stripe" | "razorpay" | "manual";
 export interface SubscriptionCreate {
   plan_id: string;
   provider: PaymentProvider;
+  /** Stripe: where Checkout sends the user after paying. */
+  success_url?: string | null;
+  /** Stripe: where Checkout sends the user who gives up. */
+  cancel_url?: string | null;
 }
 
 export interface Subscription {
@@ -430,6 +448,96 @@ export interface Subscription {
 export interface SubscriptionCreated {
   subscription: Subscription;
   checkout_url: string | null;
+}
+
+// ---- payment providers and payments -------------------------------------------------------
+
+/** The providers a project sells through with its own account. */
+export type CheckoutProvider = "stripe" | "razorpay";
+
+export interface StripeAccountInput {
+  secret_key: string;
+  webhook_secret: string;
+  /** How long a replaced webhook secret still verifies (server default when absent). */
+  webhook_secret_grace_seconds?: number | null;
+}
+
+export interface RazorpayAccountInput {
+  key_id: string;
+  key_secret: string;
+  webhook_secret: string;
+  webhook_secret_grace_seconds?: number | null;
+}
+
+/** A provider account; the secrets come back masked. */
+export interface ProviderAccount {
+  provider: CheckoutProvider;
+  key_id: string | null;
+  secret_key: string;
+  webhook_secret: string;
+  previous_webhook_secret_expires_at: Timestamp | null;
+  livemode: boolean;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+}
+
+export type PaymentStatus =
+  | "created"
+  | "pending"
+  | "succeeded"
+  | "failed"
+  | "expired"
+  | "canceled"
+  | "partially_refunded"
+  | "refunded"
+  | "disputed"
+  | "won"
+  | "lost";
+
+export interface PaymentCreate {
+  user_id: string;
+  provider: CheckoutProvider;
+  /** Money, in major units of `currency` (`"9.99"`). */
+  amount: AmountInput;
+  /** ISO 4217: `USD`. */
+  currency: string;
+  /** Credits granted once paid; optional when the project has a `credits_per_unit` rate. */
+  credits?: AmountInput | null;
+  success_url?: string | null;
+  cancel_url?: string | null;
+  metadata?: Record<string, string>;
+}
+
+export interface Payment<A = string> {
+  id: string;
+  user_id: string;
+  kind: "top_up" | "subscription";
+  provider: CheckoutProvider;
+  status: PaymentStatus;
+  amount: A;
+  currency: string;
+  amount_minor: number;
+  credits: A;
+  /** Where to send the user to pay. */
+  checkout_url: string | null;
+  provider_reference: string | null;
+  provider_payment_id: string | null;
+  subscription_id: string | null;
+  credits_granted: A;
+  credits_clawed_back: A;
+  amount_refunded: A;
+  dispute_status: "inquiry" | "open" | "withdrawn" | "reinstated" | "won" | "lost" | null;
+  failure_reason: string | null;
+  metadata: Record<string, string>;
+  succeeded_at: Timestamp | null;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+}
+
+export interface PaymentFilters extends PageParams {
+  user_id?: string;
+  status?: PaymentStatus;
+  provider?: CheckoutProvider;
 }
 
 // ---- promos --------------------------------------------------------------------------------
@@ -565,6 +673,16 @@ export interface Summary<A = string> {
   transactions: number;
   top_model: string | null;
   top_user: string | null;
+}
+
+/** Credits outstanding: paid ones with their money value (deferred revenue), and the rest. */
+export interface Liability<A = string> {
+  paid: { currency: string; credits: A; value: A }[];
+  /** Paid credits whose price is unknown (granted by hand as `paid`). */
+  paid_unpriced_credits: A;
+  promotional_credits: A;
+  debt: A;
+  as_of: Timestamp;
 }
 
 export interface Health {

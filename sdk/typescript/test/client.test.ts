@@ -254,6 +254,52 @@ describe("every resource", () => {
     await assert.rejects(client.plans.get("spare"), NotFoundError);
   });
 
+  it("payment providers, payments, paid grants, liability", async () => {
+    const patched = await client.project.update({ settings: { credits_per_unit: { USD: "100.5" } } });
+    assert.deepEqual(patched.settings.credits_per_unit, { USD: "100.5" });
+
+    const rzp = await client.providers.putRazorpay({
+      key_id: "rzp_test_sdkts0001",
+      key_secret: "rzp-secret-0001",
+      webhook_secret: "rzp-whsec-0001",
+      webhook_secret_grace_seconds: 60,
+    });
+    assert.deepEqual([rzp.provider, rzp.key_id], ["razorpay", "rzp_test_sdkts0001"]);
+    assert.notEqual(rzp.secret_key, "rzp-secret-0001", "secrets come back masked");
+    const stripe = await client.providers.putStripe({ secret_key: "sk_test_sdkts0001", webhook_secret: "whsec_sdkts0001" });
+    assert.equal(stripe.provider, "stripe");
+    assert.deepEqual((await client.providers.list()).data.map((a) => a.provider).sort(), ["razorpay", "stripe"]);
+    await client.providers.delete("stripe");
+    assert.deepEqual((await client.providers.list()).data.map((a) => a.provider), ["razorpay"]);
+
+    const u = userId("pay");
+    await client.createUser(u);
+    // Without a Stripe account the top-up is refused before any provider is called.
+    await assert.rejects(
+      client.payments.create({ user_id: u, provider: "stripe", amount: "9.99", currency: "USD", credits: "1000" }),
+      (err: unknown) => {
+        assert.ok(err instanceof ConflictError);
+        assert.equal(err.code, "provider_not_configured");
+        return true;
+      },
+    );
+    const page = await client.payments.list({ user_id: u, provider: "stripe", status: "created", limit: 10 });
+    assert.deepEqual(page.data, []);
+    await assert.rejects(client.payments.get("00000000-0000-4000-8000-000000000000"), NotFoundError);
+    await client.providers.delete("razorpay");
+
+    const grant = await client.users.grantCredits(u, { amount: "5.25", category: "paid" });
+    assert.deepEqual(
+      [grant.category, grant.payment_id, grant.cost_basis, grant.cost_currency],
+      ["paid", null, null, null],
+    );
+    const liability = await client.analytics.liability();
+    assert.equal(liability.paid_unpriced_credits, "5.25", "a hand-made paid grant has no price");
+    assert.equal(typeof liability.promotional_credits, "string");
+    assert.equal(typeof liability.debt, "string");
+    assert.ok(liability.paid.every((p) => typeof p.credits === "string" && typeof p.value === "string"));
+  });
+
   it("promos, spend caps, events, analytics", async () => {
     const promo = await client.promos.create({ code: "Welcome10", credits: "10.5", max_redemptions: 5 });
     assert.equal(promo.credits, "10.5");

@@ -91,6 +91,9 @@ export class ServerProcess {
           CREDITD_ADMIN_TOKEN: ADMIN_TOKEN,
           CREDITD_LOG__LEVEL: "WARNING",
           CREDITD_DATA_DIR: path.join(PACKAGE_DIR, "build", "server-data"),
+          // Nothing here may reach the real Stripe or Razorpay: their APIs are a closed port.
+          CREDITD_PAYMENTS__STRIPE_API_BASE: "http://127.0.0.1:9",
+          CREDITD_PAYMENTS__RAZORPAY_API_BASE: "http://127.0.0.1:9",
           ...this.extraEnv,
         },
         stdio: ["ignore", "pipe", "pipe"],

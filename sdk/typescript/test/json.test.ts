@@ -37,6 +37,12 @@ describe("parseJson", () => {
     });
   });
 
+  it("reads every member of an amount map (credits_per_unit) as an amount", () => {
+    const parsed = parseJson('{"settings":{"credits_per_unit":{"USD":100.5,"INR":0.000001}},"value":19.98}');
+    assert.deepEqual(parsed, { settings: { credits_per_unit: { USD: "100.5", INR: "0.000001" } }, value: "19.98" });
+    assert.equal(stringifyJson({ credits_per_unit: { USD: "100.50" } }), '{"credits_per_unit":{"USD":100.50}}');
+  });
+
   it("never touches the caller's metadata or token counts", () => {
     const parsed = parseJson(
       '{"metadata":{"amount":5,"nested":{"balance":1.25}},"provisional_tokens":{"input_tokens":10},"amount":5}',

@@ -53,13 +53,18 @@ from creditd_sdk.models import (
     Eligibility,
     Event,
     Grant,
+    GrantCategory,
     GrantSource,
     GroupBy,
     Health,
     LedgerEntry,
+    Liability,
     ModelOverride,
     ModelPrice,
     Page,
+    Payment,
+    PaymentProvider,
+    PaymentStatus,
     Plan,
     PlanInterval,
     PriceIn,
@@ -68,6 +73,7 @@ from creditd_sdk.models import (
     ProjectSettingsPatch,
     Promo,
     Provider,
+    ProviderAccount,
     Redemption,
     RefillInterval,
     RefillMode,
@@ -103,6 +109,7 @@ _UNDELIVERED = (APIConnectionError, ServerError, RateLimited, IdempotencyKeyInFl
 # Errors after which a spooled completion stays for later: they may clear without us.
 _KEEP_SPOOLED = (*_UNDELIVERED, Unauthorized, Forbidden)
 SpendCapList = list[SpendCap]
+ProviderAccountList = list[ProviderAccount]
 
 
 def _seg(value: str) -> str:
@@ -245,6 +252,8 @@ class AsyncCreditd:
         self.spend_caps = AsyncSpendCaps(self)
         self.events = AsyncEvents(self)
         self.analytics = AsyncAnalytics(self)
+        self.providers = AsyncProviders(self)
+        self.payments = AsyncPayments(self)
         self.admin = AsyncAdmin(self)
         self.service = AsyncService(self)
 
@@ -738,11 +747,16 @@ class AsyncCredits(_AsyncResource):
         reason: str | None = None,
         expires_at: datetime | None = None,
         source: GrantSource | None = None,
+        category: GrantCategory | None = None,
         idempotency_key: str | None = None,
     ) -> Grant:
         """Grant credits; ``balance`` of the result is the user's available balance after."""
         body = _present(
-            amount=to_amount(amount), reason=reason, expires_at=expires_at, source=source
+            amount=to_amount(amount),
+            reason=reason,
+            expires_at=expires_at,
+            source=source,
+            category=category,
         )
         data = await self._c.request(
             "POST", f"/v1/users/{_seg(user_id)}/credits", body=body, idempotency_key=idempotency_key
@@ -1112,12 +1126,18 @@ class AsyncSubscriptions(_AsyncResource):
         *,
         plan_id: str,
         provider: Provider = "manual",
+        success_url: str | None = None,
+        cancel_url: str | None = None,
         idempotency_key: str | None = None,
     ) -> SubscriptionCreated:
+        """Subscribe; through ``stripe``/``razorpay`` the user pays at ``checkout_url`` first."""
+        body = _present(
+            plan_id=plan_id, provider=provider, success_url=success_url, cancel_url=cancel_url
+        )
         data = await self._c.request(
             "POST",
             f"/v1/users/{_seg(user_id)}/subscriptions",
-            body={"plan_id": plan_id, "provider": provider},
+            body=body,
             idempotency_key=idempotency_key,
         )
         return parse(SubscriptionCreated, data)
@@ -1329,6 +1349,114 @@ class AsyncAnalytics(_AsyncResource):
         params = {"start": start, "end": end}
         data = await self._c.request("GET", "/v1/analytics/summary", params=params)
         return parse(Summary, data)
+
+    async def liability(self) -> Liability:
+        """Credits outstanding now: paid ones and their money value (deferred revenue) by
+        currency, promotional ones, and debt."""
+        return parse(Liability, await self._c.request("GET", "/v1/analytics/liability"))
+
+
+class AsyncProviders(_AsyncResource):
+    """The project's own Stripe and Razorpay accounts (admin scope); secrets come back masked."""
+
+    async def put_stripe(
+        self,
+        *,
+        secret_key: str,
+        webhook_secret: str,
+        webhook_secret_grace_seconds: int | None = None,
+    ) -> ProviderAccount:
+        """Set the Stripe account; a changed webhook secret leaves the previous one verifying
+        for ``webhook_secret_grace_seconds`` (the server's default when None)."""
+        body = _present(
+            secret_key=secret_key,
+            webhook_secret=webhook_secret,
+            webhook_secret_grace_seconds=webhook_secret_grace_seconds,
+        )
+        data = await self._c.request("PUT", "/v1/providers/stripe", body=body)
+        return parse(ProviderAccount, data)
+
+    async def put_razorpay(
+        self,
+        *,
+        key_id: str,
+        key_secret: str,
+        webhook_secret: str,
+        webhook_secret_grace_seconds: int | None = None,
+    ) -> ProviderAccount:
+        """Set the Razorpay account; the webhook secret rotates as with :meth:`put_stripe`."""
+        body = _present(
+            key_id=key_id,
+            key_secret=key_secret,
+            webhook_secret=webhook_secret,
+            webhook_secret_grace_seconds=webhook_secret_grace_seconds,
+        )
+        data = await self._c.request("PUT", "/v1/providers/razorpay", body=body)
+        return parse(ProviderAccount, data)
+
+    async def list(self) -> ProviderAccountList:
+        data = await self._c.request("GET", "/v1/providers")
+        return [parse(ProviderAccount, item) for item in data["data"]]
+
+    async def delete(self, provider: PaymentProvider) -> None:
+        await self._c.request("DELETE", f"/v1/providers/{_seg(provider)}")
+
+
+class AsyncPayments(_AsyncResource):
+    """Top-ups paid through the project's Stripe or Razorpay account."""
+
+    async def create(
+        self,
+        *,
+        user_id: str,
+        provider: PaymentProvider,
+        amount: Amount,
+        currency: str,
+        credits: Amount | None = None,
+        success_url: str | None = None,
+        cancel_url: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Payment:
+        """Open a checkout for ``amount`` (major units of ``currency``); send the user to
+        ``checkout_url``. The credits are granted once the provider reports the money paid.
+        ``credits`` may be left out when the project has a ``credits_per_unit`` rate for the
+        currency."""
+        body = _present(
+            user_id=user_id,
+            provider=provider,
+            amount=to_amount(amount),
+            currency=currency,
+            credits=_amount(credits),
+            success_url=success_url,
+            cancel_url=cancel_url,
+            metadata=None if metadata is None else dict(metadata),
+        )
+        data = await self._c.request(
+            "POST", "/v1/payments", body=body, idempotency_key=idempotency_key
+        )
+        return parse(Payment, data)
+
+    async def get(self, payment_id: str) -> Payment:
+        return parse(Payment, await self._c.request("GET", f"/v1/payments/{_seg(payment_id)}"))
+
+    async def list(
+        self,
+        *,
+        user_id: str | None = None,
+        status: PaymentStatus | None = None,
+        provider: PaymentProvider | None = None,
+        limit: int | None = None,
+        starting_after: str | None = None,
+    ) -> Page[Payment]:
+        params = {
+            "user_id": user_id,
+            "status": status,
+            "provider": provider,
+            "limit": limit,
+            "starting_after": starting_after,
+        }
+        return parse_page(Payment, await self._c.request("GET", "/v1/payments", params=params))
 
 
 class AsyncAdmin(_AsyncResource):

@@ -51,13 +51,18 @@ from creditd_sdk.models import (
     Eligibility,
     Event,
     Grant,
+    GrantCategory,
     GrantSource,
     GroupBy,
     Health,
     LedgerEntry,
+    Liability,
     ModelOverride,
     ModelPrice,
     Page,
+    Payment,
+    PaymentProvider,
+    PaymentStatus,
     Plan,
     PlanInterval,
     PriceIn,
@@ -66,6 +71,7 @@ from creditd_sdk.models import (
     ProjectSettingsPatch,
     Promo,
     Provider,
+    ProviderAccount,
     Redemption,
     RefillInterval,
     RefillMode,
@@ -101,6 +107,7 @@ _UNDELIVERED = (APIConnectionError, ServerError, RateLimited, IdempotencyKeyInFl
 # Errors after which a spooled completion stays for later: they may clear without us.
 _KEEP_SPOOLED = (*_UNDELIVERED, Unauthorized, Forbidden)
 SpendCapList = list[SpendCap]
+ProviderAccountList = list[ProviderAccount]
 
 
 def _seg(value: str) -> str:
@@ -243,6 +250,8 @@ class Creditd:
         self.spend_caps = SpendCaps(self)
         self.events = Events(self)
         self.analytics = Analytics(self)
+        self.providers = Providers(self)
+        self.payments = Payments(self)
         self.admin = Admin(self)
         self.service = Service(self)
 
@@ -724,11 +733,16 @@ class Credits(_Resource):
         reason: str | None = None,
         expires_at: datetime | None = None,
         source: GrantSource | None = None,
+        category: GrantCategory | None = None,
         idempotency_key: str | None = None,
     ) -> Grant:
         """Grant credits; ``balance`` of the result is the user's available balance after."""
         body = _present(
-            amount=to_amount(amount), reason=reason, expires_at=expires_at, source=source
+            amount=to_amount(amount),
+            reason=reason,
+            expires_at=expires_at,
+            source=source,
+            category=category,
         )
         data = self._c.request(
             "POST", f"/v1/users/{_seg(user_id)}/credits", body=body, idempotency_key=idempotency_key
@@ -1084,12 +1098,18 @@ class Subscriptions(_Resource):
         *,
         plan_id: str,
         provider: Provider = "manual",
+        success_url: str | None = None,
+        cancel_url: str | None = None,
         idempotency_key: str | None = None,
     ) -> SubscriptionCreated:
+        """Subscribe; through ``stripe``/``razorpay`` the user pays at ``checkout_url`` first."""
+        body = _present(
+            plan_id=plan_id, provider=provider, success_url=success_url, cancel_url=cancel_url
+        )
         data = self._c.request(
             "POST",
             f"/v1/users/{_seg(user_id)}/subscriptions",
-            body={"plan_id": plan_id, "provider": provider},
+            body=body,
             idempotency_key=idempotency_key,
         )
         return parse(SubscriptionCreated, data)
@@ -1293,6 +1313,112 @@ class Analytics(_Resource):
         params = {"start": start, "end": end}
         data = self._c.request("GET", "/v1/analytics/summary", params=params)
         return parse(Summary, data)
+
+    def liability(self) -> Liability:
+        """Credits outstanding now: paid ones and their money value (deferred revenue) by
+        currency, promotional ones, and debt."""
+        return parse(Liability, self._c.request("GET", "/v1/analytics/liability"))
+
+
+class Providers(_Resource):
+    """The project's own Stripe and Razorpay accounts (admin scope); secrets come back masked."""
+
+    def put_stripe(
+        self,
+        *,
+        secret_key: str,
+        webhook_secret: str,
+        webhook_secret_grace_seconds: int | None = None,
+    ) -> ProviderAccount:
+        """Set the Stripe account; a changed webhook secret leaves the previous one verifying
+        for ``webhook_secret_grace_seconds`` (the server's default when None)."""
+        body = _present(
+            secret_key=secret_key,
+            webhook_secret=webhook_secret,
+            webhook_secret_grace_seconds=webhook_secret_grace_seconds,
+        )
+        data = self._c.request("PUT", "/v1/providers/stripe", body=body)
+        return parse(ProviderAccount, data)
+
+    def put_razorpay(
+        self,
+        *,
+        key_id: str,
+        key_secret: str,
+        webhook_secret: str,
+        webhook_secret_grace_seconds: int | None = None,
+    ) -> ProviderAccount:
+        """Set the Razorpay account; the webhook secret rotates as with :meth:`put_stripe`."""
+        body = _present(
+            key_id=key_id,
+            key_secret=key_secret,
+            webhook_secret=webhook_secret,
+            webhook_secret_grace_seconds=webhook_secret_grace_seconds,
+        )
+        data = self._c.request("PUT", "/v1/providers/razorpay", body=body)
+        return parse(ProviderAccount, data)
+
+    def list(self) -> ProviderAccountList:
+        data = self._c.request("GET", "/v1/providers")
+        return [parse(ProviderAccount, item) for item in data["data"]]
+
+    def delete(self, provider: PaymentProvider) -> None:
+        self._c.request("DELETE", f"/v1/providers/{_seg(provider)}")
+
+
+class Payments(_Resource):
+    """Top-ups paid through the project's Stripe or Razorpay account."""
+
+    def create(
+        self,
+        *,
+        user_id: str,
+        provider: PaymentProvider,
+        amount: Amount,
+        currency: str,
+        credits: Amount | None = None,
+        success_url: str | None = None,
+        cancel_url: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Payment:
+        """Open a checkout for ``amount`` (major units of ``currency``); send the user to
+        ``checkout_url``. The credits are granted once the provider reports the money paid.
+        ``credits`` may be left out when the project has a ``credits_per_unit`` rate for the
+        currency."""
+        body = _present(
+            user_id=user_id,
+            provider=provider,
+            amount=to_amount(amount),
+            currency=currency,
+            credits=_amount(credits),
+            success_url=success_url,
+            cancel_url=cancel_url,
+            metadata=None if metadata is None else dict(metadata),
+        )
+        data = self._c.request("POST", "/v1/payments", body=body, idempotency_key=idempotency_key)
+        return parse(Payment, data)
+
+    def get(self, payment_id: str) -> Payment:
+        return parse(Payment, self._c.request("GET", f"/v1/payments/{_seg(payment_id)}"))
+
+    def list(
+        self,
+        *,
+        user_id: str | None = None,
+        status: PaymentStatus | None = None,
+        provider: PaymentProvider | None = None,
+        limit: int | None = None,
+        starting_after: str | None = None,
+    ) -> Page[Payment]:
+        params = {
+            "user_id": user_id,
+            "status": status,
+            "provider": provider,
+            "limit": limit,
+            "starting_after": starting_after,
+        }
+        return parse_page(Payment, self._c.request("GET", "/v1/payments", params=params))
 
 
 class Admin(_Resource):

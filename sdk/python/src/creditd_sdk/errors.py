@@ -169,6 +169,10 @@ class PromoIneligible(Conflict):
     """409 with the eligibility reason as code (``promo_expired``, ``already_claimed``, ...)."""
 
 
+class ProviderNotConfigured(Conflict):
+    """409 ``provider_not_configured``: the project has no account for that payment provider."""
+
+
 _BY_CODE: dict[str, type[APIStatusError]] = {
     "insufficient_credits": InsufficientCredits,
     "validation_error": ValidationError,
@@ -184,6 +188,7 @@ _BY_CODE: dict[str, type[APIStatusError]] = {
     "transaction_not_found": TransactionNotFound,
     "user_not_found": UserNotFound,
     "unknown_model": UnknownModel,
+    "provider_not_configured": ProviderNotConfigured,
     **dict.fromkeys(
         (
             "promo_inactive",

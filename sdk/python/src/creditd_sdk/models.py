@@ -41,6 +41,21 @@ CapPeriod = Literal["day", "month"]
 CapAction = Literal["deny", "warn"]
 GroupBy = Literal["user", "model", "feature", "day"]
 GrantSource = Literal["adjustment", "purchase", "promo", "bonus"]
+GrantCategory = Literal["paid", "promotional"]
+PaymentProvider = Literal["stripe", "razorpay"]
+PaymentStatus = Literal[
+    "created",
+    "pending",
+    "succeeded",
+    "failed",
+    "expired",
+    "canceled",
+    "partially_refunded",
+    "refunded",
+    "disputed",
+    "won",
+    "lost",
+]
 
 
 # --- request shapes ---------------------------------------------------------------------------
@@ -58,6 +73,8 @@ class ProjectSettingsPatch(TypedDict, total=False):
     auto_create_users: bool
     default_hold_ttl_seconds: int
     low_balance_thresholds: list[Amount]
+    # Credits per major unit of each currency ({"USD": 100}); replaces the whole map.
+    credits_per_unit: dict[str, Amount]
 
 
 class ModelOverride(TypedDict, total=False):
@@ -119,6 +136,8 @@ class ProjectSettings(_Model):
     auto_create_users: bool
     default_hold_ttl_seconds: int
     low_balance_thresholds: list[Decimal]
+    # Defaulted: servers before payments do not send it.
+    credits_per_unit: dict[str, Decimal] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,6 +215,11 @@ class Grant(_Model):
     reason: str | None
     expires_at: datetime | None
     created_at: datetime
+    # Defaulted: servers before payments do not send them.
+    category: str = "promotional"
+    payment_id: str | None = None
+    cost_basis: Decimal | None = None  # money paid per credit, in cost_currency
+    cost_currency: str | None = None
     balance: Decimal | None = None  # the user's available balance: only when just created
 
 
@@ -440,6 +464,66 @@ class Summary(_Model):
 
 
 @dataclass(frozen=True, kw_only=True)
+class PaidLiability(_Model):
+    currency: str
+    credits: Decimal
+    value: Decimal  # deferred revenue, in ``currency``
+
+
+@dataclass(frozen=True, kw_only=True)
+class Liability(_Model):
+    """Credits outstanding: paid ones with their money value per currency, and the rest."""
+
+    paid: list[PaidLiability]
+    paid_unpriced_credits: Decimal
+    promotional_credits: Decimal
+    debt: Decimal
+    as_of: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProviderAccount(_Model):
+    """A project's Stripe or Razorpay account; the secrets come back masked."""
+
+    provider: str
+    key_id: str | None
+    secret_key: str
+    webhook_secret: str
+    previous_webhook_secret_expires_at: datetime | None
+    livemode: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class Payment(_Model):
+    """A top-up or subscription charge; ``amount`` is money (major units), ``credits`` credits."""
+
+    id: str
+    user_id: str
+    kind: str
+    provider: str
+    status: str
+    amount: Decimal
+    currency: str
+    amount_minor: int
+    credits: Decimal
+    checkout_url: str | None
+    provider_reference: str | None
+    provider_payment_id: str | None
+    subscription_id: str | None
+    credits_granted: Decimal
+    credits_clawed_back: Decimal
+    amount_refunded: Decimal
+    dispute_status: str | None
+    failure_reason: str | None
+    metadata: dict[str, str]
+    succeeded_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
 class Health(_Model):
     status: str
     detail: str | None = None
@@ -525,11 +609,17 @@ __all__ = [
     "Eligibility",
     "Event",
     "Grant",
+    "GrantCategory",
     "Health",
     "LedgerEntry",
+    "Liability",
     "ModelOverride",
     "ModelPrice",
     "Page",
+    "PaidLiability",
+    "Payment",
+    "PaymentProvider",
+    "PaymentStatus",
     "Plan",
     "Price",
     "PriceIn",
@@ -538,6 +628,7 @@ __all__ = [
     "ProjectSettings",
     "ProjectSettingsPatch",
     "Promo",
+    "ProviderAccount",
     "Redemption",
     "RefundResult",
     "SpendCap",

@@ -179,7 +179,7 @@ class FakeStripe:
 
     def add_key(self, key: str | None = None) -> str:
         """Register a secret key (a separate account); returns it."""
-        key = key or "sk_test_" + secrets.token_urlsafe(24)
+        key = key or "sk_test_" + secrets.token_hex(24)  # Stripe keys are alphanumeric
         with self._lock:
             self._keys.add(key)
         return key

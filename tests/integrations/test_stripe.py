@@ -37,7 +37,6 @@ from app.integrations.stripe.webhooks import signature_header
 from tests.fakes.stripe_server import FakeStripe, sign_event
 
 # stripe 16.1's HTTPX client posts its form body as ``data=<str>``, which httpx deprecates.
-pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
 T0 = 1_790_000_000  # a fixed signing time
 NOW = datetime.fromtimestamp(T0, tz=UTC)

@@ -429,7 +429,7 @@ async def test_a_stripe_subscription_from_checkout_to_its_end(
     resent = {**copy.deepcopy(renewals[-1]), "id": "evt_resent_" + provider_sub}
     r = await deliver(project, fake_stripe, resent)
     assert r.status_code == 200, r.text
-    assert r.json()["duplicate"] is False
+    assert r.json() == {"received": True, "duplicate": False, "outcome": "ignored"}
     assert (await balance(project, "u"))["total"] == 400
     r = await project.get("/v1/payments", params={"user_id": "u"})
     assert [p["kind"] for p in body(r)["data"]] == ["subscription"] * 4

@@ -513,6 +513,8 @@ async def test_a_webhook_during_a_database_outage_is_503_and_its_redelivery_gran
             await asyncio.to_thread(outage.pg.start)
         assert down.status_code == 503, down.text
         assert down.headers["content-type"] == "application/problem+json"
+        assert down.json()["code"] == "database_unavailable"
+        assert int(down.headers["Retry-After"]) >= 1
 
         # Stripe redelivers the same bytes until one is answered 2xx; the pool may need a
         # few tries to replace the connections the stop broke.

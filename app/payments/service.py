@@ -14,7 +14,8 @@ State machine: created → pending → succeeded | failed | expired | canceled. 
 canceled may still become succeeded (money that arrived is always credited); nothing moves a
 payment out of succeeded. After the success the status is derived from the money facts:
 lost > disputed > won > refunded > partially_refunded > succeeded. Refunds merge as
-max(cumulative), disputes only move forward (inquiry → open → withdrawn → reinstated/won/lost).
+max(cumulative), disputes only move forward (inquiry → open → withdrawn → reinstated → won,
+or lost).
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ SIGNATURE_FAILURES = Counter(
 )
 
 OPEN = frozenset({"created", "pending"})
-# A later dispute state never moves back to an earlier one; equal ranks are final.
-_DISPUTE_RANK = {"inquiry": 0, "open": 1, "withdrawn": 2, "reinstated": 3, "won": 3, "lost": 3}
+# A later dispute state never moves back to an earlier one; equal ranks are final. Stripe
+# reinstates the funds of a won dispute just before closing it: the verdict still follows.
+_DISPUTE_RANK = {"inquiry": 0, "open": 1, "withdrawn": 2, "reinstated": 3, "won": 4, "lost": 4}
 _DISPUTED = frozenset({"inquiry", "open", "withdrawn"})
 # The outcome stored on a provider event carrying several facts: the most telling one.
 _OUTCOME_RANK = ("conflict", "amount_mismatch", "applied", "stale", "unmatched", "ignored")

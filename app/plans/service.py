@@ -770,7 +770,9 @@ async def _period_paid(
             plan_id=plan.id,
         )
         if payment is None:
-            return APPLIED  # this charge was recorded (and its period granted) before
+            # A replay: this charge was recorded (and its period granted) before, in one
+            # transaction, so nothing is left to do.
+            return IGNORED
         paid_by = _PaidBy(payment.id, _major(fact.amount_minor, fact.currency), fact.currency)
     # A zero charge (trial, full discount) grants the period as promotional credits.
     granted = await _grant_period(

@@ -179,7 +179,8 @@ class FakeStripe:
 
     def add_key(self, key: str | None = None) -> str:
         """Register a secret key (a separate account); returns it."""
-        key = key or "sk_test_" + secrets.token_hex(24)  # Stripe keys are alphanumeric
+        # Letters and digits only, like Stripe's keys (token_urlsafe may give a "-").
+        key = key or "sk_test_" + secrets.token_hex(24)
         with self._lock:
             self._keys.add(key)
         return key

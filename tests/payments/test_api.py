@@ -1,12 +1,11 @@
-"""POST/GET /v1/payments and the webhook receivers, over HTTP, with a stand-in provider.
-
-Needs the providers helper's work (PUT /v1/providers/..., app.core.secrets): on the payments
-branch alone only the validation tests can pass.
-"""
+"""POST/GET /v1/payments and the Stripe webhook receiver over HTTP, with the real Stripe
+adapter and the official SDK talking to the fake Stripe (tests/fakes/stripe_server.py), and
+webhooks signed by the fake with Stripe's scheme."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import timedelta
 from decimal import Decimal
@@ -15,42 +14,32 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from prometheus_client import REGISTRY
-from sqlalchemy import text
 
 from app.core.clock import utcnow
 from app.db.session import Database
-from app.integrations import registry
-from app.integrations.base import PaymentRef, PaymentSucceeded, ProviderError
+from app.integrations.stripe.webhooks import signature_header
 from app.payments import reconcile
 from tests.conftest import Project, assert_ledger_consistent
+from tests.fakes.stripe_server import FakeStripe
 from tests.helpers import balance, body
-from tests.payments.fake_provider import HEADER, FakeProvider, sign, succeeded_event
 from tests.payments.helpers import grants
-
-WEBHOOK_SECRET = "whsec_test_0123456789"
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> FakeProvider:
-    provider = FakeProvider()
-    monkeypatch.setattr(registry, "get", lambda name: provider)
-    return provider
-
-
-async def configure(project: Project) -> None:
-    r = await project.put(
-        "/v1/providers/stripe",
-        {"secret_key": "sk_test_123", "webhook_secret": WEBHOOK_SECRET},
-    )
-    assert r.status_code == 200, r.text
+from tests.payments.stripe_helpers import (
+    configure,
+    created,
+    deliver,
+    intent_of,
+    payment,
+    post_raw,
+    provider_events,
+    signature_failures,
+    top_up,
+)
 
 
 async def create(
     project: Project, headers: dict[str, str] | None = None, **extra: Any
 ) -> httpx.Response:
-    payload = {"user_id": "u", "provider": "stripe", "amount": "10.00", "currency": "usd"}
-    return await project.post("/v1/payments", {**payload, **extra}, headers=headers or {})
+    return await top_up(project, headers, **extra)
 
 
 async def payments_stored(project: Project) -> list[Any]:
@@ -97,9 +86,9 @@ async def test_credits_per_unit_rates_are_upper_cased_and_validated(project: Pro
 
 
 async def test_a_top_up_opens_a_checkout_and_creates_the_user(
-    project: Project, fake: FakeProvider
+    project: Project, fake_stripe: FakeStripe
 ) -> None:
-    await configure(project)
+    await configure(project, fake_stripe)
     r = await project.patch("/v1/project", {"settings": {"credits_per_unit": {"USD": "12.5"}}})
     assert r.status_code == 200, r.text
 
@@ -112,49 +101,67 @@ async def test_a_top_up_opens_a_checkout_and_creates_the_user(
     assert out["amount"] == Decimal("10.5")
     assert out["amount_minor"] == 1050
     assert out["currency"] == "USD"
-    assert out["checkout_url"].startswith("https://checkout.example/cs_")
-    assert out["provider_reference"].startswith("cs_")
+    assert out["provider_reference"].startswith("cs_test_")
+    assert out["checkout_url"] == f"https://checkout.stripe.com/c/pay/{out['provider_reference']}"
     assert out["metadata"] == {"order": "42"}
-    [req] = fake.checkouts
-    assert req.idempotency_key == out["id"]
-    assert req.amount_minor == 1050
+    [req] = [q for q in fake_stripe.requests if q.path == "/v1/checkout/sessions"]
+    assert req.method == "POST"
+    assert req.headers["idempotency-key"] == out["id"]
+    assert req.params["line_items"][0]["price_data"]["unit_amount"] == "1050"
+    assert req.params["metadata"]["order"] == "42"
+    assert fake_stripe.session_ids() == [out["provider_reference"]]
+    assert (await project.get("/v1/users/u")).status_code == 200
     assert (await balance(project, "u"))["total"] == 0  # created, credited only when paid
 
 
-async def test_a_provider_not_configured_is_409(project: Project, fake: FakeProvider) -> None:
+async def test_a_provider_not_configured_is_409(project: Project, fake_stripe: FakeStripe) -> None:
     r = await create(project, credits=10)
     assert r.status_code == 409, r.text
     assert r.json()["code"] == "provider_not_configured"
     assert await payments_stored(project) == []
+    assert fake_stripe.requests == []
 
 
 @pytest.mark.parametrize(
-    ("transient", "status", "code"),
-    [(True, 503, "provider_unavailable"), (False, 502, "provider_error")],
+    ("failure", "status", "code"),
+    [
+        # The SDK retries a 5xx twice itself: all three attempts fail.
+        ({"count": 3, "status": 500}, 503, "provider_unavailable"),
+        (
+            {
+                "count": 1,
+                "status": 400,
+                "body": {"error": {"type": "invalid_request_error", "message": "No."}},
+            },
+            502,
+            "provider_error",
+        ),
+    ],
 )
 async def test_a_provider_failure_stores_nothing(
-    project: Project, fake: FakeProvider, transient: bool, status: int, code: str
+    project: Project, fake_stripe: FakeStripe, failure: dict[str, Any], status: int, code: str
 ) -> None:
-    await configure(project)
-    fake.fail = ProviderError("boom", transient=transient, status=500)
+    await configure(project, fake_stripe)
+    fake_stripe.fail_next(**failure)
 
     r = await create(project, credits=10, headers={"Idempotency-Key": "k1"})
 
     assert r.status_code == status, r.text
     assert r.json()["code"] == code
-    if transient:
+    if status == 503:
         assert int(r.headers["Retry-After"]) >= 1
     assert await payments_stored(project) == []
-    # A 5xx does not hold the key: the retry runs.
-    fake.fail = None
+    assert fake_stripe.session_ids() == []
+    # A 5xx or 502 does not hold the key: the retry runs.
     r = await create(project, credits=10, headers={"Idempotency-Key": "k1"})
     assert r.status_code == 201, r.text
+    assert fake_stripe.session_ids() == [body(r)["provider_reference"]]
 
 
 async def test_payments_are_listed_filtered_and_isolated_per_project(
-    project: Project, other_project: Project, fake: FakeProvider
+    project: Project, other_project: Project, fake_stripe: FakeStripe
 ) -> None:
-    await configure(project)
+    await configure(project, fake_stripe)
     first = body(await create(project, credits=1))
     second = body(await create(project, credits=2, user_id="v"))
 
@@ -176,55 +183,34 @@ async def test_payments_are_listed_filtered_and_isolated_per_project(
     assert r.json()["code"] == "payment_not_found"
 
 
-def _failures() -> float:
-    value = REGISTRY.get_sample_value(
-        "creditd_webhook_signature_failures_total", {"provider": "stripe"}
-    )
-    return value or 0.0
-
-
-async def _deliver(project: Project, raw: bytes, secret: str = WEBHOOK_SECRET, **kw: Any) -> Any:
-    headers = {HEADER: sign(raw, secret), "Content-Type": "application/json", **kw}
-    return await project.client.post(
-        f"/v1/webhooks/stripe/{project.id}", content=raw, headers=headers
-    )
-
-
-async def _events_stored(db: Database, project: Project) -> int:
-    async with db.transaction() as session:
-        count = await session.scalar(
-            text("SELECT count(*) FROM provider_events WHERE project_id = :p"),
-            {"p": uuid.UUID(project.id)},
-        )
-    return int(count or 0)
-
-
 async def test_a_signed_webhook_credits_once_and_a_redelivery_is_a_duplicate(
-    project: Project, fake: FakeProvider, db: Database
+    project: Project, fake_stripe: FakeStripe, db: Database
 ) -> None:
-    await configure(project)
-    payment = body(await create(project, credits=100))
-    raw = succeeded_event("evt_1", payment["provider_reference"])
+    await configure(project, fake_stripe)
+    out = await created(project)
+    [completed] = fake_stripe.pay(out["provider_reference"])
+    raw, headers = fake_stripe.sign(completed)
 
-    r = await _deliver(project, raw, **{"Idempotency-Key": "providers-never-send-this"})
+    r = await post_raw(project, raw, {**headers, "Idempotency-Key": "providers-never-send-this"})
     assert r.status_code == 200, r.text
     assert r.json() == {"received": True, "duplicate": False, "outcome": "applied"}
-    r = await _deliver(project, raw)
+    r = await post_raw(project, raw, headers)
     assert r.json() == {"received": True, "duplicate": True, "outcome": None}
 
     assert (await balance(project, "u"))["total"] == 100
-    assert body(await project.get(f"/v1/payments/{payment['id']}"))["status"] == "succeeded"
+    assert (await payment(project, out["id"]))["status"] == "succeeded"
     await assert_ledger_consistent(db)
 
 
 async def test_twenty_concurrent_deliveries_of_one_webhook_grant_once(
-    project: Project, fake: FakeProvider, db: Database
+    project: Project, fake_stripe: FakeStripe, db: Database
 ) -> None:
-    await configure(project)
-    payment = body(await create(project, credits=100))
-    raw = succeeded_event("evt_many", payment["provider_reference"])
+    await configure(project, fake_stripe)
+    out = await created(project)
+    [completed] = fake_stripe.pay(out["provider_reference"])
+    raw, headers = fake_stripe.sign(completed)
 
-    responses = await asyncio.gather(*(_deliver(project, raw) for _ in range(20)))
+    responses = await asyncio.gather(*(post_raw(project, raw, headers) for _ in range(20)))
 
     assert [r.status_code for r in responses] == [200] * 20
     assert sum(not r.json()["duplicate"] for r in responses) == 1
@@ -234,108 +220,128 @@ async def test_twenty_concurrent_deliveries_of_one_webhook_grant_once(
 
 
 async def test_a_forged_webhook_is_400_counted_and_stores_nothing(
-    project: Project, fake: FakeProvider, db: Database
+    project: Project, fake_stripe: FakeStripe, db: Database
 ) -> None:
-    await configure(project)
-    payment = body(await create(project, credits=100))
-    raw = succeeded_event("evt_forged", payment["provider_reference"])
-    before = _failures()
+    await configure(project, fake_stripe)
+    out = await created(project)
+    [completed] = fake_stripe.pay(out["provider_reference"])
+    raw, headers = fake_stripe.sign(completed)
+    before = signature_failures()
 
-    wrong_secret = await _deliver(project, raw, secret="whsec_someone_else")
-    tampered = await project.client.post(
-        f"/v1/webhooks/stripe/{project.id}",
-        content=raw.replace(b"1000", b"1001"),
-        headers={HEADER: sign(raw, WEBHOOK_SECRET)},
-    )
+    wrong_secret = await deliver(project, fake_stripe, completed, secret="whsec_someone_else")
+    tampered = await post_raw(project, raw.replace(b"1000", b"1001"), headers)
+    unsigned = await post_raw(project, raw, {"content-type": "application/json"})
 
-    for r in (wrong_secret, tampered):
+    for r in (wrong_secret, tampered, unsigned):
         assert r.status_code == 400, r.text
         assert r.headers["content-type"] == "application/problem+json"
         assert r.json()["code"] == "invalid_signature"
-    assert _failures() == before + 2
-    assert await _events_stored(db, project) == 0
+    assert signature_failures() == before + 3
+    assert await provider_events(db, project) == []
     assert (await balance(project, "u"))["total"] == 0
 
 
 async def test_webhooks_for_unconfigured_or_unknown_projects_are_refused_alike(
-    project: Project, fake: FakeProvider
+    project: Project, fake_stripe: FakeStripe
 ) -> None:
-    raw = succeeded_event("evt_x", "cs_nothing")
-    unconfigured = await _deliver(project, raw)
+    event = {"id": "evt_x", "type": "customer.created", "data": {"object": {}}}
+    raw, headers = fake_stripe.sign(event)
+    unconfigured = await post_raw(project, raw, headers)
     unknown = await project.client.post(
-        f"/v1/webhooks/stripe/{uuid.uuid4()}", content=raw, headers={HEADER: sign(raw, "x")}
+        f"/v1/webhooks/stripe/{uuid.uuid4()}", content=raw, headers=headers
     )
     for r in (unconfigured, unknown):
         assert r.status_code == 400, r.text
+        assert r.headers["content-type"] == "application/problem+json"
         assert r.json()["code"] == "webhook_not_configured"
-    r = await project.client.post("/v1/webhooks/stripe/not-a-uuid", content=raw)
+    assert unconfigured.json()["detail"] == unknown.json()["detail"]
+    r = await project.client.post("/v1/webhooks/stripe/not-a-uuid", content=raw, headers=headers)
     assert r.status_code == 404
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [b"not json", b"[]", b'{"type": "charge.refunded"}', b'{"id": "evt_1", "type": "x"}'[:-1]],
+)
 async def test_a_verified_body_that_is_no_event_is_400_malformed(
-    project: Project, fake: FakeProvider
+    project: Project, fake_stripe: FakeStripe, db: Database, raw: bytes
 ) -> None:
-    await configure(project)
-    r = await _deliver(project, b"not json")
+    await configure(project, fake_stripe)
+    headers = {"stripe-signature": _signature(raw, fake_stripe.webhook_secret)}
+    r = await post_raw(project, raw, headers)
     assert r.status_code == 400, r.text
     assert r.json()["code"] == "malformed_webhook"
+    assert await provider_events(db, project) == []
+
+
+def _signature(raw: bytes, secret: str) -> str:
+    return signature_header(raw, secret, int(time.time()))
 
 
 async def test_an_event_creditd_does_not_act_on_is_stored_and_ignored(
-    project: Project, fake: FakeProvider, db: Database
+    project: Project, fake_stripe: FakeStripe, db: Database
 ) -> None:
-    await configure(project)
-    r = await _deliver(project, b'{"id": "evt_other", "type": "customer.created"}')
+    await configure(project, fake_stripe)
+    event = {"id": "evt_other", "type": "customer.created", "data": {"object": {}}}
+    r = await deliver(project, fake_stripe, event)
     assert r.json() == {"received": True, "duplicate": False, "outcome": "ignored"}
-    assert await _events_stored(db, project) == 1
+    assert [(e.event_id, e.outcome) for e in await provider_events(db, project)] == [
+        ("evt_other", "ignored")
+    ]
 
 
 async def test_reconciliation_credits_a_lost_webhook_once_even_when_it_arrives_later(
-    project: Project, fake: FakeProvider, db: Database, app: FastAPI
+    project: Project, fake_stripe: FakeStripe, db: Database, app: FastAPI
 ) -> None:
-    await configure(project)
-    payment = body(await create(project, credits=100))
-    reference = payment["provider_reference"]
-    fake.lookups[reference] = [
-        PaymentSucceeded(
-            ref=PaymentRef(payment_id=uuid.UUID(payment["id"])),
-            amount_minor=1000,
-            currency="USD",
-            provider_payment_id="pay_evt_late",
-        )
-    ]
+    await configure(project, fake_stripe)
+    out = await created(project)
+    session_id = out["provider_reference"]
+    [completed] = fake_stripe.pay(session_id)  # the payer paid; the webhook got lost
     settings = app.state.settings
     later = utcnow() + timedelta(seconds=settings.payments.reconcile_after_seconds + 1)
 
     # Other projects' due payments may be claimed too: ours must be among them.
-    for _ in range(100):
+    for _ in range(50):
         await reconcile.reconcile_once(db, settings, batch_size=100, now=later)
-        if any(p.reference == reference for p in fake.looked_up):
+        if (await payment(project, out["id"]))["status"] != "created":
             break
+    assert (await payment(project, out["id"]))["status"] == "succeeded"
     assert (await balance(project, "u"))["total"] == 100
 
-    r = await _deliver(project, succeeded_event("evt_late", reference))
+    r = await deliver(project, fake_stripe, completed)
+    assert r.status_code == 200, r.text
     assert r.json()["outcome"] == "ignored"
     assert (await balance(project, "u"))["total"] == 100
     assert len(await grants(project)) == 1
+    assert (
+        intent_of(fake_stripe, session_id)
+        == (await payment(project, out["id"]))["provider_payment_id"]
+    )
     await assert_ledger_consistent(db)
 
 
 async def test_reconciliation_gives_up_on_a_payment_nobody_paid(
-    project: Project, fake: FakeProvider, db: Database, app: FastAPI
+    project: Project, fake_stripe: FakeStripe, db: Database, app: FastAPI
 ) -> None:
-    await configure(project)
-    payment = body(await create(project, credits=100))
+    await configure(project, fake_stripe)
+    out = await created(project)
+    session_id = out["provider_reference"]
     settings = app.state.settings
     much_later = utcnow() + timedelta(seconds=settings.payments.reconcile_give_up_seconds + 1)
 
-    for _ in range(100):
+    for _ in range(50):
         await reconcile.reconcile_once(db, settings, batch_size=100, now=much_later)
-        status = body(await project.get(f"/v1/payments/{payment['id']}"))["status"]
+        status = (await payment(project, out["id"]))["status"]
         if status != "created":
             break
     assert status == "expired"
+    assert fake_stripe.session(session_id)["status"] == "open", "Stripe was only asked"
+
+    def lookups() -> int:
+        return sum(q.method == "GET" and q.path.endswith(session_id) for q in fake_stripe.requests)
+
     # Claimed and pushed back: the same instant finds nothing of ours due again.
-    looked = len(fake.looked_up)
+    looked = lookups()
+    assert looked >= 1
     await reconcile.reconcile_once(db, settings, batch_size=100, now=much_later)
-    assert all(p.payment_id != uuid.UUID(payment["id"]) for p in fake.looked_up[looked:])
+    assert lookups() == looked

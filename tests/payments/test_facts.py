@@ -311,7 +311,12 @@ async def test_dispute_withdrawn_claws_back_and_reinstated_restores(
     out = await payment_json(project, payment)
     assert out["status"] == "won"
     assert out["credits_clawed_back"] == 0
-    assert await apply(db, project, _dispute("won")) == "stale"
+    # Stripe closes a dispute whose funds came back as won: the verdict, and no money moves.
+    assert await apply(db, project, _dispute("won")) == "applied"
+    out = await payment_json(project, payment)
+    assert (out["status"], out["dispute_status"]) == ("won", "won")
+    assert (await balance(project, "u"))["total"] == 100
+    assert await apply(db, project, _dispute("reinstated")) == "stale"
     assert await apply(db, project, _dispute("open")) == "stale"
     kinds = [e["kind"] for e in await ledger(project, "u")]
     assert kinds == ["purchase", "clawback", "clawback_reversal"]

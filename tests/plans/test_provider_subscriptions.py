@@ -2,9 +2,10 @@
 then driven by the provider's facts (linked, period paid, status changed) and canceled through
 the provider.
 
-Facts are applied directly, as the webhook receiver applies them after verifying a signature;
-the provider calls go to `RecordingProvider`, a stand-in for an adapter at the
-`PaymentProvider` seam (the adapters have their own tests against fake provider servers).
+Facts are applied directly, as the webhook receiver applies them after verifying a signature.
+Stripe's starts and cancels go through the real adapter and the official SDK to the fake Stripe
+(tests/fakes/stripe_server.py), whose subscriptions are completed and ended by its own signed
+webhooks; Razorpay's go to `RecordingProvider`, a stand-in at the `PaymentProvider` seam.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from app.integrations.base import (
     Credentials,
     Fact,
     PaymentLookup,
+    PaymentProvider,
     ProviderError,
     ProviderEvent,
     ProviderName,
@@ -40,6 +42,12 @@ from app.integrations.base import (
     SubscriptionRef,
     SubscriptionStatus,
     SubscriptionStatusChanged,
+)
+from app.integrations.stripe import StripeProvider
+from app.integrations.stripe.webhooks import (
+    PROJECT_ID_KEY,
+    SUBSCRIPTION_ID_KEY,
+    USER_ID_KEY,
 )
 from app.plans import service as plans
 from app.plans.exceptions import (
@@ -54,7 +62,9 @@ from app.plans.schemas import SubscriptionCreate
 from app.users.exceptions import UserNotFound
 from app.workers.runner import renew_subscriptions_once
 from tests.conftest import Project, assert_ledger_consistent
+from tests.fakes.stripe_server import FakeStripe
 from tests.helpers import balance, body
+from tests.payments.stripe_helpers import configure, deliver_all
 from tests.plans.test_plans import (
     allocation_rows,
     assert_problem,
@@ -126,23 +136,58 @@ def creds(provider: ProviderName) -> Credentials:
     return Credentials(provider=provider, secret_key="sk_test_x", key_id="rzp_test_x")
 
 
+@dataclass
+class StripeAccount:
+    """The test's account at the fake Stripe and the real adapter to reach it."""
+
+    fake: FakeStripe
+    impl: StripeProvider
+    creds: Credentials
+    name: ProviderName = "stripe"
+
+    def sessions(self) -> list[str]:
+        return self.fake.session_ids()
+
+    def subscription_calls(self, provider_sub: str) -> list[tuple[str, Any]]:
+        path = f"/v1/subscriptions/{provider_sub}"
+        return [(q.method, q.params) for q in self.fake.requests if q.path == path]
+
+
+@pytest.fixture
+def stripe(fake_stripe: FakeStripe) -> StripeAccount:
+    for price_id in ("price_pro", "price_old"):  # the plans' stripe_price_id in this file
+        fake_stripe.add_price(999, "usd", price_id=price_id)
+    account = Credentials(
+        provider="stripe",
+        secret_key=fake_stripe.secret_key,
+        api_base=fake_stripe.url,
+        timeout_seconds=5,
+    )
+    return StripeAccount(fake_stripe, StripeProvider(), account)
+
+
 async def start(
     db: Database,
     project: Project,
     user_id: str,
     plan_id: str = "pro",
     provider: ProviderName = "stripe",
-    impl: RecordingProvider | None = None,
+    impl: RecordingProvider | StripeAccount | None = None,
 ) -> tuple[uuid.UUID, str]:
     """Start a provider subscription (committed); returns its id and the checkout URL."""
     impl = impl or RecordingProvider(provider)
+    provider_impl: PaymentProvider
+    if isinstance(impl, StripeAccount):
+        provider_impl, account = impl.impl, impl.creds
+    else:
+        provider_impl, account = impl, creds(provider)
     payload = SubscriptionCreate(
         plan_id=plan_id, provider=provider, success_url="https://example.com/ok"
     )
     async with db.transaction() as session:
         sub, url = await plans.start_provider_subscription(
-            session, uuid.UUID(project.id), user_id, payload, provider_impl=impl,
-            creds=creds(provider),
+            session, uuid.UUID(project.id), user_id, payload, provider_impl=provider_impl,
+            creds=account,
         )  # fmt: skip
     return sub.id, url
 
@@ -247,19 +292,24 @@ async def active_on_gold(db: Database, project: Project) -> uuid.UUID:
 
 
 async def test_stripe_start_is_incomplete_with_a_checkout_and_grants_nothing(
-    project: Project, db: Database
+    project: Project, db: Database, stripe: StripeAccount
 ) -> None:
     await make_tier(project, "gold", credits=0)
     await make_plan(project, "pro", tier_id="gold", stripe_price_id="price_pro")
     await project.user("u")
-    impl = RecordingProvider("stripe")
-    sub_id, url = await start(db, project, "u", impl=impl)
-    assert url == "https://checkout.stripe.test/c/cs_1"
-    [req] = impl.checkouts
-    assert (req.subscription_id, req.user_id, req.plan_id) == (sub_id, "u", "pro")
-    assert req.provider_plan == "price_pro"
-    assert req.success_url == "https://example.com/ok"
-    assert req.project_id == uuid.UUID(project.id)
+    sub_id, url = await start(db, project, "u", impl=stripe)
+    [session_id] = stripe.sessions()
+    assert url == f"https://checkout.stripe.com/c/pay/{session_id}"
+    session = stripe.fake.session(session_id)
+    assert (session["mode"], session["status"]) == ("subscription", "open")
+    assert session["client_reference_id"] == str(sub_id)
+    assert session["success_url"] == "https://example.com/ok"
+    assert session["metadata"][SUBSCRIPTION_ID_KEY] == str(sub_id)
+    assert session["metadata"][USER_ID_KEY] == "u"
+    assert session["metadata"][PROJECT_ID_KEY] == project.id
+    [req] = [q for q in stripe.fake.requests if q.path == "/v1/checkout/sessions"]
+    assert req.params["line_items"] == [{"price": "price_pro", "quantity": "1"}]
+    assert req.params["subscription_data"]["metadata"][SUBSCRIPTION_ID_KEY] == str(sub_id)
     sub = await get_sub(project, sub_id)
     assert sub["status"] == "incomplete"
     assert sub["provider"] == "stripe"
@@ -285,16 +335,15 @@ async def test_razorpay_start_knows_the_provider_subscription_at_once(
 
 
 async def test_plan_without_the_providers_id_is_plan_not_available(
-    project: Project, db: Database
+    project: Project, db: Database, stripe: StripeAccount
 ) -> None:
     await make_plan(project, "pro", razorpay_plan_id="plan_rzp")
     await project.user("u")
-    impl = RecordingProvider("stripe")
     with pytest.raises(PlanNotAvailable) as raised:
-        await start(db, project, "u", impl=impl)
+        await start(db, project, "u", impl=stripe)
     assert raised.value.status == 409
     assert raised.value.slug == "plan_not_available"
-    assert impl.checkouts == []
+    assert stripe.fake.requests == []
     assert await subscription_count(db, project) == 0
 
 
@@ -309,7 +358,7 @@ async def test_plan_without_the_providers_id_is_plan_not_available(
     ],
 )
 async def test_start_checks_user_plan_and_running_subscription_before_the_provider(
-    project: Project, db: Database, setup: str, error: type[AppError]
+    project: Project, db: Database, setup: str, error: type[AppError], stripe: StripeAccount
 ) -> None:
     await make_plan(project, "pro", stripe_price_id="price_pro")
     await make_plan(project, "old", stripe_price_id="price_old", active=False)
@@ -318,13 +367,13 @@ async def test_start_checks_user_plan_and_running_subscription_before_the_provid
     if setup == "running_manual":
         await subscribed(project, "u")
     if setup == "running_incomplete":
-        await start(db, project, "u")
+        await start(db, project, "u", impl=stripe)
     before = await subscription_count(db, project)
+    asked = len(stripe.fake.requests)
     plan_id = {"no_plan": "nope", "inactive_plan": "old"}.get(setup, "pro")
-    impl = RecordingProvider("stripe")
     with pytest.raises(error):
-        await start(db, project, "u", plan_id, impl=impl)
-    assert impl.checkouts == []
+        await start(db, project, "u", plan_id, impl=stripe)
+    assert len(stripe.fake.requests) == asked
     assert await subscription_count(db, project) == before
 
 
@@ -332,24 +381,26 @@ async def test_start_checks_user_plan_and_running_subscription_before_the_provid
     ("transient", "error"), [(True, ProviderUnavailable), (False, ProviderFailed)]
 )
 async def test_a_provider_failure_at_start_creates_nothing(
-    project: Project, db: Database, transient: bool, error: type[AppError]
+    project: Project, db: Database, transient: bool, error: type[AppError], stripe: StripeAccount
 ) -> None:
     await make_plan(project, "pro", stripe_price_id="price_pro")
     await project.user("u")
-    impl = RecordingProvider("stripe", fail=ProviderError("boom", transient=transient))
+    # A 5xx is retried twice by the SDK before it gives up; a 400 is a refusal at once.
+    stripe.fake.fail_next(3 if transient else 1, status=500 if transient else 400)
     with pytest.raises(error) as raised:
-        await start(db, project, "u", impl=impl)
+        await start(db, project, "u", impl=stripe)
     assert raised.value.status == (503 if transient else 502)
+    assert stripe.sessions() == []
     assert await subscription_count(db, project) == 0
     assert "subscription.created" not in await event_types(project, "u")
 
 
 async def test_a_provider_start_blocks_a_manual_one_and_the_reverse(
-    project: Project, db: Database
+    project: Project, db: Database, stripe: StripeAccount
 ) -> None:
     await make_plan(project, "pro", stripe_price_id="price_pro")
     await project.user("u")
-    await start(db, project, "u")
+    await start(db, project, "u", impl=stripe)
     assert_problem(await subscribe(project, "u"), 409, "subscription_exists")
     assert await subscription_count(db, project) == 1
 
@@ -421,7 +472,7 @@ async def test_three_renewals_grant_three_paid_periods(project: Project, db: Dat
 
 async def test_a_replayed_charge_grants_nothing(project: Project, db: Database) -> None:
     await active_on_gold(db, project)
-    assert await apply(db, project, paid(0)) == "applied"
+    assert await apply(db, project, paid(0)) == "ignored"
     assert (await balance(project, "u"))["total"] == 100
     assert await payment_count(db, project) == 1
     assert len(await allocation_rows(db, project, "u")) == 1
@@ -433,7 +484,7 @@ async def test_concurrent_deliveries_of_one_charge_grant_once(
 ) -> None:
     await active_on_gold(db, project)
     outcomes = await asyncio.gather(*(apply(db, project, paid(1)) for _ in range(10)))
-    assert outcomes == ["applied"] * 10
+    assert sorted(outcomes) == ["applied"] + ["ignored"] * 9
     assert (await balance(project, "u"))["total"] == 200
     assert await payment_count(db, project) == 2
     assert len(await allocation_rows(db, project, "u")) == 2
@@ -641,58 +692,95 @@ async def test_the_manual_renewal_worker_ignores_provider_subscriptions(
 
 
 async def cancel(
-    db: Database, project: Project, sub_id: uuid.UUID, impl: RecordingProvider, *, now: bool
+    db: Database,
+    project: Project,
+    sub_id: uuid.UUID,
+    impl: RecordingProvider | StripeAccount,
+    *,
+    now: bool,
 ) -> dict[str, Any]:
+    provider_impl: PaymentProvider
+    if isinstance(impl, StripeAccount):
+        provider_impl, account = impl.impl, impl.creds
+    else:
+        provider_impl, account = impl, creds(impl.name)
     async with db.transaction() as session:
         sub = await plans.cancel(
             session, uuid.UUID(project.id), sub_id, at_period_end=not now,
-            provider_impl=impl, creds=creds(impl.name),
+            provider_impl=provider_impl, creds=account,
         )  # fmt: skip
         return plans.subscription_out(sub).model_dump()
 
 
+async def active_at_stripe(
+    db: Database, project: Project, stripe: StripeAccount
+) -> tuple[uuid.UUID, str]:
+    """User u (on tier basic) subscribed to pro (tier gold) at the fake Stripe: checkout
+    completed and its signed webhooks received. Returns ours and Stripe's subscription ids."""
+    await configure(project, stripe.fake)
+    await make_tier(project, "basic", credits=0)
+    await make_tier(project, "gold", credits=0)
+    await make_plan(project, "pro", tier_id="gold", stripe_price_id="price_pro")
+    await project.post("/v1/users", {"id": "u", "tier_id": "basic"})
+    sub_id, _ = await start(db, project, "u", impl=stripe)
+    [session_id] = stripe.sessions()
+    events = stripe.fake.complete_subscription_checkout(session_id)
+    await deliver_all(project, stripe.fake, events)
+    provider_sub: str = stripe.fake.session(session_id)["subscription"]
+    assert (await get_sub(project, sub_id))["status"] == "active"
+    assert await user_tier(project, "u") == "gold"
+    return sub_id, provider_sub
+
+
 async def test_cancel_now_cancels_at_the_provider_and_ends_it_here(
-    project: Project, db: Database
+    project: Project, db: Database, stripe: StripeAccount
 ) -> None:
-    sub_id = await active_on_gold(db, project)
-    impl = RecordingProvider("stripe")
-    sub = await cancel(db, project, sub_id, impl, now=True)
-    assert impl.cancels == [(SUB_A, False)]
+    sub_id, provider_sub = await active_at_stripe(db, project, stripe)
+    sub = await cancel(db, project, sub_id, stripe, now=True)
+    assert stripe.subscription_calls(provider_sub) == [("DELETE", {})]
+    assert stripe.fake.subscription(provider_sub)["status"] == "canceled"
     assert sub["status"] == "canceled"
     assert sub["ended_at"] is not None
     assert await user_tier(project, "u") == "basic"
-    assert await apply(db, project, status("ended")) == "stale", "the provider's own event"
+    [deleted] = [e for e in stripe.fake.events if e["type"] == "customer.subscription.deleted"]
+    assert await deliver_all(project, stripe.fake, [deleted]) == ["stale"], "Stripe's own event"
     assert "subscription.canceled" in await event_types(project, "u")
+    await assert_ledger_consistent(db)
 
 
 async def test_cancel_at_period_end_asks_the_provider_and_its_event_ends_it(
-    project: Project, db: Database
+    project: Project, db: Database, stripe: StripeAccount
 ) -> None:
-    sub_id = await active_on_gold(db, project)
-    impl = RecordingProvider("stripe")
-    sub = await cancel(db, project, sub_id, impl, now=False)
-    assert impl.cancels == [(SUB_A, True)]
+    sub_id, provider_sub = await active_at_stripe(db, project, stripe)
+    sub = await cancel(db, project, sub_id, stripe, now=False)
+    assert stripe.subscription_calls(provider_sub) == [("POST", {"cancel_at_period_end": "true"})]
+    assert stripe.fake.subscription(provider_sub)["cancel_at_period_end"] is True
     assert (sub["status"], sub["cancel_at_period_end"], sub["ended_at"]) == ("active", True, None)
-    await cancel(db, project, sub_id, impl, now=False)
-    assert len(impl.cancels) == 1, "already set to end: the provider is not asked again"
+    await cancel(db, project, sub_id, stripe, now=False)
+    assert len(stripe.subscription_calls(provider_sub)) == 1, (
+        "already set to end: the provider is not asked again"
+    )
     assert await user_tier(project, "u") == "gold"
-    assert await apply(db, project, status("ended")) == "applied"
+    ended = stripe.fake.delete_subscription(provider_sub)
+    assert await deliver_all(project, stripe.fake, ended) == ["applied"]
     assert (await get_sub(project, sub_id))["status"] == "canceled"
     assert await user_tier(project, "u") == "basic"
+    await assert_ledger_consistent(db)
 
 
 async def test_canceling_an_unpaid_checkout_ends_it_without_calling_the_provider(
-    project: Project, db: Database
+    project: Project, db: Database, stripe: StripeAccount
 ) -> None:
     await make_plan(project, "pro", stripe_price_id="price_pro")
     await project.user("u")
-    sub_id, _ = await start(db, project, "u")
-    impl = RecordingProvider("stripe")
-    sub = await cancel(db, project, sub_id, impl, now=False)
-    assert impl.cancels == []
+    sub_id, _ = await start(db, project, "u", impl=stripe)
+    asked = len(stripe.fake.requests)
+    sub = await cancel(db, project, sub_id, stripe, now=False)
+    assert len(stripe.fake.requests) == asked
     assert sub["status"] == "canceled"
     assert sub["ended_at"] is not None
-    await start(db, project, "u")  # a new checkout may start now
+    await start(db, project, "u", impl=stripe)  # a new checkout may start now
+    assert len(stripe.sessions()) == 2
 
 
 async def test_canceling_an_unpaid_razorpay_subscription_cancels_it_there_now(
@@ -707,11 +795,14 @@ async def test_canceling_an_unpaid_razorpay_subscription_cancels_it_there_now(
     assert sub["ended_at"] is not None
 
 
-async def test_a_provider_failure_on_cancel_changes_nothing(project: Project, db: Database) -> None:
-    sub_id = await active_on_gold(db, project)
+async def test_a_provider_failure_on_cancel_changes_nothing(
+    project: Project, db: Database, stripe: StripeAccount
+) -> None:
+    sub_id, provider_sub = await active_at_stripe(db, project, stripe)
     before = await get_sub(project, sub_id)
-    impl = RecordingProvider("stripe", fail=ProviderError("down", transient=True))
+    stripe.fake.fail_next(3, status=503)  # the first try and the SDK's two retries
     with pytest.raises(ProviderUnavailable):
-        await cancel(db, project, sub_id, impl, now=True)
+        await cancel(db, project, sub_id, stripe, now=True)
     assert await get_sub(project, sub_id) == before
     assert await user_tier(project, "u") == "gold"
+    assert stripe.fake.subscription(provider_sub)["status"] == "active"

@@ -10,8 +10,10 @@ import itertools
 import json
 import secrets
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,11 +22,17 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 
+from app.cli import run_migrations
 from app.core.clock import utcnow
+from app.core.settings import DatabaseSettings, Settings
+from app.credits.verify import verify
 from app.db.session import Database
+from app.main import create_app
 from app.payments import reconcile
-from tests.conftest import Project, assert_ledger_consistent
+from tests.conftest import Project, assert_ledger_consistent, create_project
 from tests.fakes.razorpay_server import Delivery, FakeRazorpay, sign
+from tests.faults.test_retries import lose_next_commit  # noqa: F401 - a fixture
+from tests.fixtures.own_server import OwnServer, own_server
 from tests.helpers import balance, body, complete, start
 from tests.payments.helpers import event_types, grants
 
@@ -591,3 +599,93 @@ async def test_a_lost_webhook_is_recovered_by_reconciliation_once_even_when_it_a
     much_later = later + timedelta(days=1)
     await reconcile.reconcile_once(db, settings, batch_size=100, now=much_later)
     assert not any(r.path == f"/v1/payment_links/{link_id}" for r in fake_razorpay.requests[asked:])
+
+
+# --- the database failing ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[OwnServer]:
+    """A PostgreSQL of this module's own, to stop and start (never the shared one)."""
+    with own_server() as server:
+        run_migrations(server.url)
+        yield server
+
+
+@pytest.fixture
+async def outage_project(
+    pg: OwnServer, settings: Settings, tmp_path: Path
+) -> AsyncIterator[Project]:
+    """A project on an app served from ``pg`` (the session's fake providers, as usual)."""
+    own = settings.model_copy(
+        update={"database": DatabaseSettings(url=pg.url, pool_size=4), "data_dir": tmp_path}
+    )
+    app = create_app(own)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            made = await create_project(http)
+            yield made
+            async with app.state.db.transaction() as session:
+                _, violations = await verify(session)
+            assert violations == [], violations
+
+
+async def test_a_webhook_during_a_database_outage_is_503_and_its_redelivery_grants_once(
+    outage_project: Project, fake_razorpay: FakeRazorpay, pg: OwnServer
+) -> None:
+    project = outage_project
+    await configure(project, fake_razorpay)
+    created = await top_up(project)
+    deliveries = fake_razorpay.pay(created["provider_reference"])
+
+    pg.stop()
+    try:
+        during = [await deliver(project, d) for d in deliveries]
+    finally:
+        pg.start()
+
+    for r in during:
+        assert r.status_code == 503, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.json()["code"] == "database_unavailable"
+        assert int(r.headers["retry-after"]) >= 1
+    # Razorpay redelivers until it gets a 2xx; the pool may still hand out a dead connection
+    # once after the restart, which is another 503 and another redelivery.
+    answers = []
+    for d in deliveries:
+        for _ in range(10):
+            r = await deliver(project, d)
+            if r.status_code != 503:
+                break
+        assert r.status_code == 200, r.text
+        answers.append(r.json())
+    assert [a["duplicate"] for a in answers] == [False] * 3
+    assert sorted(a["outcome"] for a in answers) == ["applied", "ignored", "ignored"]
+    [grant] = await grants(project)
+    assert (grant["category"], grant["payment_id"]) == ("paid", created["id"])
+    assert (await balance(project, "u"))["total"] == 100
+
+
+@pytest.mark.parametrize("committed", [False, True])
+async def test_a_webhook_whose_commit_reply_is_lost_is_503_and_its_redelivery_grants_once(
+    project: Project,
+    fake_razorpay: FakeRazorpay,
+    db: Database,
+    lose_next_commit: dict[str, bool],  # noqa: F811 - the imported fixture
+    committed: bool,
+) -> None:
+    await configure(project, fake_razorpay)
+    created = await top_up(project)
+    link_paid = fake_razorpay.pay(created["provider_reference"])[0]
+
+    lose_next_commit.update(armed=True, applied=committed)
+    r = await deliver(project, link_paid)
+
+    # Whether the COMMIT happened is unknown to the app: 503, and Razorpay redelivers.
+    assert r.status_code == 503, r.text
+    assert r.json()["code"] == "commit_outcome_unknown"
+    again = await delivered(project, link_paid)
+    # Stored with its grant in one transaction: either both happened, or neither did.
+    assert again["duplicate"] is committed
+    await assert_paid_once(project, db, created["id"], 100)

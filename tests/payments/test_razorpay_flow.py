@@ -361,6 +361,26 @@ async def test_a_body_with_php_json_escapes_verifies_over_the_raw_bytes(
     assert out["metadata"] == {"note": "café/ünïcode ✓", "site": "https://x.in/a"}
 
 
+async def test_one_razorpay_account_shared_by_two_projects_credits_only_the_payments_own(
+    project: Project, other_project: Project, fake_razorpay: FakeRazorpay, db: Database
+) -> None:
+    """Razorpay sends every event of an account to each webhook URL configured on it."""
+    await configure(project, fake_razorpay)
+    await configure(other_project, fake_razorpay)
+    created = await top_up(project)
+    deliveries = fake_razorpay.pay(created["provider_reference"])
+
+    elsewhere = [(await delivered(other_project, d))["outcome"] for d in deliveries]
+    assert elsewhere == ["unmatched"] * 3
+    assert (await other_project.get(f"/v1/payments/{created['id']}")).status_code == 404
+    r = await other_project.get("/v1/users/u")
+    assert r.status_code == 404, r.text
+
+    for d in deliveries:
+        await delivered(project, d)
+    await assert_paid_once(project, db, created["id"], 100)
+
+
 # --- amounts --------------------------------------------------------------------------------
 
 
@@ -689,3 +709,29 @@ async def test_a_webhook_whose_commit_reply_is_lost_is_503_and_its_redelivery_gr
     # Stored with its grant in one transaction: either both happened, or neither did.
     assert again["duplicate"] is committed
     await assert_paid_once(project, db, created["id"], 100)
+
+
+@pytest.mark.parametrize(("ending", "status"), [("expire", "expired"), ("cancel_link", "canceled")])
+async def test_reconciliation_ends_a_link_that_expired_or_was_cancelled_unpaid(
+    project: Project,
+    fake_razorpay: FakeRazorpay,
+    db: Database,
+    app: FastAPI,
+    ending: str,
+    status: str,
+) -> None:
+    await configure(project, fake_razorpay)
+    created = await top_up(project)
+    link_id = created["provider_reference"]
+    getattr(fake_razorpay, ending)(link_id)  # its webhook is lost
+    settings = app.state.settings
+    later = utcnow() + timedelta(seconds=settings.payments.reconcile_after_seconds + 1)
+
+    for _ in range(50):
+        await reconcile.reconcile_once(db, settings, batch_size=100, now=later)
+        if (await payment(project, created["id"]))["status"] != "created":
+            break
+
+    assert (await payment(project, created["id"]))["status"] == status
+    assert (await balance(project, "u"))["total"] == 0
+    assert len(await event_types(project, f"payment.{status}")) == 1

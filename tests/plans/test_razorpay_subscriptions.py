@@ -4,6 +4,7 @@ canceled through the API (which cancels at the fake)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -248,4 +249,58 @@ async def test_cancel_through_the_api_cancels_at_razorpay(
     assert out["ended_at"] is not None
     assert await user_tier(project, "u") == "free"
     assert (await balance(project, "u"))["total"] == 100
+    await assert_ledger_consistent(db)
+
+
+async def test_a_refunded_charge_claws_back_its_periods_credits_only(
+    project: Project, fake_razorpay: FakeRazorpay, db: Database
+) -> None:
+    sub, [first] = await active(project, fake_razorpay)
+    second = fake_razorpay.charge(sub["provider_subscription_id"])
+    await deliver(project, second)
+    assert (await balance(project, "u"))["total"] == 200
+    pay_id = second.payload["payload"]["payment"]["entity"]["id"]
+
+    # Half of the second period's money back: half its credits go, the first period's stay.
+    refund = fake_razorpay.refund(pay_id, 49950)
+    assert (await deliver(project, refund))["outcome"] == "applied"
+
+    assert (await balance(project, "u"))["total"] == 150
+    r = await project.get("/v1/payments", params={"user_id": "u", "limit": 10})
+    assert r.status_code == 200, r.text
+    by_charge = {p["provider_payment_id"]: p for p in body(r)["data"]}
+    refunded = by_charge[pay_id]
+    assert (refunded["kind"], refunded["status"]) == ("subscription", "partially_refunded")
+    assert refunded["credits_clawed_back"] == 50
+    untouched = by_charge[first.payload["payload"]["payment"]["entity"]["id"]]
+    assert (untouched["status"], untouched["credits_clawed_back"]) == ("succeeded", 0)
+
+    lost = fake_razorpay.dispute(pay_id, "lost")
+    assert (await deliver(project, lost))["outcome"] == "applied"
+    assert (await balance(project, "u"))["total"] == 100
+    assert (await get_sub(project, sub["id"]))["status"] == "active"
+    await assert_ledger_consistent(db)
+
+
+async def test_one_charge_delivered_concurrently_over_http_grants_once(
+    live_project: Project, fake_razorpay: FakeRazorpay, db: Database
+) -> None:
+    project = live_project
+    sub, _ = await active(project, fake_razorpay)
+    charge = fake_razorpay.charge(sub["provider_subscription_id"])
+    entities = charge.payload["payload"]
+    # Razorpay's retries of one event, and the same charge in another event.
+    resent = fake_razorpay.event(
+        "subscription.charged",
+        subscription=entities["subscription"]["entity"],
+        payment=entities["payment"]["entity"],
+    )
+
+    deliveries = [charge, resent] * 10
+    answers = await asyncio.gather(*(deliver(project, d) for d in deliveries))
+
+    assert sum(not a["duplicate"] for a in answers) == 2
+    assert (await balance(project, "u"))["total"] == 200
+    assert len(await subscription_grants(db, project)) == 2
+    assert len(await allocation_rows(db, project, "u")) == 2
     await assert_ledger_consistent(db)

@@ -159,6 +159,76 @@ async def test_a_razorpay_top_up_is_credited_once_from_its_three_signed_webhooks
     assert len(await event_types(project, "credits.granted")) == 1
 
 
+async def test_an_amount_only_top_up_buys_credits_at_the_projects_rate(
+    project: Project, fake_razorpay: FakeRazorpay, db: Database
+) -> None:
+    await configure(project, fake_razorpay)
+    r = await project.patch("/v1/project", {"settings": {"credits_per_unit": {"INR": "0.25"}}})
+    assert r.status_code == 200, r.text
+    created = await top_up(project, amount="123.45", credits=None)
+    assert created["credits"] == Decimal("30.8625")
+    assert fake_razorpay.links[created["provider_reference"]]["amount"] == 12345
+
+    for d in fake_razorpay.pay(created["provider_reference"]):
+        await delivered(project, d)
+
+    [grant] = await grants(project)
+    assert (grant["amount"], grant["payment_id"]) == (Decimal("30.8625"), created["id"])
+    assert (await balance(project, "u"))["total"] == Decimal("30.8625")
+    await assert_ledger_consistent(db)
+
+
+async def payments_stored(project: Project) -> list[Any]:
+    r = await project.get("/v1/payments")
+    assert r.status_code == 200, r.text
+    return list(body(r)["data"])
+
+
+async def test_razorpay_down_is_503_stores_nothing_and_the_keyed_retry_opens_one_link(
+    project: Project, fake_razorpay: FakeRazorpay
+) -> None:
+    await configure(project, fake_razorpay)
+    payload = {"user_id": "u", "provider": "razorpay", "amount": "500", "currency": "INR"}
+    key = {"Idempotency-Key": "topup-1"}
+    fake_razorpay.fail_next(status=503)
+
+    r = await project.post("/v1/payments", {**payload, "credits": 100}, headers=key)
+
+    assert r.status_code == 503, r.text
+    assert r.json()["code"] == "provider_unavailable"
+    assert int(r.headers["retry-after"]) >= 1
+    assert await payments_stored(project) == []
+    assert fake_razorpay.links == {}
+    retried = await project.post("/v1/payments", {**payload, "credits": 100}, headers=key)
+    assert retried.status_code == 201, retried.text
+    replayed = await project.post("/v1/payments", {**payload, "credits": 100}, headers=key)
+    assert replayed.json()["id"] == retried.json()["id"]
+    assert list(fake_razorpay.links) == [retried.json()["provider_reference"]]
+    assert len(await payments_stored(project)) == 1
+
+
+async def test_razorpay_refusing_the_link_is_502_and_stores_nothing(
+    project: Project, fake_razorpay: FakeRazorpay
+) -> None:
+    # Razorpay's minimum is INR 1.00; and a key secret Razorpay does not know.
+    await configure(project, fake_razorpay)
+    r = await project.post(
+        "/v1/payments",
+        {"user_id": "u", "provider": "razorpay", "amount": "0.50", "currency": "INR", "credits": 1},
+    )
+    assert r.status_code == 502, r.text
+    assert r.json()["code"] == "provider_error"
+    await configure(project, fake_razorpay, key_secret="not-the-key-secret")
+    r = await project.post(
+        "/v1/payments",
+        {"user_id": "u", "provider": "razorpay", "amount": "5", "currency": "INR", "credits": 1},
+    )
+    assert r.status_code == 502, r.text
+    assert r.json()["code"] == "provider_error"
+    assert await payments_stored(project) == []
+    assert fake_razorpay.links == {}
+
+
 @pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
 async def test_the_three_events_of_one_payment_in_any_order_grant_once(
     project: Project, fake_razorpay: FakeRazorpay, db: Database, order: tuple[int, ...]

@@ -580,6 +580,15 @@ async def _ended(
     ):
         return "stale"  # an earlier, failed attempt; another one is this payment's money
     status = _ENDED[type(fact)]
+    if isinstance(fact, PaymentFailed) and fact.checkout_open:
+        # Only an attempt failed and the checkout is still payable: the payment stays open
+        # (reconciliation never looks at a failed one, so a later attempt's money whose
+        # webhooks are lost would go uncredited); the reason is kept and reported.
+        payment = await repo.update(
+            session, payment.project_id, payment.id, {"failure_reason": fact.reason}
+        )
+        await _event(session, payment, "payment.failed", reason=fact.reason, checkout_open=True)
+        return "applied"
     values: dict[str, Any] = {"status": status, "reconcile_at": None}
     if isinstance(fact, PaymentFailed):
         values["failure_reason"] = fact.reason

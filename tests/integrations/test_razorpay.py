@@ -571,6 +571,7 @@ async def test_payment_failed_gives_the_reason(fake_razorpay: FakeRazorpay) -> N
     assert isinstance(fact, PaymentFailed)
     assert fact.reason == "Card declined by bank"
     assert fact.ref.payment_id == req.payment_id
+    assert fact.checkout_open is True, "the link can still be paid"
 
 
 async def test_an_expired_link_is_payment_expired(fake_razorpay: FakeRazorpay) -> None:

@@ -286,7 +286,14 @@ async def test_a_failed_attempt_then_a_successful_retry_on_the_link_credits_once
     failed = fake_razorpay.fail(link_id, reason="Card declined")
     assert (await delivered(project, failed))["outcome"] == "applied"
     after_failure = await payment(project, created["id"])
-    assert (after_failure["status"], after_failure["failure_reason"]) == ("failed", "Card declined")
+    # Only the attempt failed: the link stays payable, and so the payment stays open.
+    assert (after_failure["status"], after_failure["failure_reason"]) == (
+        "created",
+        "Card declined",
+    )
+    [reported] = await event_types(project, "payment.failed")
+    assert reported["data"]["reason"] == "Card declined"
+    assert reported["data"]["checkout_open"] is True
     assert (await balance(project, "u"))["total"] == 0
 
     for d in fake_razorpay.pay(link_id):
@@ -779,6 +786,60 @@ async def test_a_webhook_whose_commit_reply_is_lost_is_503_and_its_redelivery_gr
     # Stored with its grant in one transaction: either both happened, or neither did.
     assert again["duplicate"] is committed
     await assert_paid_once(project, db, created["id"], 100)
+
+
+async def reconcile_until(db: Database, app: FastAPI, done: Any, *, seconds: float) -> None:
+    """Run the job ``seconds`` from now until ``done()`` (other tests' due payments share the
+    batches)."""
+    settings = app.state.settings
+    later = utcnow() + timedelta(seconds=seconds)
+    for _ in range(50):
+        await reconcile.reconcile_once(db, settings, batch_size=100, now=later)
+        if await done():
+            return
+
+
+async def test_a_link_paid_after_a_failed_attempt_is_still_reconciled_when_its_webhooks_are_lost(
+    project: Project, fake_razorpay: FakeRazorpay, db: Database, app: FastAPI
+) -> None:
+    await configure(project, fake_razorpay)
+    created = await top_up(project)
+    link_id = created["provider_reference"]
+    # The first attempt fails (and says so); the retry on the same link pays, unheard.
+    await delivered(project, fake_razorpay.fail(link_id, reason="Card declined"))
+    lost = fake_razorpay.pay(link_id)
+
+    async def credited() -> bool:
+        return (await balance(project, "u"))["total"] != 0
+
+    after = app.state.settings.payments.reconcile_after_seconds + 1
+    await reconcile_until(db, app, credited, seconds=after)
+
+    out = await payment(project, created["id"])
+    assert out["status"] == "succeeded"
+    assert out["provider_payment_id"] == lost[1].payload["payload"]["payment"]["entity"]["id"]
+    await assert_paid_once(project, db, created["id"], 100)
+    assert [(await delivered(project, d))["outcome"] for d in lost] == ["ignored"] * 3
+    await assert_paid_once(project, db, created["id"], 100)
+
+
+async def test_a_link_that_only_failed_is_expired_when_reconciliation_gives_up(
+    project: Project, fake_razorpay: FakeRazorpay, db: Database, app: FastAPI
+) -> None:
+    await configure(project, fake_razorpay)
+    created = await top_up(project)
+    await delivered(project, fake_razorpay.fail(created["provider_reference"]))
+
+    async def ended() -> bool:
+        status: str = (await payment(project, created["id"]))["status"]
+        return status == "expired"
+
+    give_up = app.state.settings.payments.reconcile_give_up_seconds + 1
+    await reconcile_until(db, app, ended, seconds=give_up)
+
+    out = await payment(project, created["id"])
+    assert (out["status"], out["failure_reason"]) == ("expired", "Payment failed")
+    assert (await balance(project, "u"))["total"] == 0
 
 
 @pytest.mark.parametrize(("ending", "status"), [("expire", "expired"), ("cancel_link", "canceled")])

@@ -267,7 +267,14 @@ def _payment_failed(_: str, payload: Mapping[str, Any]) -> list[Fact]:
     payment = _required(payload, "payment")
     if _is_subscription_payment(payment):
         return []  # a failed renewal arrives as subscription.pending / .halted
-    return [PaymentFailed(ref=_payment_ref(payment), reason=text(payment, "error_description"))]
+    # A failed attempt leaves the payment link payable: the customer may try again on it.
+    return [
+        PaymentFailed(
+            ref=_payment_ref(payment),
+            reason=text(payment, "error_description"),
+            checkout_open=True,
+        )
+    ]
 
 
 def _payment_link_ended(event_type: str, payload: Mapping[str, Any]) -> list[Fact]:

@@ -482,11 +482,25 @@ async def _succeeded(session: AsyncSession, payment: Payment, fact: PaymentSucce
         return "ignored"
     got_currency = fact.currency.upper()
     if fact.amount_minor != payment.amount_minor or got_currency != payment.currency:
+        reason = (
+            f"amount_mismatch: paid {fact.amount_minor} {got_currency}, "
+            f"expected {payment.amount_minor} {payment.currency}"
+        )
+        if payment.failure_reason == reason:
+            return "amount_mismatch"  # reported already (Razorpay sends three events per payment)
         log.warning(
             "payment_amount_mismatch",
             payment_id=str(payment.id),
             expected=f"{payment.amount_minor} {payment.currency}",
             got=f"{fact.amount_minor} {got_currency}",
+        )
+        # The checkout was paid, with the wrong money: asking the provider again cannot
+        # change that, so reconciliation stops (it would report it again every hour).
+        payment = await repo.update(
+            session,
+            payment.project_id,
+            payment.id,
+            {"failure_reason": reason, "reconcile_at": None},
         )
         await _event(
             session,

@@ -486,14 +486,41 @@ async def test_money_differing_from_the_recorded_payment_credits_nothing(
     assert await grants(project) == []
     out = await payment(project, created["id"])
     assert (out["status"], out["credits_granted"]) == ("created", 0)
+    # Three events say it, the operator is told once.
     mismatches = await event_types(project, "payment.amount_mismatch")
-    assert len(mismatches) == 3
+    assert len(mismatches) == 1
     data = mismatches[0]["data"]
     assert data["expected"] == {"amount_minor": 50000, "currency": "INR"}
     assert data["got"] == got
     assert data["payment_id"] == created["id"]
     assert mismatches[0]["user_id"] == "u"
     await assert_ledger_consistent(db)
+
+
+async def test_a_mismatched_payment_is_reported_once_and_not_looked_up_forever(
+    project: Project, fake_razorpay: FakeRazorpay, db: Database, app: FastAPI
+) -> None:
+    await configure(project, fake_razorpay)
+    created = await top_up(project)
+    link_id = created["provider_reference"]
+    for d in fake_razorpay.pay(link_id, amount=100):
+        await delivered(project, d)
+    assert len(await event_types(project, "payment.amount_mismatch")) == 1
+    settings = app.state.settings
+    now = utcnow()
+
+    # Hours and days later, past the give-up: the link is paid, there is nothing left to ask.
+    for hours in (1, 2, 5, 24, 24 * 8):
+        await reconcile.reconcile_once(
+            db, settings, batch_size=1000, now=now + timedelta(hours=hours)
+        )
+
+    assert not [r for r in fake_razorpay.requests if r.path == f"/v1/payment_links/{link_id}"]
+    assert len(await event_types(project, "payment.amount_mismatch")) == 1
+    out = await payment(project, created["id"])
+    assert (out["status"], out["credits_granted"]) == ("created", 0)
+    assert out["failure_reason"] == "amount_mismatch: paid 100 INR, expected 50000 INR"
+    assert (await balance(project, "u"))["total"] == 0
 
 
 # --- refunds and disputes -----------------------------------------------------------------------

@@ -587,21 +587,25 @@ async def test_a_full_refund_of_an_unspent_top_up_takes_all_its_credits(
     await assert_ledger_consistent(db)
 
 
-async def test_a_lost_dispute_takes_everything_the_payment_granted(
+async def test_a_dispute_takes_the_credits_when_raised_and_lost_keeps_them_taken(
     project: Project, fake_razorpay: FakeRazorpay, db: Database
 ) -> None:
     created, pay_id = await paid_top_up(project, fake_razorpay)
     await spend(project, 40)
 
+    # Razorpay deducts the disputed money at once (Deduct at Onset): so do the credits.
     opened = fake_razorpay.dispute(pay_id, "created")
     assert (await delivered(project, opened))["outcome"] == "applied"
     out = await payment(project, created["id"])
     assert (out["status"], out["dispute_status"], out["credits_clawed_back"]) == (
         "disputed",
-        "open",
-        0,
+        "withdrawn",
+        100,
     )
-    assert (await balance(project, "u"))["total"] == 60, "an open dispute moves no money"
+    assert (await balance(project, "u"))["total"] == -40, "60 from the grant, 40 as debt"
+    await assert_ledger_consistent(db)
+    review = fake_razorpay.dispute(pay_id, "under_review")
+    assert (await delivered(project, review))["outcome"] == "stale"
 
     lost = fake_razorpay.dispute(pay_id, "lost")
     assert (await delivered(project, lost))["outcome"] == "applied"
@@ -614,7 +618,7 @@ async def test_a_lost_dispute_takes_everything_the_payment_granted(
     assert (await balance(project, "u"))["total"] == -40
     await assert_ledger_consistent(db)
 
-    # Lost is final: a late "won" (or a closed event) moves nothing back.
+    # Lost is final: a late "won" moves nothing back.
     won = fake_razorpay.dispute(pay_id, "won")
     assert (await delivered(project, won))["outcome"] == "stale"
     assert (await balance(project, "u"))["total"] == -40
@@ -622,14 +626,19 @@ async def test_a_lost_dispute_takes_everything_the_payment_granted(
     await assert_ledger_consistent(db)
 
 
-async def test_a_won_dispute_keeps_or_gives_back_the_credits(
+async def test_a_won_dispute_restores_what_the_dispute_took_not_what_a_refund_took(
     project: Project, fake_razorpay: FakeRazorpay, db: Database
 ) -> None:
     created, pay_id = await paid_top_up(project, fake_razorpay)
-    # A refund of a fifth, then the dispute: won restores nothing the refund took.
+    # A fifth refunded first: 20 credits gone for good.
     assert (await delivered(project, fake_razorpay.refund(pay_id, 10000)))["outcome"] == "applied"
-    for event in ("created", "under_review", "won"):
-        await delivered(project, fake_razorpay.dispute(pay_id, event))
+    assert (await balance(project, "u"))["total"] == 80
+
+    await delivered(project, fake_razorpay.dispute(pay_id, "created"))
+    assert (await balance(project, "u"))["total"] == 0
+    assert (await delivered(project, fake_razorpay.dispute(pay_id, "won")))["outcome"] == (
+        "applied"
+    )
 
     out = await payment(project, created["id"])
     assert (out["status"], out["dispute_status"], out["credits_clawed_back"]) == (
@@ -638,6 +647,26 @@ async def test_a_won_dispute_keeps_or_gives_back_the_credits(
         20,
     )
     assert (await balance(project, "u"))["total"] == 80
+    [restored] = await event_types(project, "credits.restored")
+    assert restored["data"]["amount"] == 80
+    await assert_ledger_consistent(db)
+
+
+async def test_a_retrieval_request_moves_no_credits(
+    project: Project, fake_razorpay: FakeRazorpay, db: Database
+) -> None:
+    created, pay_id = await paid_top_up(project, fake_razorpay)
+
+    asked = fake_razorpay.dispute(pay_id, "created", phase="retrieval")
+    assert (await delivered(project, asked))["outcome"] == "applied"
+
+    out = await payment(project, created["id"])
+    assert (out["status"], out["dispute_status"], out["credits_clawed_back"]) == (
+        "disputed",
+        "inquiry",
+        0,
+    )
+    assert (await balance(project, "u"))["total"] == 100
     await assert_ledger_consistent(db)
 
 

@@ -304,3 +304,45 @@ async def test_one_charge_delivered_concurrently_over_http_grants_once(
     assert len(await subscription_grants(db, project)) == 2
     assert len(await allocation_rows(db, project, "u")) == 2
     await assert_ledger_consistent(db)
+
+
+async def test_razorpay_down_at_start_or_cancel_is_503_and_changes_nothing(
+    project: Project, fake_razorpay: FakeRazorpay, db: Database
+) -> None:
+    sub, _ = await active(project, fake_razorpay)
+    before = await get_sub(project, sub["id"])
+
+    fake_razorpay.fail_next(status=502, html=True)
+    r = await project.post(f"/v1/subscriptions/{sub['id']}/cancel", {"at_period_end": False})
+
+    assert r.status_code == 503, r.text
+    assert r.json()["code"] == "provider_unavailable"
+    assert await get_sub(project, sub["id"]) == before
+    assert fake_razorpay.subscriptions[sub["provider_subscription_id"]]["status"] == "active"
+    assert await user_tier(project, "u") == "gold"
+
+    await project.post("/v1/users", {"id": "v"})
+    fake_razorpay.fail_next(status=500)
+    r = await project.post("/v1/users/v/subscriptions", {"plan_id": "pro", "provider": "razorpay"})
+    assert r.status_code == 503, r.text
+    assert r.json()["code"] == "provider_unavailable"
+    r = await project.get("/v1/users/v/subscriptions")
+    assert r.status_code == 200, r.text
+    assert body(r)["data"] == []
+
+
+@pytest.mark.parametrize("ending", ["cancel_subscription", "complete"])
+async def test_a_subscription_ended_at_razorpay_ends_here_and_keeps_the_credits(
+    project: Project, fake_razorpay: FakeRazorpay, db: Database, ending: str
+) -> None:
+    sub, _ = await active(project, fake_razorpay)
+
+    ended = getattr(fake_razorpay, ending)(sub["provider_subscription_id"])
+    assert (await deliver(project, ended))["outcome"] == "applied"
+
+    out = await get_sub(project, sub["id"])
+    assert out["status"] == "canceled"
+    assert out["ended_at"] is not None
+    assert await user_tier(project, "u") == "free"
+    assert (await balance(project, "u"))["total"] == 100
+    await assert_ledger_consistent(db)

@@ -12,9 +12,11 @@ database as well.
 
 State machine: created → pending → succeeded | failed | expired | canceled. Failed, expired and
 canceled may still become succeeded (money that arrived is always credited); nothing moves a
-payment out of succeeded. After the success the status is derived from the money facts:
-lost > disputed > won > refunded > partially_refunded > succeeded. Refunds merge as
-max(cumulative), disputes only move forward (inquiry → open → withdrawn → reinstated/won/lost).
+payment out of succeeded. A failed attempt on a checkout that stays payable (a Razorpay link)
+only records its reason: the payment stays open for reconciliation. After the success the
+status is derived from the money facts: lost > disputed > won > refunded > partially_refunded
+> succeeded. Refunds merge as max(cumulative), disputes only move forward (inquiry → open →
+withdrawn → reinstated/won/lost).
 """
 
 from __future__ import annotations

@@ -118,6 +118,10 @@ class PaymentPending:
 class PaymentFailed:
     ref: PaymentRef
     reason: str | None = None
+    # True when only this attempt failed and the checkout can still be paid (a Razorpay
+    # Payment Link takes another try): the payment stays open, so reconciliation still finds
+    # the money of a later attempt whose webhooks are lost.
+    checkout_open: bool = False
 
 
 @dataclass(frozen=True)

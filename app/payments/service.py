@@ -12,10 +12,11 @@ database as well.
 
 State machine: created → pending → succeeded | failed | expired | canceled. Failed, expired and
 canceled may still become succeeded (money that arrived is always credited); nothing moves a
-payment out of succeeded. After the success the status is derived from the money facts:
-lost > disputed > won > refunded > partially_refunded > succeeded. Refunds merge as
-max(cumulative), disputes only move forward (inquiry → open → withdrawn → reinstated → won,
-or lost).
+payment out of succeeded. A failed attempt on a checkout that stays payable (a Razorpay link)
+only records its reason: the payment stays open for reconciliation. After the success the
+status is derived from the money facts: lost > disputed > won > refunded > partially_refunded
+> succeeded. Refunds merge as max(cumulative), disputes only move forward (inquiry → open →
+withdrawn → reinstated → won, or lost).
 """
 
 from __future__ import annotations
@@ -484,11 +485,25 @@ async def _succeeded(session: AsyncSession, payment: Payment, fact: PaymentSucce
         return "ignored"
     got_currency = fact.currency.upper()
     if fact.amount_minor != payment.amount_minor or got_currency != payment.currency:
+        reason = (
+            f"amount_mismatch: paid {fact.amount_minor} {got_currency}, "
+            f"expected {payment.amount_minor} {payment.currency}"
+        )
+        if payment.failure_reason == reason:
+            return "amount_mismatch"  # reported already (Razorpay sends three events per payment)
         log.warning(
             "payment_amount_mismatch",
             payment_id=str(payment.id),
             expected=f"{payment.amount_minor} {payment.currency}",
             got=f"{fact.amount_minor} {got_currency}",
+        )
+        # The checkout was paid, with the wrong money: asking the provider again cannot
+        # change that, so reconciliation stops (it would report it again every hour).
+        payment = await repo.update(
+            session,
+            payment.project_id,
+            payment.id,
+            {"failure_reason": reason, "reconcile_at": None},
         )
         await _event(
             session,
@@ -582,6 +597,15 @@ async def _ended(
     ):
         return "stale"  # an earlier, failed attempt; another one is this payment's money
     status = _ENDED[type(fact)]
+    if isinstance(fact, PaymentFailed) and fact.checkout_open:
+        # Only an attempt failed and the checkout is still payable: the payment stays open
+        # (reconciliation never looks at a failed one, so a later attempt's money whose
+        # webhooks are lost would go uncredited); the reason is kept and reported.
+        payment = await repo.update(
+            session, payment.project_id, payment.id, {"failure_reason": fact.reason}
+        )
+        await _event(session, payment, "payment.failed", reason=fact.reason, checkout_open=True)
+        return "applied"
     values: dict[str, Any] = {"status": status, "reconcile_at": None}
     if isinstance(fact, PaymentFailed):
         values["failure_reason"] = fact.reason

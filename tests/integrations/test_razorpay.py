@@ -571,6 +571,7 @@ async def test_payment_failed_gives_the_reason(fake_razorpay: FakeRazorpay) -> N
     assert isinstance(fact, PaymentFailed)
     assert fact.reason == "Card declined by bank"
     assert fact.ref.payment_id == req.payment_id
+    assert fact.checkout_open is True, "the link can still be paid"
 
 
 async def test_an_expired_link_is_payment_expired(fake_razorpay: FakeRazorpay) -> None:
@@ -624,9 +625,10 @@ async def test_a_refund_without_its_payment_reports_the_refund_amount(
 @pytest.mark.parametrize(
     ("event", "status", "state"),
     [
-        ("created", None, "open"),
-        ("under_review", None, "open"),
-        ("action_required", None, "open"),
+        # Razorpay deducts a chargeback's amount when it is raised (Deduct at Onset).
+        ("created", None, "withdrawn"),
+        ("under_review", None, "withdrawn"),
+        ("action_required", None, "withdrawn"),
         ("won", None, "won"),
         ("lost", None, "lost"),
         ("closed", "won", "won"),
@@ -648,6 +650,19 @@ async def test_dispute_events_give_the_dispute_state(
     assert fact.dispute_id == next(iter(fake_razorpay.disputes))
     assert fact.ref.provider_payment_id == payment["id"]
     assert fact.ref.payment_id == req.payment_id
+
+
+async def test_a_retrieval_request_is_an_inquiry_that_moves_no_money(
+    fake_razorpay: FakeRazorpay,
+) -> None:
+    _, link_id = await new_link(fake_razorpay)
+    fake_razorpay.pay(link_id)
+    (payment,) = fake_razorpay.payments.values()
+
+    fact = only(fake_razorpay.dispute(payment["id"], "created", phase="retrieval"))
+
+    assert isinstance(fact, DisputeChanged)
+    assert fact.state == "inquiry"
 
 
 async def test_a_dispute_closed_without_a_verdict_gives_no_fact(

@@ -267,7 +267,14 @@ def _payment_failed(_: str, payload: Mapping[str, Any]) -> list[Fact]:
     payment = _required(payload, "payment")
     if _is_subscription_payment(payment):
         return []  # a failed renewal arrives as subscription.pending / .halted
-    return [PaymentFailed(ref=_payment_ref(payment), reason=text(payment, "error_description"))]
+    # A failed attempt leaves the payment link payable: the customer may try again on it.
+    return [
+        PaymentFailed(
+            ref=_payment_ref(payment),
+            reason=text(payment, "error_description"),
+            checkout_open=True,
+        )
+    ]
 
 
 def _payment_link_ended(event_type: str, payload: Mapping[str, Any]) -> list[Fact]:
@@ -302,12 +309,17 @@ def _refund_processed(_: str, payload: Mapping[str, Any]) -> list[Fact]:
 
 
 _DISPUTE_STATES: dict[str, DisputeState] = {
-    "payment.dispute.created": "open",
-    "payment.dispute.under_review": "open",
-    "payment.dispute.action_required": "open",
+    "payment.dispute.created": "withdrawn",
+    "payment.dispute.under_review": "withdrawn",
+    "payment.dispute.action_required": "withdrawn",
     "payment.dispute.won": "won",
     "payment.dispute.lost": "lost",
 }
+# Razorpay deducts a chargeback's amount from the merchant's balance when it is raised
+# ("Deduct at Onset"), and gives it back when the merchant wins: so the credits go when the
+# dispute opens and come back on "won", as with Stripe's funds_withdrawn/funds_reinstated. A
+# retrieval (the bank only asks for information) moves no money.
+_NO_MONEY_PHASES = frozenset({"retrieval"})
 
 
 def _dispute(event_type: str, payload: Mapping[str, Any]) -> list[Fact]:
@@ -322,6 +334,8 @@ def _dispute(event_type: str, payload: Mapping[str, Any]) -> list[Fact]:
             state = "lost"
         else:
             return []
+    if state == "withdrawn" and text(dispute, "phase") in _NO_MONEY_PHASES:
+        state = "inquiry"
     ref = _payment_ref(payment)
     return [
         DisputeChanged(

@@ -401,13 +401,19 @@ async def test_a_stripe_subscription_from_checkout_to_its_end(
     assert fake_stripe.session(session_id)["mode"] == "subscription"
 
     first = fake_stripe.complete_subscription_checkout(session_id)
-    # customer.subscription.created says nothing the other two do not.
+    # customer.subscription.created says nothing the others do not.
     assert [e["type"] for e in first] == [
         "checkout.session.completed",
         "customer.subscription.created",
         "invoice.paid",
+        "invoice_payment.paid",
     ]
-    assert await deliver_all(project, fake_stripe, first) == ["applied", "ignored", "applied"]
+    assert await deliver_all(project, fake_stripe, first) == [
+        "applied",
+        "ignored",
+        "applied",
+        "applied",
+    ]
     provider_sub = first[1]["data"]["object"]["id"]
     r = await project.get(f"/v1/subscriptions/{sub_id}")
     assert (body(r)["status"], body(r)["provider_subscription_id"]) == ("active", provider_sub)

@@ -143,6 +143,16 @@ class PaymentRefunded:
     currency: str
 
 
+@dataclass(frozen=True)
+class PaymentIdentified:
+    """The provider's payment id of the payment ``ref`` names (Stripe's ``invoice_payment.paid``:
+    since API 2025-03-31 an invoice no longer names its PaymentIntent, and refunds and disputes
+    of a subscription charge carry only that intent)."""
+
+    ref: PaymentRef
+    provider_payment_id: str
+
+
 DisputeState = Literal["inquiry", "open", "withdrawn", "reinstated", "won", "lost"]
 
 
@@ -212,6 +222,7 @@ PaymentFact = (
     | PaymentCanceled
     | PaymentRefunded
     | DisputeChanged
+    | PaymentIdentified
 )
 SubscriptionFact = SubscriptionLinked | SubscriptionPeriodPaid | SubscriptionStatusChanged
 Fact = PaymentFact | SubscriptionFact

@@ -182,11 +182,62 @@ async def set_event_outcome(
     outcome: str,
     payment_id: uuid.UUID | None,
     subscription_id: uuid.UUID | None,
+    reference: str | None = None,
+    provider_payment_id: str | None = None,
 ) -> None:
     stmt = (
         scoped_update(ProviderEvent, project_id)
         .where(ProviderEvent.provider == provider, ProviderEvent.event_id == event_id)
-        .values(outcome=outcome, payment_id=payment_id, subscription_id=subscription_id)
+        .values(
+            outcome=outcome,
+            payment_id=payment_id,
+            subscription_id=subscription_id,
+            reference=reference,
+            provider_payment_id=provider_payment_id,
+        )
+    )
+    await session.execute(stmt)
+
+
+async def lock_reference(
+    session: AsyncSession, project_id: uuid.UUID, provider: str, reference: str
+) -> None:
+    """Serialise, until commit, the recording of the payment under ``reference`` with its
+    identification: without it each transaction could miss the other's uncommitted row and
+    the provider's payment id would be lost."""
+    await driver(session).execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        f"payment-ref:{project_id}:{provider}:{reference}",
+    )
+
+
+async def pending_identification(
+    session: AsyncSession, project_id: uuid.UUID, provider: str, reference: str
+) -> ProviderEvent | None:
+    """The oldest identification stored "unmatched" for ``reference`` (its payment did not
+    exist yet), if any."""
+    stmt = (
+        scoped_select(ProviderEvent, project_id)
+        .where(
+            ProviderEvent.provider == provider,
+            ProviderEvent.reference == reference,
+            ProviderEvent.outcome == "unmatched",
+            ProviderEvent.provider_payment_id.is_not(None),
+        )
+        .order_by(ProviderEvent.created_at)
+        .limit(1)
+        .with_for_update()
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def settle_identification(
+    session: AsyncSession, event: ProviderEvent, *, outcome: str, payment_id: uuid.UUID
+) -> None:
+    stmt = (
+        scoped_update(ProviderEvent, event.project_id)
+        .where(ProviderEvent.provider == event.provider, ProviderEvent.event_id == event.event_id)
+        .values(outcome=outcome, payment_id=payment_id)
     )
     await session.execute(stmt)
 

@@ -52,6 +52,7 @@ from app.integrations.base import (
     PaymentExpired,
     PaymentFact,
     PaymentFailed,
+    PaymentIdentified,
     PaymentPending,
     PaymentRefunded,
     PaymentSucceeded,
@@ -287,7 +288,10 @@ async def record_subscription_payment(
     top-up's.
     """
     code = currency.upper()
-    return await repo.insert_payment_once(
+    if provider_payment_id is None:
+        # Its identification (Stripe's invoice_payment.paid) may come before or after this.
+        await repo.lock_reference(session, project_id, provider, charge_id)
+    payment = await repo.insert_payment_once(
         session,
         {
             "project_id": project_id,
@@ -306,6 +310,31 @@ async def record_subscription_payment(
             "succeeded_at": utcnow(),
             "metadata_": {"plan_id": plan_id},
         },
+    )
+    if payment is not None and provider_payment_id is None:
+        await _claim_pending_identification(session, payment)
+    return payment
+
+
+async def _claim_pending_identification(session: AsyncSession, payment: Payment) -> None:
+    """Take the provider payment id an earlier identification left for this payment's
+    reference ("unmatched" then, "applied" or "conflict" now)."""
+    if payment.provider_reference is None:
+        return
+    pending = await repo.pending_identification(
+        session, payment.project_id, payment.provider, payment.provider_reference
+    )
+    if pending is None or pending.provider_payment_id is None:
+        return
+    claimed = await _claim_provider_payment_id(session, payment, pending.provider_payment_id)
+    await repo.settle_identification(
+        session, pending, outcome="applied" if claimed else "conflict", payment_id=payment.id
+    )
+    log.info(
+        "payment_identified_late",
+        payment_id=str(payment.id),
+        event_id=pending.event_id,
+        claimed=claimed,
     )
 
 
@@ -416,8 +445,12 @@ async def apply_payment_fact(
     Idempotent and order-independent: a fact already applied, or one that would move the
     payment backwards, changes nothing ("ignored" / "stale").
     """
+    if isinstance(fact, PaymentIdentified) and fact.ref.reference is not None:
+        # Against record_subscription_payment: one of the two sees the other's row.
+        await repo.lock_reference(session, project_id, provider, fact.ref.reference)
     found = await repo.resolve(session, project_id, provider, fact.ref)
     if found is None:
+        # An identification is kept on its event (receive_webhook) for the payment to come.
         return "unmatched", None
     payment = await repo.get(session, project_id, found, for_update=True)
     if payment is None:  # a project deleted meanwhile
@@ -433,6 +466,8 @@ async def apply_payment_fact(
             outcome = await _refunded(session, payment, fact)
         case DisputeChanged():
             outcome = await _disputed(session, payment, fact)
+        case PaymentIdentified():
+            outcome = await _identified(session, payment, fact)
     log.info(
         "payment_fact_applied",
         payment_id=str(payment.id),
@@ -572,6 +607,14 @@ async def _succeeded(session: AsyncSession, payment: Payment, fact: PaymentSucce
     )
     # A refund or dispute that arrived before the success takes its share right away.
     await _settle(session, payment, account)
+    return "applied"
+
+
+async def _identified(session: AsyncSession, payment: Payment, fact: PaymentIdentified) -> str:
+    if payment.provider_payment_id == fact.provider_payment_id:
+        return "ignored"
+    if not await _claim_provider_payment_id(session, payment, fact.provider_payment_id):
+        return "conflict"
     return "applied"
 
 
@@ -817,6 +860,7 @@ async def receive_webhook(
         outcome=outcome,
         payment_id=payment_id,
         subscription_id=subscription_id,
+        **_pending_identification(event.facts, outcome),
     )
     log.info(
         "webhook_received",
@@ -826,3 +870,17 @@ async def receive_webhook(
         outcome=outcome,
     )
     return WebhookReceived(duplicate=False, outcome=outcome)
+
+
+def _pending_identification(facts: Sequence[Fact], outcome: str) -> dict[str, str | None]:
+    """What an unmatched event must remember for the payment recorded later
+    (``record_subscription_payment`` claims it by reference)."""
+    if outcome != "unmatched":
+        return {}
+    for fact in facts:
+        if isinstance(fact, PaymentIdentified) and fact.ref.reference is not None:
+            return {
+                "reference": fact.ref.reference,
+                "provider_payment_id": fact.provider_payment_id,
+            }
+    return {}

@@ -127,6 +127,7 @@ class FakeStripe:
         self._disputes: dict[str, _Owned] = {}
         self._subscriptions: dict[str, _Owned] = {}
         self._invoices: dict[str, _Owned] = {}
+        self._invoice_payments: dict[str, _Owned] = {}
         self._prices: dict[str, _Owned] = {}
         self._failures: list[_Failure] = []
         self.requests: list[Recorded] = []
@@ -367,7 +368,8 @@ class FakeStripe:
 
     def complete_subscription_checkout(self, session_id: str) -> list[Obj]:
         """The payer subscribes: customer, subscription, first invoice paid. Returns
-        checkout.session.completed, customer.subscription.created, invoice.paid."""
+        checkout.session.completed, customer.subscription.created, invoice.paid,
+        invoice_payment.paid."""
         with self._lock:
             owned = self._open_session(session_id, "subscription")
             now = self.now()
@@ -422,17 +424,18 @@ class FakeStripe:
             return [
                 self._event("checkout.session.completed", owned),
                 self._event("customer.subscription.created", sub_owned),
-                self._event("invoice.paid", invoice),
+                *self._invoice_paid_events(invoice),
             ]
 
     def renew(self, sub_id: str) -> list[Obj]:
-        """The next period starts and its invoice is paid: invoice.paid (a new invoice id)."""
+        """The next period starts and its invoice is paid: invoice.paid (a new invoice id) and
+        invoice_payment.paid (the only event naming the invoice's PaymentIntent)."""
         with self._lock:
             owned = self._subscriptions[sub_id]
             self._advance_period(owned)
             owned.obj["status"] = "active"
             invoice = self._invoice_for(owned, billing_reason="subscription_cycle", paid=True)
-            return [self._event("invoice.paid", invoice)]
+            return self._invoice_paid_events(invoice)
 
     def fail_renewal(self, sub_id: str) -> list[Obj]:
         """The next period's payment fails: invoice.payment_failed and the subscription goes
@@ -556,26 +559,37 @@ class FakeStripe:
         owned = _Owned(sub.owner, invoice)
         if paid:
             intent = self._create_intent(owned, status="succeeded", metadata={})
+            row: Obj = {
+                "id": "inpay_" + _token(),
+                "object": "invoice_payment",
+                "amount_paid": amount,
+                "amount_requested": amount,
+                "created": self.now(),
+                "currency": price["currency"],
+                "invoice": invoice_id,
+                "is_default": True,
+                "livemode": False,
+                "payment": {"type": "payment_intent", "payment_intent": intent["id"]},
+                "status": "paid",
+                "status_transitions": {"canceled_at": None, "paid_at": self.now()},
+            }
+            self._invoice_payments[row["id"]] = _Owned(sub.owner, row)
             invoice["payments"] = {
                 "object": "list",
-                "data": [
-                    {
-                        "id": "inpay_" + _token(),
-                        "object": "invoice_payment",
-                        "amount_paid": amount,
-                        "amount_requested": amount,
-                        "currency": price["currency"],
-                        "invoice": invoice_id,
-                        "is_default": True,
-                        "payment": {"type": "payment_intent", "payment_intent": intent["id"]},
-                        "status": "paid",
-                    }
-                ],
+                "data": [copy.deepcopy(row)],
                 "has_more": False,
             }
         self._invoices[invoice_id] = owned
         sub.obj["latest_invoice"] = invoice_id
         return owned
+
+    def _invoice_paid_events(self, invoice: _Owned) -> list[Obj]:
+        """invoice.paid, then invoice_payment.paid for each of its payments (Stripe sends both
+        and does not order them: tests deliver them in either order)."""
+        events = [self._event("invoice.paid", invoice)]
+        for row in invoice.obj["payments"]["data"]:
+            events.append(self._event("invoice_payment.paid", self._invoice_payments[row["id"]]))
+        return events
 
     def _cancel_now(self, owned: _Owned) -> list[Obj]:
         now = self.now()

@@ -19,6 +19,7 @@ from app.integrations.base import (
     MalformedWebhook,
     PaymentExpired,
     PaymentFailed,
+    PaymentIdentified,
     PaymentLookup,
     PaymentPending,
     PaymentRef,
@@ -751,7 +752,7 @@ async def test_prevented_dispute_closes_without_a_fact(
 async def test_subscription_checkout_links_then_pays_the_first_period(
     fake_stripe: FakeStripe, creds: Credentials
 ) -> None:
-    our_id, (completed, created, paid) = await subscribed(fake_stripe, creds)
+    our_id, (completed, created, paid, _) = await subscribed(fake_stripe, creds)
     session = completed["data"]["object"]
     sub = fake_stripe.subscription(session["subscription"])
     invoice = paid["data"]["object"]
@@ -790,7 +791,7 @@ async def test_renewal_pays_the_next_period_under_a_new_charge_id(
     [first] = parse(events[2])
     sub_id = events[0]["data"]["object"]["subscription"]
 
-    [renewal] = fake_stripe.renew(sub_id)
+    renewal, _ = fake_stripe.renew(sub_id)
     [second] = parse(renewal)
 
     assert isinstance(first, SubscriptionPeriodPaid)
@@ -812,6 +813,71 @@ async def test_invoice_payment_intent_is_read_when_stripe_includes_the_payments(
     assert isinstance(fact, SubscriptionPeriodPaid)
     assert fact.provider_payment_id == intent
     assert intent.startswith("pi_")
+
+
+async def test_invoice_payment_paid_names_the_intent_of_the_invoice(
+    fake_stripe: FakeStripe, creds: Credentials
+) -> None:
+    _, events = await subscribed(fake_stripe, creds)
+    paid, identified = events[2], events[3]
+    invoice_id = paid["data"]["object"]["id"]
+    row = identified["data"]["object"]
+    intent = fake_stripe.invoice(invoice_id)["payments"]["data"][0]["payment"]["payment_intent"]
+
+    assert identified["type"] == "invoice_payment.paid"
+    assert row["id"].startswith("inpay_")
+    assert parse(identified) == [
+        PaymentIdentified(ref=PaymentRef(reference=invoice_id), provider_payment_id=intent)
+    ]
+    # The refund of that charge names the same intent: the payment is found by it.
+    [refunded] = fake_stripe.refund(intent, 100)
+    [fact] = parse(refunded)
+    assert isinstance(fact, PaymentRefunded)
+    assert fact.ref.provider_payment_id == intent
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"status": "open"}, "not paid (yet)"),
+        ({"status": "canceled"}, "canceled"),
+        ({"payment": {"type": "charge", "charge": "ch_1"}}, "a charge without an intent"),
+        ({"payment": {"type": "payment_record", "payment_record": "pr_1"}}, "out of band"),
+        ({"payment": {"type": "payment_intent", "payment_intent": None}}, "no intent"),
+    ],
+)
+async def test_invoice_payment_paid_without_a_paid_intent_identifies_nothing(
+    fake_stripe: FakeStripe, creds: Credentials, change: dict[str, Any], why: str
+) -> None:
+    _, events = await subscribed(fake_stripe, creds)
+    identified = events[3]
+    identified["data"]["object"].update(change)
+    assert parse(identified) == [], why
+
+
+async def test_invoice_payment_paid_with_an_expanded_intent_and_invoice(
+    fake_stripe: FakeStripe, creds: Credentials
+) -> None:
+    _, events = await subscribed(fake_stripe, creds)
+    identified = events[3]
+    row = identified["data"]["object"]
+    intent = row["payment"]["payment_intent"]
+    row["payment"]["payment_intent"] = {"id": intent, "object": "payment_intent"}
+    row["invoice"] = {"id": row["invoice"], "object": "invoice"}
+    assert parse(identified) == [
+        PaymentIdentified(
+            ref=PaymentRef(reference=row["invoice"]["id"]), provider_payment_id=intent
+        )
+    ]
+
+
+async def test_invoice_payment_paid_without_an_invoice_identifies_nothing(
+    fake_stripe: FakeStripe, creds: Credentials
+) -> None:
+    _, events = await subscribed(fake_stripe, creds)
+    identified = events[3]
+    identified["data"]["object"]["invoice"] = None
+    assert parse(identified) == []
 
 
 async def test_period_comes_from_the_subscription_line_not_a_proration(

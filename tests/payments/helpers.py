@@ -65,7 +65,7 @@ async def apply(
     return outcome
 
 
-def paid(payment: Payment, *, ppid: str = "pay_1", **ref: Any) -> PaymentSucceeded:
+def paid(payment: Payment, *, ppid: str | None = "pay_1", **ref: Any) -> PaymentSucceeded:
     return PaymentSucceeded(
         ref=PaymentRef(**(ref or {"payment_id": payment.id})),
         amount_minor=payment.amount_minor,

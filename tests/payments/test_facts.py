@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 from decimal import Decimal
 
 from app.db.models import Payment
@@ -13,11 +14,14 @@ from app.integrations.base import (
     DisputeChanged,
     PaymentExpired,
     PaymentFailed,
+    PaymentIdentified,
     PaymentPending,
     PaymentRef,
     PaymentRefunded,
     PaymentSucceeded,
 )
+from app.payments import repository as repo
+from app.payments import service
 from tests.conftest import Project, assert_ledger_consistent
 from tests.helpers import balance, ledger
 from tests.payments.helpers import (
@@ -373,3 +377,117 @@ async def test_the_same_money_on_two_payments_is_a_conflict_credited_once(
     [event] = await event_types(project, "payment.conflict")
     assert event["data"]["held_by_payment_id"] == str(first.id)
     await assert_ledger_consistent(db)
+
+
+# --- identification (Stripe invoice_payment.paid) ----------------------------------------------
+
+
+def _identified(reference: str | None, ppid: str) -> PaymentIdentified:
+    return PaymentIdentified(ref=PaymentRef(reference=reference), provider_payment_id=ppid)
+
+
+async def test_identification_ties_the_intent_so_its_refund_claws_back(
+    project: Project, db: Database
+) -> None:
+    await project.user("u")
+    payment = await new_payment(db, project, provider="stripe")
+    # Paid, but the success named no intent (a Stripe invoice since 2025-03-31).
+    assert await apply(db, project, paid(payment, ppid=None), "stripe") == "applied"
+    refund = PaymentRefunded(
+        ref=PaymentRef(provider_payment_id="pi_1"), amount_refunded_minor=250, currency="USD"
+    )
+    assert await apply(db, project, refund, "stripe") == "unmatched", "nothing names pi_1 yet"
+
+    identified = _identified(payment.provider_reference, "pi_1")
+    assert await apply(db, project, identified, "stripe") == "applied"
+    assert await apply(db, project, identified, "stripe") == "ignored"
+    assert await apply(db, project, refund, "stripe") == "applied"
+
+    out = await payment_json(project, payment)
+    assert (out["provider_payment_id"], out["status"]) == ("pi_1", "partially_refunded")
+    assert out["credits_clawed_back"] == 25
+    assert (await balance(project, "u"))["total"] == 75
+    await assert_ledger_consistent(db)
+
+
+async def test_identification_with_another_intent_or_a_taken_one_is_a_conflict(
+    project: Project, db: Database
+) -> None:
+    await project.user("u")
+    first = await new_payment(db, project, provider="stripe", provider_payment_id="pi_a")
+    second = await new_payment(db, project, provider="stripe")
+
+    outcome = await apply(db, project, _identified(first.provider_reference, "pi_b"), "stripe")
+    assert outcome == "conflict", "the payment already has other money"
+    outcome = await apply(db, project, _identified(second.provider_reference, "pi_a"), "stripe")
+    assert outcome == "conflict", "pi_a is the first payment's"
+
+    assert (await payment_json(project, first))["provider_payment_id"] == "pi_a"
+    assert (await payment_json(project, second))["provider_payment_id"] is None
+    assert len(await event_types(project, "payment.conflict")) == 2
+
+
+async def test_identification_before_its_payment_is_claimed_when_it_is_recorded(
+    project: Project, db: Database
+) -> None:
+    await project.user("u")
+    project_id = uuid.UUID(project.id)
+    fact = _identified("in_early", "pi_early")
+    assert await apply(db, project, fact, "stripe") == "unmatched"
+    async with db.transaction() as session:
+        # What receive_webhook stores for it.
+        assert await repo.insert_event(
+            session,
+            project_id=project_id,
+            provider="stripe",
+            event_id="evt_inpay",
+            type="invoice_payment.paid",
+            payload={},
+        )
+        await repo.set_event_outcome(
+            session,
+            project_id=project_id,
+            provider="stripe",
+            event_id="evt_inpay",
+            outcome="unmatched",
+            payment_id=None,
+            subscription_id=None,
+            **service._pending_identification([fact], "unmatched"),
+        )
+
+    async with db.transaction() as session:
+        recorded = await service.record_subscription_payment(
+            session,
+            project_id=project_id,
+            provider="stripe",
+            subscription_id=uuid.uuid4(),
+            user_id="u",
+            charge_id="in_early",
+            provider_payment_id=None,
+            amount_minor=1000,
+            currency="usd",
+            credits=Decimal(100),
+            plan_id="pro",
+        )
+    assert recorded is not None
+    assert recorded.provider_payment_id == "pi_early"
+    async with db.transaction() as session:
+        event = await repo.get_event(session, project_id, "stripe", "evt_inpay")
+    assert event is not None
+    assert (event.outcome, event.payment_id) == ("applied", recorded.id)
+    assert (event.reference, event.provider_payment_id) == ("in_early", "pi_early")
+    assert (await payment_json(project, recorded))["provider_payment_id"] == "pi_early"
+
+
+async def test_an_unmatched_event_of_another_kind_remembers_no_identification() -> None:
+    refund = PaymentRefunded(
+        ref=PaymentRef(reference="in_x", provider_payment_id="pi_x"),
+        amount_refunded_minor=1,
+        currency="USD",
+    )
+    assert service._pending_identification([refund], "unmatched") == {}
+    assert service._pending_identification([_identified("in_x", "pi_x")], "applied") == {}
+    assert service._pending_identification([_identified("in_x", "pi_x")], "unmatched") == {
+        "reference": "in_x",
+        "provider_payment_id": "pi_x",
+    }

@@ -401,13 +401,19 @@ async def test_a_stripe_subscription_from_checkout_to_its_end(
     assert fake_stripe.session(session_id)["mode"] == "subscription"
 
     first = fake_stripe.complete_subscription_checkout(session_id)
-    # customer.subscription.created says nothing the other two do not.
+    # customer.subscription.created says nothing the others do not.
     assert [e["type"] for e in first] == [
         "checkout.session.completed",
         "customer.subscription.created",
         "invoice.paid",
+        "invoice_payment.paid",
     ]
-    assert await deliver_all(project, fake_stripe, first) == ["applied", "ignored", "applied"]
+    assert await deliver_all(project, fake_stripe, first) == [
+        "applied",
+        "ignored",
+        "applied",
+        "applied",
+    ]
     provider_sub = first[1]["data"]["object"]["id"]
     r = await project.get(f"/v1/subscriptions/{sub_id}")
     assert (body(r)["status"], body(r)["provider_subscription_id"]) == ("active", provider_sub)
@@ -454,6 +460,153 @@ async def test_a_stripe_subscription_from_checkout_to_its_end(
     assert body(r)["ended_at"] is not None
     assert await user_tier(project, "u") == "free"
     assert (await balance(project, "u"))["total"] == 400, "paid credits are kept"
+    await assert_ledger_consistent(db)
+
+
+# --- refunds and disputes of subscription charges ------------------------------------------------
+# Since API 2025-03-31 invoice.paid does not name the PaymentIntent; invoice_payment.paid does,
+# and Stripe sends the two in no fixed order. Refunds and disputes name only the intent.
+
+_IDENTIFIED = "invoice_payment.paid"
+
+
+def _ordered(events: list[Any], order: str) -> list[Any]:
+    if order == "identification_first":
+        return sorted(events, key=lambda e: e["type"] != _IDENTIFIED)
+    return events
+
+
+async def _stripe_subscriber(project: Project, fake: FakeStripe, order: str) -> str:
+    """User u subscribed to pro (100 credits a period) at the fake Stripe, first period
+    received in ``order``; returns Stripe's subscription id."""
+    await configure(project, fake)
+    await make_tier(project, "gold", credits=0)
+    await make_plan(project, "pro", tier_id="gold", stripe_price_id=fake.add_price(999, "usd"))
+    await project.user("u")
+    r = await project.post(
+        "/v1/users/u/subscriptions",
+        {"plan_id": "pro", "provider": "stripe", "success_url": SUCCESS_URL},
+    )
+    assert r.status_code == 201, r.text
+    [session_id] = fake.session_ids()
+    events = fake.complete_subscription_checkout(session_id)
+    await deliver_all(project, fake, _ordered(events, order))
+    provider_sub: str = fake.session(session_id)["subscription"]
+    return provider_sub
+
+
+async def _period_payment(project: Project, invoice_id: str) -> Any:
+    r = await project.get("/v1/payments", params={"user_id": "u"})
+    [found] = [p for p in body(r)["data"] if p["provider_reference"] == invoice_id]
+    return found
+
+
+def _charge(events: list[Any]) -> tuple[str, str]:
+    """(invoice id, payment intent) of a paid period's events."""
+    [row] = [e["data"]["object"] for e in events if e["type"] == _IDENTIFIED]
+    return row["invoice"], row["payment"]["payment_intent"]
+
+
+# What each delivery of a renewal stores: invoice.paid then invoice_payment.paid.
+_RENEWAL_OUTCOMES = {
+    "invoice_first": ["applied", "applied"],
+    "identification_first": ["unmatched", "applied"],  # in that delivery order
+    "expanded": ["applied", "ignored"],  # invoice.paid already carried the intent
+}
+
+
+@pytest.mark.parametrize("order", sorted(_RENEWAL_OUTCOMES))
+async def test_a_refunded_subscription_period_is_clawed_back_from_that_period_only(
+    project: Project, fake_stripe: FakeStripe, db: Database, order: str
+) -> None:
+    fake_stripe.invoice_payments_in_events = order == "expanded"
+    provider_sub = await _stripe_subscriber(project, fake_stripe, order)
+    renewals = [fake_stripe.renew(provider_sub) for _ in range(2)]
+    for events in renewals:
+        delivered = _ordered(events, order)
+        assert await deliver_all(project, fake_stripe, delivered) == _RENEWAL_OUTCOMES[order]
+    assert (await balance(project, "u"))["total"] == 300
+    # Every identification ends up applied (or ignored), none is left unmatched.
+    outcomes = {t: o for _, t, o in await provider_events(db, project) if t == _IDENTIFIED}
+    assert set(outcomes.values()) <= {"applied", "ignored"}
+    for events in renewals:
+        invoice_id, intent = _charge(events)
+        assert (await _period_payment(project, invoice_id))["provider_payment_id"] == intent
+
+    await project.price("m", 1000, 0)
+    r = await project.post(
+        "/v1/usage",
+        {"user_id": "u", "model": "m", "tokens": {"input_tokens": 150, "output_tokens": 0}},
+    )
+    assert r.status_code in (200, 201), r.text
+    before = {g["id"]: g["remaining"] for g in await grants(project)}
+
+    invoice_id, intent = _charge(renewals[1])
+    # 3.00 of the second renewal's 9.99 refunded: that share of its 100 credits comes back out.
+    share = Decimal("30.030030")  # 100 x 300 / 999, half-up to 6 places
+    assert await deliver_all(project, fake_stripe, fake_stripe.refund(intent, 300)) == ["applied"]
+
+    refunded = await _period_payment(project, invoice_id)
+    assert (refunded["status"], refunded["credits_clawed_back"]) == ("partially_refunded", share)
+    assert refunded["amount_refunded"] == Decimal("3")
+    after = {g["id"]: g for g in await grants(project)}
+    [period] = [g for g in after.values() if g["payment_id"] == refunded["id"]]
+    taken = before[period["id"]] - period["remaining"]
+    assert taken == min(share, before[period["id"]])
+    assert (await balance(project, "u"))["total"] == 300 - 150 - share
+    for grant_id, remaining in before.items():
+        if grant_id != period["id"]:
+            assert after[grant_id]["remaining"] == remaining, "another period was touched"
+    r = await project.get("/v1/payments", params={"user_id": "u"})
+    others = [p for p in body(r)["data"] if p["id"] != refunded["id"]]
+    assert len(others) == 2
+    assert {(p["status"], p["credits_clawed_back"]) for p in others} == {("succeeded", 0)}
+    await assert_ledger_consistent(db)
+
+
+async def test_a_lost_dispute_of_a_subscription_period_takes_that_period_back(
+    project: Project, fake_stripe: FakeStripe, db: Database
+) -> None:
+    provider_sub = await _stripe_subscriber(project, fake_stripe, "identification_first")
+    renewal = fake_stripe.renew(provider_sub)
+    await deliver_all(project, fake_stripe, _ordered(renewal, "identification_first"))
+    invoice_id, intent = _charge(renewal)
+    assert (await balance(project, "u"))["total"] == 200
+
+    opened = fake_stripe.open_dispute(intent)
+    assert await deliver_all(project, fake_stripe, opened) == ["applied", "applied"]
+    dispute_id = opened[0]["data"]["object"]["id"]
+    disputed = await _period_payment(project, invoice_id)
+    assert (disputed["status"], disputed["credits_clawed_back"]) == ("disputed", 100)
+    lost = fake_stripe.close_dispute(dispute_id, won=False)
+    assert await deliver_all(project, fake_stripe, lost) == ["applied"]
+
+    disputed = await _period_payment(project, invoice_id)
+    assert (disputed["status"], disputed["dispute_status"]) == ("lost", "lost")
+    assert disputed["credits_clawed_back"] == 100
+    assert (await balance(project, "u"))["total"] == 100
+    [period] = [g for g in await grants(project) if g["payment_id"] == disputed["id"]]
+    assert period["remaining"] == 0
+    r = await project.get("/v1/payments", params={"user_id": "u"})
+    [first] = [p for p in body(r)["data"] if p["id"] != disputed["id"]]
+    assert (first["status"], first["credits_clawed_back"]) == ("succeeded", 0)
+    await assert_ledger_consistent(db)
+
+
+async def test_invoice_and_identification_delivered_at_once_still_tie_the_intent(
+    project: Project, fake_stripe: FakeStripe, db: Database
+) -> None:
+    provider_sub = await _stripe_subscriber(project, fake_stripe, "invoice_first")
+    renewals = [fake_stripe.renew(provider_sub) for _ in range(4)]
+    for events in renewals:
+        responses = await asyncio.gather(*(deliver(project, fake_stripe, e) for e in events))
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    for events in renewals:
+        invoice_id, intent = _charge(events)
+        assert (await _period_payment(project, invoice_id))["provider_payment_id"] == intent
+    outcomes = [o for _, t, o in await provider_events(db, project) if t == _IDENTIFIED]
+    assert outcomes == ["applied"] * 5
+    assert (await balance(project, "u"))["total"] == 500
     await assert_ledger_consistent(db)
 
 

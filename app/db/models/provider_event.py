@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import ForeignKey, PrimaryKeyConstraint, Text
+from sqlalchemy import ForeignKey, Index, PrimaryKeyConstraint, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, CreatedAt
@@ -14,7 +14,17 @@ class ProviderEvent(CreatedAt, Base):
     same transaction as its effect: a redelivery finds it and changes nothing."""
 
     __tablename__ = "provider_events"
-    __table_args__ = (PrimaryKeyConstraint("project_id", "provider", "event_id"),)
+    __table_args__ = (
+        PrimaryKeyConstraint("project_id", "provider", "event_id"),
+        # The pending identifications a payment recorded later looks for (by its reference).
+        Index(
+            "ix_provider_events_pending_reference",
+            "project_id",
+            "provider",
+            "reference",
+            postgresql_where=text("outcome = 'unmatched' AND reference IS NOT NULL"),
+        ),
+    )
 
     project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     provider: Mapped[str] = mapped_column(Text)
@@ -25,3 +35,7 @@ class ProviderEvent(CreatedAt, Base):
     payment_id: Mapped[uuid.UUID | None]
     subscription_id: Mapped[uuid.UUID | None]
     payload: Mapped[dict[str, Any]]
+    # Set on an identification (PaymentIdentified) that arrived before its payment existed:
+    # the payment recorded later under ``reference`` claims ``provider_payment_id``.
+    reference: Mapped[str | None] = mapped_column(Text)
+    provider_payment_id: Mapped[str | None] = mapped_column(Text)

@@ -25,6 +25,7 @@ from app.integrations.base import (
     MalformedWebhook,
     PaymentExpired,
     PaymentFailed,
+    PaymentIdentified,
     PaymentPending,
     PaymentRef,
     PaymentRefunded,
@@ -246,6 +247,22 @@ def _invoice_paid(invoice: dict[str, Any]) -> list[Fact]:
     ]
 
 
+def _invoice_payment_paid(row: dict[str, Any]) -> list[Fact]:
+    # invoice.paid no longer carries its payments (expand-only since 2025-03-31), and a
+    # Charge/PaymentIntent no longer names its invoice: this event is the only link from the
+    # invoice (the subscription payment's reference) to the intent refunds and disputes name.
+    if row.get("status") != "paid":
+        return []
+    payment = row.get("payment")
+    if not isinstance(payment, dict) or payment.get("type") != "payment_intent":
+        return []  # a charge without intent or an out-of-band record: nothing refunds find
+    intent = _id(payment.get("payment_intent"))
+    invoice = _id(row.get("invoice"))
+    if intent is None or invoice is None:
+        return []
+    return [PaymentIdentified(ref=PaymentRef(reference=invoice), provider_payment_id=intent)]
+
+
 def _invoice_payment_failed(invoice: dict[str, Any]) -> list[Fact]:
     ref = _invoice_subscription(invoice)
     return [] if ref is None else [SubscriptionStatusChanged(ref, "past_due")]
@@ -337,6 +354,7 @@ _HANDLERS: dict[str, _Handler] = {
     "checkout.session.expired": _checkout_expired,
     "invoice.paid": _invoice_paid,
     "invoice.payment_failed": _invoice_payment_failed,
+    "invoice_payment.paid": _invoice_payment_paid,
     "customer.subscription.updated": _subscription_updated,
     "customer.subscription.deleted": _subscription_deleted,
     "charge.refunded": _charge_refunded,

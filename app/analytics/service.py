@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import decimal
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,6 +21,7 @@ from app.analytics.schemas import (
 from app.auth.service import Principal
 from app.core.clock import utcnow
 from app.core.money import ZERO
+from app.payments.currency import round_to_minor
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 366
@@ -151,11 +151,5 @@ async def liability(session: AsyncSession, principal: Principal, *, now: datetim
 
 
 def to_minor_units(value: Decimal, currency: str) -> Decimal:
-    """``value`` rounded half-up to the currency's minor units (Babel's currency table)."""
-    from babel.numbers import get_currency_precision  # noqa: PLC0415 - loads locale data
-
-    with decimal.localcontext() as ctx:
-        ctx.traps[decimal.Inexact] = False  # the rounding is the point
-        return value.quantize(
-            Decimal(1).scaleb(-get_currency_precision(currency)), rounding=ROUND_HALF_UP
-        )
+    """``value`` rounded half-up to the currency's ISO 4217 minor units."""
+    return round_to_minor(value, currency)

@@ -21,6 +21,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal, Protocol
 
+from iso4217 import Currency
+
 ProviderName = Literal["stripe", "razorpay"]
 PROVIDERS: tuple[ProviderName, ...] = ("stripe", "razorpay")
 
@@ -249,6 +251,27 @@ class PaymentLookup:
     currency: str
 
 
+# --- currencies --------------------------------------------------------------------------------
+
+
+def iso_exponent(currency: str) -> int | None:
+    """ISO 4217 minor units of ``currency`` (upper case) from the official SIX table; None for a
+    code the table does not list or lists without minor units (gold, SDRs, test codes)."""
+    try:
+        return Currency(currency).exponent
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class AmountRule:
+    """A provider takes amounts of a currency only in multiples of ``step`` minor units (its
+    minor units, ``PaymentProvider.minor_units``); ``rule`` says so for the caller's 422."""
+
+    step: int
+    rule: str
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 
@@ -304,4 +327,13 @@ class PaymentProvider(Protocol):
     async def lookup_payment(self, creds: Credentials, payment: PaymentLookup) -> list[Fact]:
         """Reconciliation: what the provider says about the payment now (Stripe: retrieve the
         session; Razorpay: fetch the link and its payments)."""
+        ...
+
+    def minor_units(self, currency: str) -> int | None:
+        """Decimal places of ``currency`` (upper case) in this provider's amounts: the ISO 4217
+        exponent unless the provider documents otherwise; None when it does not take it."""
+        ...
+
+    def amount_rule(self, currency: str) -> AmountRule | None:
+        """A documented restriction on amounts beyond whole minor units, or None."""
         ...

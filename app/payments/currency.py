@@ -1,50 +1,80 @@
-"""Currencies from Babel's CLDR data (never a hand-written precision table).
+"""Currencies from the official ISO 4217 table (``iso4217``, never a hand-written one), and the
+payment providers' documented exceptions to it (their adapters' ``minor_units`` and
+``amount_rule``).
 
-Amounts reach providers in minor units: ``amount * 10^precision`` must be a whole number that
-fits the providers' 64-bit integers.
+Amounts reach providers in the provider's minor units: ``amount * 10^minor_units`` must be a
+whole number, a multiple of the provider's step for the currency, and fit 64-bit integers.
+Everything the provider reports back (payments, refunds, disputes) is in the same units.
 """
 
 from __future__ import annotations
 
-import functools
-from decimal import Decimal
+import decimal
+from decimal import ROUND_HALF_UP, Decimal
 
-from babel.numbers import get_currency_precision, list_currencies
+from app.integrations import registry
+from app.integrations.base import ProviderName, iso_exponent
 
 INT64_MAX = 2**63 - 1
 
 # ISO 4217 codes starting with X are supranational units (gold, SDRs, test and "no currency"
-# codes) except these francs and dollars that people actually pay in.
+# codes, accounting units) except these francs and guilders/dollars that people actually pay in.
 _PAYABLE_X = frozenset({"XAF", "XCD", "XCG", "XOF", "XPF"})
 
 
-@functools.cache
-def _iso_codes() -> frozenset[str]:
-    return frozenset(list_currencies())
+class NotPayable(ValueError):
+    """The amount cannot be charged as it is; the message names the rule it breaks."""
 
 
 def normalize(code: str) -> str | None:
     """The upper-case ISO 4217 code, or None for something that is no payable currency."""
     upper = code.upper()
-    if len(upper) != 3 or upper not in _iso_codes():
+    if len(upper) != 3 or iso_exponent(upper) is None:
         return None
     if upper.startswith("X") and upper not in _PAYABLE_X:
         return None
     return upper
 
 
-def precision(currency: str) -> int:
-    return int(get_currency_precision(currency))
+def minor_units(currency: str, provider: ProviderName) -> int | None:
+    """Decimal places of ``currency`` in ``provider``'s amounts; None if it does not take it."""
+    return registry.get(provider).minor_units(currency)
 
 
-def to_minor(amount: Decimal, currency: str) -> int | None:
-    """``amount`` in minor units; None when it is not a whole number of them or exceeds int64."""
-    scaled = amount.scaleb(precision(currency))
+def to_minor(amount: Decimal, currency: str, provider: ProviderName) -> int:
+    """``amount`` of ``currency`` as ``provider`` takes it, or ``NotPayable``."""
+    adapter = registry.get(provider)
+    digits = adapter.minor_units(currency)
+    if digits is None:
+        raise NotPayable(f"{provider} does not take {currency}.")
+    scaled = amount.scaleb(digits)
     if scaled != scaled.to_integral_value():
-        return None
+        raise NotPayable(f"{currency} has {digits} decimal places at {provider}.")
     minor = int(scaled)
-    return minor if 0 <= minor <= INT64_MAX else None
+    if not 0 < minor <= INT64_MAX:
+        raise NotPayable("The amount must be positive and fit 64 bits in minor units.")
+    rule = adapter.amount_rule(currency)
+    if rule is not None and minor % rule.step:
+        raise NotPayable(f"{rule.rule}.")
+    return minor
 
 
-def to_major(minor: int, currency: str) -> Decimal:
-    return Decimal(minor).scaleb(-precision(currency))
+def to_major(minor: int, currency: str, provider: ProviderName) -> Decimal:
+    """A ``provider`` amount (minor units) of ``currency`` in major units."""
+    digits = minor_units(currency, provider)
+    if digits is None:
+        # Only a currency creditd never sends can get here (a plan priced at the provider in
+        # one it does not take); ISO's exponent is the provider's default.
+        digits = iso_exponent(currency) or 0
+    return Decimal(minor).scaleb(-digits)
+
+
+def round_to_minor(value: Decimal, currency: str) -> Decimal:
+    """``value`` rounded half-up to ``currency``'s ISO 4217 minor units (unchanged for a code
+    with none: there is nothing to round to)."""
+    digits = iso_exponent(currency.upper())
+    if digits is None:
+        return value
+    with decimal.localcontext() as ctx:
+        ctx.traps[decimal.Inexact] = False  # the rounding is the point
+        return value.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)

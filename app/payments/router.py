@@ -46,7 +46,9 @@ webhooks = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=Webho
     description="Creates a Stripe Checkout Session (mode payment) or a Razorpay Payment Link "
     "for `amount` `currency` and returns its `checkout_url`. The credits are granted once, "
     "when the provider reports the money (webhook or reconciliation), as a paid grant. "
-    "`amount` must be a whole number of the currency's minor units (Babel/CLDR precision). "
+    "`amount` must be a whole number of the currency's ISO 4217 minor units and meet the "
+    "provider's documented special cases (Stripe: HUF, TWD, ISK, UGX in whole units; "
+    "three-decimal currencies with a last digit 0), else 422. "
     "An unknown user is created when the project auto-creates users. Nothing is stored when "
     "the provider fails: 503 `provider_unavailable` (transient, retry with the same "
     "Idempotency-Key) or 502 `provider_error`.",

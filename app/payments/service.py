@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import structlog
 from prometheus_client import Counter
@@ -118,7 +118,7 @@ def to_out(payment: Payment) -> PaymentOut:
         subscription_id=payment.subscription_id,
         credits_granted=payment.credits_granted,
         credits_clawed_back=payment.credits_clawed_back,
-        amount_refunded=currency.to_major(payment.amount_refunded_minor, payment.currency),
+        amount_refunded=_major(payment.amount_refunded_minor, payment.currency, payment.provider),
         dispute_status=payment.dispute_status,
         failure_reason=payment.failure_reason,
         metadata={str(k): str(v) for k, v in payment.metadata_.items()},
@@ -160,13 +160,10 @@ def price(body: PaymentCreate, rates: Mapping[str, Decimal]) -> Quote:
     code = currency.normalize(body.currency)
     if code is None:
         raise UnknownCurrency(f"{body.currency!r} is not an ISO 4217 currency code.")
-    minor = currency.to_minor(body.amount, code)
-    if minor is None or minor <= 0:
-        digits = currency.precision(code)
-        raise AmountNotPayable(
-            f"{fmt(body.amount)} {code} is not a positive whole number of minor units "
-            f"({digits} decimal places) within 64 bits."
-        )
+    try:
+        minor = currency.to_minor(body.amount, code, body.provider)
+    except currency.NotPayable as exc:
+        raise AmountNotPayable(f"{fmt(body.amount)} {code} cannot be charged: {exc}") from exc
     if body.credits is not None:
         return Quote(code, minor, body.credits)
     rate = rates.get(code)
@@ -300,7 +297,7 @@ async def record_subscription_payment(
             "kind": "subscription",
             "provider": provider,
             "status": "succeeded",
-            "amount": _major(amount_minor, code),
+            "amount": _major(amount_minor, code, provider),
             "currency": code,
             "amount_minor": amount_minor,
             "credits": credits,
@@ -355,8 +352,9 @@ async def link_grant(
     )
 
 
-def _major(minor: int, code: str) -> Decimal:
-    return currency.to_major(minor, code)
+def _major(minor: int, code: str, provider: str) -> Decimal:
+    """An amount ``provider`` reported (its minor units), in major units of ``code``."""
+    return currency.to_major(minor, code, cast(ProviderName, provider))
 
 
 # --- facts ----------------------------------------------------------------------------------
@@ -688,7 +686,7 @@ async def _refunded(session: AsyncSession, payment: Payment, fact: PaymentRefund
         session,
         payment,
         "payment.refunded",
-        amount_refunded=_major(refunded, payment.currency),
+        amount_refunded=_major(refunded, payment.currency, payment.provider),
         amount_refunded_minor=refunded,
     )
     await _settle(session, payment, None)
@@ -718,7 +716,7 @@ async def _disputed(session: AsyncSession, payment: Payment, fact: DisputeChange
         "payment.disputed",
         dispute_status=fact.state,
         dispute_id=fact.dispute_id,
-        dispute_amount=_major(amount, payment.currency),
+        dispute_amount=_major(amount, payment.currency, payment.provider),
     )
     await _settle(session, payment, None)
     return "applied"

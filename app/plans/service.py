@@ -40,7 +40,6 @@ from decimal import Decimal
 from typing import Any, cast
 
 import structlog
-from babel.numbers import get_currency_precision
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -732,10 +731,6 @@ async def _adopt(
     return True
 
 
-def _major(amount_minor: int, currency: str) -> Decimal:
-    return Decimal(amount_minor).scaleb(-get_currency_precision(currency))
-
-
 async def _period_paid(
     session: AsyncSession, sub: Subscription, fact: SubscriptionPeriodPaid
 ) -> str:
@@ -773,7 +768,7 @@ async def _period_paid(
             # A replay: this charge was recorded (and its period granted) before, in one
             # transaction, so nothing is left to do.
             return IGNORED
-        paid_by = _PaidBy(payment.id, _major(fact.amount_minor, fact.currency), fact.currency)
+        paid_by = _PaidBy(payment.id, payment.amount, payment.currency)
     # A zero charge (trial, full discount) grants the period as promotional credits.
     granted = await _grant_period(
         session,

@@ -74,12 +74,14 @@ async def test_paid_credits_are_valued_at_cost_per_currency_rounded_half_up(
     await sell(db, project, "d", "8", "1.00", "EUR", spent="7")  # 0.125 -> 0.13
     await sell(db, project, "e", "1000", "500", "JPY", spent="3")  # 498.5 -> 499 (no minor unit)
     await sell(db, project, "f", "7", "1.000", "KWD", spent="6")  # 0.142857... -> 0.143
+    await sell(db, project, "h", "3", "100000", "IDR", spent="2")  # 33333.33 (CLDR: 33333)
     await sell(db, project, "g", "50", "5.00", "USD", expired=True)  # expired: not owed
 
     report = await liability(project)
 
     assert report["paid"] == [
         {"currency": "EUR", "credits": 1, "value": Decimal("0.13")},
+        {"currency": "IDR", "credits": 1, "value": Decimal("33333.33")},
         {"currency": "JPY", "credits": 997, "value": 499},
         {"currency": "KWD", "credits": 1, "value": Decimal("0.143")},
         # 7.50 + 10.00 + 3.3333... = 20.8333... (rounded once, on the sum)

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from app.integrations.base import (
+    AmountRule,
     Checkout,
     CheckoutRequest,
     Credentials,
@@ -22,7 +23,7 @@ from app.integrations.base import (
     ProviderName,
     SubscriptionCheckoutRequest,
 )
-from app.integrations.razorpay import client, webhooks
+from app.integrations.razorpay import client, currencies, webhooks
 
 # Razorpay refuses notes beyond 15 pairs or 256 characters; three pairs are ours.
 MAX_NOTES = 15
@@ -86,6 +87,12 @@ class RazorpayProvider:
     """Stateless: credentials come with every call, so one instance serves every project."""
 
     name: ProviderName = "razorpay"
+
+    def minor_units(self, currency: str) -> int | None:
+        return currencies.minor_units(currency)
+
+    def amount_rule(self, currency: str) -> AmountRule | None:
+        return currencies.amount_rule(currency)
 
     async def create_checkout(self, creds: Credentials, req: CheckoutRequest) -> Checkout:
         """A Payment Link whose ``reference_id`` is our payment id.

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from app.integrations.base import (
+    AmountRule,
     Checkout,
     CheckoutRequest,
     Credentials,
@@ -15,7 +16,7 @@ from app.integrations.base import (
     ProviderName,
     SubscriptionCheckoutRequest,
 )
-from app.integrations.stripe import webhooks
+from app.integrations.stripe import currencies, webhooks
 from app.integrations.stripe.client import StripeApi
 
 
@@ -24,6 +25,12 @@ class StripeProvider:
 
     def __init__(self, *, max_network_retries: int = 2) -> None:
         self.api = StripeApi(max_network_retries=max_network_retries)
+
+    def minor_units(self, currency: str) -> int | None:
+        return currencies.minor_units(currency)
+
+    def amount_rule(self, currency: str) -> AmountRule | None:
+        return currencies.amount_rule(currency)
 
     async def create_checkout(self, creds: Credentials, req: CheckoutRequest) -> Checkout:
         """Checkout Session, mode ``payment``; ``ValueError`` without a ``success_url``."""

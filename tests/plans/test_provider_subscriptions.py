@@ -25,7 +25,9 @@ from sqlalchemy import text
 
 from app.core.errors import AppError
 from app.db.session import Database
+from app.integrations import registry
 from app.integrations.base import (
+    AmountRule,
     Checkout,
     CheckoutRequest,
     Credentials,
@@ -130,6 +132,12 @@ class RecordingProvider:
 
     async def lookup_payment(self, creds: Credentials, payment: PaymentLookup) -> list[Fact]:
         raise AssertionError("not used here")
+
+    def minor_units(self, currency: str) -> int | None:
+        return registry.get(self.name).minor_units(currency)
+
+    def amount_rule(self, currency: str) -> AmountRule | None:
+        return registry.get(self.name).amount_rule(currency)
 
 
 def creds(provider: ProviderName) -> Credentials:

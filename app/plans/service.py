@@ -344,8 +344,6 @@ async def start_provider_subscription(
     provider = body.provider
     if provider not in PROVIDERS:
         raise ValueError(f"start_provider_subscription() is not for {provider} subscriptions")
-    success_url = success_url if success_url is not None else body.success_url
-    require_success_url(provider, success_url)
     # No account lock: nothing is granted here, and the lock would be held across the provider
     # call below (up to the provider timeout) and stall the user's usage. The unique index on
     # running subscriptions is the one-per-user guard instead (the insert below).
@@ -360,6 +358,8 @@ async def start_provider_subscription(
         raise PlanNotAvailable(f"Plan {plan.id!r} has no {field}: set it to sell the plan there.")
     if await _has_running(session, project_id, user_id):
         raise SubscriptionExists()
+    success_url = success_url if success_url is not None else body.success_url
+    require_success_url(provider, success_url)
     stmt = (
         insert(Subscription)
         .values(

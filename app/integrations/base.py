@@ -56,6 +56,9 @@ class CheckoutRequest:
     cancel_url: str | None
     metadata: Mapping[str, str] = field(default_factory=dict)
     idempotency_key: str | None = None  # sent to the provider: a retry never makes two
+    # When reconciliation gives up on the payment: the checkout should not be payable after
+    # it (adapters pass it on where the provider's limits allow).
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,9 @@ class SubscriptionPeriodPaid:
     currency: str
     period_start: datetime
     period_end: datetime
+    # False: money charged on the subscription that pays for no period (a one-off invoice,
+    # a proration): recorded as a payment, granted nothing, reported to the operator.
+    buys_period: bool = True
 
 
 SubscriptionStatus = Literal["active", "past_due", "halted", "canceled", "ended"]

@@ -33,6 +33,17 @@ class InvalidCredits(InvalidRequest):
     loc = ("body", "credits")
 
 
+class SuccessUrlRequired(InvalidRequest):
+    title = "success_url is required: Stripe Checkout sends the payer back there"
+    loc = ("body", "success_url")
+
+
+def require_success_url(provider: str, success_url: str | None) -> None:
+    """422 before any provider call: hosted Stripe Checkout has nowhere to send the payer."""
+    if provider == "stripe" and not success_url:
+        raise SuccessUrlRequired()
+
+
 class WebhookNotConfigured(AppError):
     # One answer for an unknown project and a project without this provider: a caller
     # learns nothing about which projects exist.

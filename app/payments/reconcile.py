@@ -85,6 +85,9 @@ async def reconcile_payment(
     payment_id: uuid.UUID = row["id"]
     provider = row["provider"]
     facts: list[Fact] = []
+    # Only an answer from the provider may expire a payment: an outage or removed credentials
+    # say nothing about whether the payer paid.
+    failure: str | None = None
     if row["provider_reference"] is not None:
         try:
             async with db.transaction() as session:
@@ -93,7 +96,7 @@ async def reconcile_payment(
                 )
         except ProviderNotConfigured:
             log.info("reconcile_provider_not_configured", payment_id=str(payment_id))
-            creds = None
+            creds, failure = None, "provider_not_configured"
         if creds is not None:
             lookup = PaymentLookup(
                 payment_id=payment_id,
@@ -110,9 +113,17 @@ async def reconcile_payment(
                     transient=exc.transient,
                     error=str(exc)[:300],
                 )
+                failure = "provider_error"
     payment_facts = [f for f in facts if not isinstance(f, _SUBSCRIPTION_FACTS)]
     age = (now - row["created_at"]).total_seconds()
-    if not payment_facts and age >= settings.payments.reconcile_give_up_seconds:
+    gave_up = age >= settings.payments.reconcile_give_up_seconds
+    if failure is not None:
+        if gave_up:
+            async with db.transaction() as session:
+                await service.reconciliation_failed(session, project_id, payment_id, reason=failure)
+        log.info("payment_reconciled", payment_id=str(payment_id), failure=failure)
+        return []
+    if not payment_facts and gave_up:
         payment_facts = [PaymentExpired(ref=PaymentRef(payment_id=payment_id))]
     outcomes = []
     if payment_facts:

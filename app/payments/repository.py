@@ -154,9 +154,11 @@ async def insert_event(
     event_id: str,
     type: str,
     payload: dict[str, Any],
+    body_sha256: bytes | None = None,
 ) -> bool:
-    """Store a verified webhook once; False if this event id was stored before. A concurrent
-    delivery of the same id waits here for the first one's transaction, then gets False."""
+    """Store a verified webhook once; False if this event id, or this exact body, was stored
+    before. A concurrent delivery of either waits here for the first one's transaction, then
+    gets False."""
     stmt = (
         insert(ProviderEvent)
         .values(
@@ -166,7 +168,9 @@ async def insert_event(
             type=type,
             outcome="received",
             payload=payload,
+            body_sha256=body_sha256,
         )
+        # No conflict target: the event id (primary key) and the body hash both count.
         .on_conflict_do_nothing()
         .returning(ProviderEvent.event_id)
     )

@@ -28,6 +28,7 @@ from app.payments.exceptions import (
     ProviderFailed,
     ProviderNotConfigured,
     ProviderUnavailable,
+    SuccessUrlRequired,
     UnknownCurrency,
     WebhookNotConfigured,
 )
@@ -59,6 +60,7 @@ webhooks = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=Webho
         AmountNotPayable,
         CreditsRequired,
         InvalidCredits,
+        SuccessUrlRequired,
         UserNotFound,
         ProviderNotConfigured,
         ProviderFailed,

@@ -105,5 +105,5 @@ class WebhookReceived(BaseModel):
     outcome: str | None = Field(
         default=None,
         description="What the event did: applied, ignored, unmatched, stale, amount_mismatch, "
-        "conflict (null for a duplicate)",
+        "conflict, not_granted (null for a duplicate)",
     )

@@ -21,6 +21,7 @@ withdrawn → reinstated → won, or lost).
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -75,6 +76,7 @@ from app.payments.exceptions import (
     ProviderUnavailable,
     UnknownCurrency,
     WebhookNotConfigured,
+    require_success_url,
 )
 from app.payments.schemas import PaymentCreate, PaymentFilters, PaymentOut, WebhookReceived
 from app.providers import service as providers
@@ -94,8 +96,11 @@ OPEN = frozenset({"created", "pending"})
 # reinstates the funds of a won dispute just before closing it: the verdict still follows.
 _DISPUTE_RANK = {"inquiry": 0, "open": 1, "withdrawn": 2, "reinstated": 3, "won": 4, "lost": 4}
 _DISPUTED = frozenset({"inquiry", "open", "withdrawn"})
+_OPEN = frozenset({"created", "pending"})  # what reconciliation looks up
 # The outcome stored on a provider event carrying several facts: the most telling one.
-_OUTCOME_RANK = ("conflict", "amount_mismatch", "applied", "stale", "unmatched", "ignored")
+_OUTCOME_RANK = (
+    "conflict", "amount_mismatch", "not_granted", "applied", "stale", "unmatched", "ignored",
+)  # fmt: skip
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -156,7 +161,9 @@ class Quote(NamedTuple):
 
 
 def price(body: PaymentCreate, rates: Mapping[str, Decimal]) -> Quote:
-    """What a top-up request costs in minor units and buys in credits, or a 422."""
+    """What a top-up request costs in minor units and buys in credits, or a 422 (also for a
+    request the provider's checkout can not take)."""
+    require_success_url(body.provider, body.success_url)
     code = currency.normalize(body.currency)
     if code is None:
         raise UnknownCurrency(f"{body.currency!r} is not an ISO 4217 currency code.")
@@ -235,6 +242,9 @@ async def create_payment(
         cancel_url=body.cancel_url,
         metadata=dict(body.metadata),
         idempotency_key=str(payment_id),
+        # Reconciliation stops looking then: a checkout still payable later would take money
+        # that only a webhook could credit.
+        expires_at=now + timedelta(seconds=settings.reconcile_give_up_seconds),
     )
     try:
         checkout = await registry.get(body.provider).create_checkout(creds, request)
@@ -512,9 +522,11 @@ async def _claim_provider_payment_id(
 async def _succeeded(session: AsyncSession, payment: Payment, fact: PaymentSucceeded) -> str:
     if payment.succeeded_at is not None:
         if fact.provider_payment_id not in (None, payment.provider_payment_id):
-            # A second, different payment for one checkout: the operator must refund it.
-            await _claim_provider_payment_id(session, payment, fact.provider_payment_id)
-            return "conflict"
+            # The payment's own id, when the success came without it (Razorpay's
+            # payment_link.paid without its payment entity); else a second, different payment
+            # for one checkout, which the operator must refund.
+            claimed = await _claim_provider_payment_id(session, payment, fact.provider_payment_id)
+            return "applied" if claimed else "conflict"
         return "ignored"
     got_currency = fact.currency.upper()
     if fact.amount_minor != payment.amount_minor or got_currency != payment.currency:
@@ -774,6 +786,20 @@ async def _settle(session: AsyncSession, payment: Payment, account: LockedAccoun
     )
 
 
+async def reconciliation_failed(
+    session: AsyncSession, project_id: uuid.UUID, payment_id: uuid.UUID, *, reason: str
+) -> None:
+    """Reconciliation gave up without ever hearing from the provider: stop looking, keep the
+    status (the payer may have paid; a late webhook still credits it) and tell the operator,
+    once."""
+    payment = await repo.get(session, project_id, payment_id, for_update=True)
+    if payment is None or payment.reconcile_at is None or payment.status not in _OPEN:
+        return  # settled meanwhile, or reported already
+    payment = await repo.update(session, project_id, payment_id, {"reconcile_at": None})
+    log.warning("payment_reconciliation_failed", payment_id=str(payment_id), reason=reason)
+    await _event(session, payment, "payment.reconciliation_failed", reason=reason)
+
+
 # --- webhooks -------------------------------------------------------------------------------
 
 _SUBSCRIPTION_FACTS = (SubscriptionLinked, SubscriptionPeriodPaid, SubscriptionStatusChanged)
@@ -843,6 +869,7 @@ async def receive_webhook(
         event_id=event.event_id,
         type=event.type,
         payload=dict(event.payload),
+        body_sha256=hashlib.sha256(body).digest(),
     )
     if not stored:
         log.info("webhook_duplicate", provider=provider, event_id=event.event_id)

@@ -16,6 +16,7 @@ from app.core.settings import Settings
 from app.db.session import Session
 from app.integrations import registry
 from app.integrations.base import Credentials, PaymentProvider, ProviderName
+from app.payments.exceptions import SuccessUrlRequired
 from app.plans import service
 from app.plans.exceptions import (
     PlanExists,
@@ -175,6 +176,7 @@ async def delete_plan(session: Session, principal: WriteKey, plan_id: str) -> Re
         PlanNotAvailable,
         ProviderNotConfigured,
         SubscriptionExists,
+        SuccessUrlRequired,
     )
     | _PROVIDER_ERRORS,
 )

@@ -66,6 +66,7 @@ from app.integrations.base import (
     SubscriptionStatusChanged,
 )
 from app.payments import service as payments
+from app.payments.exceptions import require_success_url
 from app.plans.exceptions import (
     PlanExists,
     PlanInactive,
@@ -96,6 +97,8 @@ INCOMPLETE, PAST_DUE = "incomplete", "past_due"  # provider subscriptions only
 MANUAL = "manual"
 # apply_subscription_fact outcomes (stored on the provider event)
 APPLIED, IGNORED, UNMATCHED, STALE = "applied", "ignored", "unmatched", "stale"
+# Money charged on the subscription that granted nothing (subscription.charge_not_granted).
+NOT_GRANTED = "not_granted"
 
 log = structlog.get_logger("creditd.plans")
 
@@ -354,6 +357,8 @@ async def start_provider_subscription(
         raise PlanNotAvailable(f"Plan {plan.id!r} has no {field}: set it to sell the plan there.")
     if await _has_running(session, project_id, user_id):
         raise SubscriptionExists()
+    success_url = success_url if success_url is not None else body.success_url
+    require_success_url(provider, success_url)
     stmt = (
         insert(Subscription)
         .values(
@@ -377,7 +382,7 @@ async def start_provider_subscription(
         user_id=user_id,
         plan_id=plan.id,
         provider_plan=provider_plan,
-        success_url=success_url if success_url is not None else body.success_url,
+        success_url=success_url,
         cancel_url=cancel_url if cancel_url is not None else body.cancel_url,
         idempotency_key=f"creditd-subscription-{sub.id}",
     )
@@ -625,7 +630,7 @@ async def apply_subscription_fact(
     session: AsyncSession, project_id: uuid.UUID, provider: ProviderName, fact: SubscriptionFact
 ) -> str:
     """Apply one verified provider fact about a subscription of ``project_id``; returns the
-    outcome stored on the provider event: applied | ignored | unmatched | stale.
+    outcome stored on the provider event: applied | ignored | unmatched | stale | not_granted.
 
     Idempotent: a replayed fact changes nothing (a period is granted once per charge and once
     per period start; status facts about an ended subscription are stale).
@@ -743,12 +748,19 @@ async def _period_paid(
         await session.execute(scoped_select(Plan, project_id).where(Plan.id == sub.plan_id))
     ).scalar_one_or_none()
     if account is None or plan is None:
-        # Deleted user (or, for an ended subscription, deleted plan): nobody to credit.
-        log.warning("subscription_charge_not_credited", subscription_id=str(sub.id),
-                    charge_id=fact.charge_id, user_deleted=account is None)  # fmt: skip
+        # Deleted user (or, for an ended subscription, deleted plan): nobody to credit, but the
+        # money was taken and the operator has to refund it.
         if account is None and sub.ended_at is None:
             await _end(session, sub, None, ended_at=utcnow())
-        return IGNORED
+        return await _not_granted(
+            session, sub, fact, reason="user_deleted" if account is None else "plan_deleted"
+        )
+    if not fact.buys_period:
+        return await _not_granted(session, sub, fact, reason="not_a_period_invoice")
+    if fact.amount_minor > 0 and fact.currency.upper() != plan.price_currency.upper():
+        # Priced in one currency at the provider and another here: the plan's price is what
+        # the period is sold for, so the charge can not be taken as its payment.
+        return await _not_granted(session, sub, fact, reason="currency_mismatch")
     paid_by = None
     if fact.amount_minor > 0:
         payment = await payments.record_subscription_payment(
@@ -782,13 +794,12 @@ async def _period_paid(
     if granted is None:
         # Another charge already paid for this period start: the money is recorded on its
         # payment, the period is not granted twice.
-        log.warning(
-            "subscription_period_already_granted",
-            subscription_id=str(sub.id),
-            charge_id=fact.charge_id,
-            period_start=fact.period_start.isoformat(),
+        if paid_by is None:
+            return IGNORED  # a zero charge took no money
+        await _report_not_granted(
+            session, sub, fact, reason="period_already_granted", payment_id=paid_by.payment_id
         )
-        return IGNORED
+        return NOT_GRANTED
     if sub.ended_at is not None:
         return APPLIED
     first = "activated_at" not in sub.metadata_
@@ -819,6 +830,59 @@ async def _period_paid(
         data=data,
     )
     return APPLIED
+
+
+async def _not_granted(
+    session: AsyncSession, sub: Subscription, fact: SubscriptionPeriodPaid, *, reason: str
+) -> str:
+    """Record the charge as a payment that granted nothing and tell the operator, once per
+    charge: the money was taken and only a refund (or a manual grant) settles it."""
+    if fact.amount_minor <= 0:
+        return IGNORED  # no money taken: nothing to record or refund
+    payment = await payments.record_subscription_payment(
+        session,
+        project_id=sub.project_id,
+        provider=cast(ProviderName, sub.provider),
+        subscription_id=sub.id,
+        user_id=sub.user_id,
+        charge_id=fact.charge_id,
+        provider_payment_id=fact.provider_payment_id,
+        amount_minor=fact.amount_minor,
+        currency=fact.currency,
+        credits=ZERO,
+        plan_id=sub.plan_id,
+    )
+    if payment is None:
+        return IGNORED  # a replay: recorded and reported before
+    await _report_not_granted(session, sub, fact, reason=reason, payment_id=payment.id)
+    return NOT_GRANTED
+
+
+async def _report_not_granted(
+    session: AsyncSession,
+    sub: Subscription,
+    fact: SubscriptionPeriodPaid,
+    *,
+    reason: str,
+    payment_id: uuid.UUID,
+) -> None:
+    log.warning("subscription_charge_not_granted", subscription_id=str(sub.id),
+                charge_id=fact.charge_id, reason=reason)  # fmt: skip
+    await events.record(
+        session,
+        project_id=sub.project_id,
+        type="subscription.charge_not_granted",
+        user_id=sub.user_id,
+        data={
+            **_event_data(sub),
+            "reason": reason,
+            "payment_id": payment_id,
+            "charge_id": fact.charge_id,
+            "amount": _major(fact.amount_minor, fact.currency.upper()),
+            "currency": fact.currency.upper(),
+            "period_start": fact.period_start,
+        },
+    )
 
 
 async def _status_changed(

@@ -625,6 +625,11 @@ class FakeRazorpay:
         if len(description) > 2048:
             raise ApiError("The description may not be greater than 2048 characters.")
         now = self.now()
+        expire_by = body.get("expire_by")
+        if expire_by is not None and (type(expire_by) is not int or expire_by < now + 15 * 60):
+            raise ApiError(
+                "expire by should be at least 15 minutes after current time", field="expire_by"
+            )
         link: Entity = {
             "id": new_id("plink"),
             "entity": "payment_link",

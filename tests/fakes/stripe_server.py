@@ -487,17 +487,46 @@ class FakeStripe:
             self._invoices[invoice["id"]] = owned
             return [self._event("invoice.paid", owned)]
 
+    def extra_invoice_paid(
+        self,
+        sub_id: str,
+        amount: int,
+        *,
+        billing_reason: str = "manual",
+        proration: bool = False,
+    ) -> list[Obj]:
+        """An invoice on the subscription that is not its period's (``billing_reason``
+        "manual": a one-off item the merchant invoiced; "subscription_update" with
+        ``proration``: a plan change) is paid: invoice.paid and invoice_payment.paid."""
+        with self._lock:
+            owned = self._subscriptions[sub_id]
+            invoice = self._invoice_for(
+                owned, billing_reason=billing_reason, paid=True, amount=amount
+            )
+            [line] = invoice.obj["lines"]["data"]
+            if proration:
+                line["parent"]["subscription_item_details"]["proration"] = True
+            else:
+                line["parent"] = {
+                    "type": "invoice_item_details",
+                    "invoice_item_details": {"invoice_item": "ii_" + _token(), "proration": False},
+                    "subscription_item_details": None,
+                }
+            return self._invoice_paid_events(invoice)
+
     def _advance_period(self, owned: _Owned) -> None:
         item = owned.obj["items"]["data"][0]
         length = _PERIOD_SECONDS[item["price"]["recurring"]["interval"]]
         item["current_period_start"] = item["current_period_end"]
         item["current_period_end"] = item["current_period_start"] + length
 
-    def _invoice_for(self, sub: _Owned, *, billing_reason: str, paid: bool) -> _Owned:
+    def _invoice_for(
+        self, sub: _Owned, *, billing_reason: str, paid: bool, amount: int | None = None
+    ) -> _Owned:
         item = sub.obj["items"]["data"][0]
         price = item["price"]
         invoice_id = "in_" + _token()
-        amount = price["unit_amount"]
+        amount = price["unit_amount"] if amount is None else amount
         invoice: Obj = {
             "id": invoice_id,
             "object": "invoice",
@@ -774,6 +803,16 @@ class FakeStripe:
             )
         session_id = "cs_test_" + secrets.token_urlsafe(42).replace("-", "a").replace("_", "b")
         now = self.now()
+        expires_at = now + 86_400
+        if params.get("expires_at") is not None:
+            expires_at = _int_param(params["expires_at"], "expires_at")
+            if not now + 1800 <= expires_at <= now + 86_400:
+                raise StripeApiError(
+                    400,
+                    "The `expires_at` timestamp must be between 30 minutes and 24 hours from "
+                    "Checkout Session creation.",
+                    param="expires_at",
+                )
         session: Obj = {
             "id": session_id,
             "object": "checkout.session",
@@ -784,7 +823,7 @@ class FakeStripe:
             "created": now,
             "currency": currency,
             "customer": None,
-            "expires_at": now + 86_400,
+            "expires_at": expires_at,
             "invoice": None,
             "livemode": False,
             "metadata": metadata,

@@ -503,7 +503,8 @@ async def test_a_second_charge_for_a_granted_period_grants_nothing(
     project: Project, db: Database
 ) -> None:
     await active_on_gold(db, project)
-    assert await apply(db, project, paid(0, charge="in_other")) == "ignored"
+    # Recorded and reported: tests/plans/test_subscription_charges.py
+    assert await apply(db, project, paid(0, charge="in_other")) == "not_granted"
     assert (await balance(project, "u"))["total"] == 100
     assert len(await allocation_rows(db, project, "u")) == 1
     await assert_ledger_consistent(db)

@@ -149,6 +149,13 @@ async def test_activation_and_three_charges_grant_three_paid_periods_once_each(
     await assert_ledger_consistent(db)
 
 
+def later(fake: FakeRazorpay) -> None:
+    """Move the fake's clock on a second: an event it signs now differs from earlier ones in
+    created_at (a byte-identical body is a duplicate whatever its event id)."""
+    clock = fake.clock
+    fake.clock = lambda: clock() + 1
+
+
 async def test_a_replayed_charge_grants_nothing(
     project: Project, fake_razorpay: FakeRazorpay, db: Database
 ) -> None:
@@ -157,6 +164,7 @@ async def test_a_replayed_charge_grants_nothing(
 
     # The same delivery again, and the same charge in a new event (another event id).
     assert (await deliver(project, first))["duplicate"] is True
+    later(fake_razorpay)
     again = fake_razorpay.event(
         "subscription.charged",
         subscription=entities["subscription"]["entity"],
@@ -290,6 +298,7 @@ async def test_one_charge_delivered_concurrently_over_http_grants_once(
     charge = fake_razorpay.charge(sub["provider_subscription_id"])
     entities = charge.payload["payload"]
     # Razorpay's retries of one event, and the same charge in another event.
+    later(fake_razorpay)
     resent = fake_razorpay.event(
         "subscription.charged",
         subscription=entities["subscription"]["entity"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import anyio.to_thread
@@ -39,6 +40,23 @@ from app.integrations.stripe.webhooks import (
 API_VERSION = "2026-10-28.endive"
 
 T = TypeVar("T")
+
+# Stripe accepts a Checkout Session's expires_at 30 minutes to 24 hours ahead; the margin
+# covers the time the request takes to get there.
+SESSION_MIN_LIFETIME = timedelta(minutes=30)
+SESSION_MAX_LIFETIME = timedelta(hours=24)
+_MARGIN = timedelta(minutes=1)
+
+
+def session_expiry(expires_at: datetime | None, *, now: datetime) -> int | None:
+    """``expires_at`` as the session's, when Stripe takes it; else None (Stripe's default,
+    24 hours, which reconciliation outlives unless configured shorter than that)."""
+    if expires_at is None:
+        return None
+    ahead = expires_at - now
+    if ahead < SESSION_MIN_LIFETIME + _MARGIN or ahead > SESSION_MAX_LIFETIME:
+        return None
+    return int(expires_at.timestamp())
 
 
 class StripeApi:
@@ -80,6 +98,9 @@ class StripeApi:
         }
         if req.cancel_url:
             params["cancel_url"] = req.cancel_url
+        expiry = session_expiry(req.expires_at, now=datetime.now(UTC))
+        if expiry is not None:
+            params["expires_at"] = expiry
         return await self._create_session(creds, params, req.idempotency_key)
 
     async def create_subscription_checkout(

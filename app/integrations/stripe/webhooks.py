@@ -229,11 +229,21 @@ def _checkout_expired(session: dict[str, Any]) -> list[Fact]:
     return []
 
 
+# The invoices that pay for a subscription period; any other (a one-off "manual" invoice,
+# "subscription_update" prorations, a threshold charge) is money on the subscription that
+# buys no period.
+_PERIOD_REASONS = frozenset({"subscription_create", "subscription_cycle"})
+
+
 def _invoice_paid(invoice: dict[str, Any]) -> list[Fact]:
     ref = _invoice_subscription(invoice)
     if ref is None:
         return []  # an invoice outside a subscription (one-off, quote) buys no credits here
-    period = _invoice_period(invoice)
+    period = _period_line(invoice)
+    buys_period = invoice.get("billing_reason") in _PERIOD_REASONS and period is not None
+    if period is None:
+        # Only for the record: a payment that buys no period is not placed in time.
+        period = _time(invoice["period_start"]), _time(invoice["period_end"])
     return [
         SubscriptionPeriodPaid(
             ref=ref,
@@ -243,6 +253,7 @@ def _invoice_paid(invoice: dict[str, Any]) -> list[Fact]:
             currency=_currency(invoice["currency"]),
             period_start=period[0],
             period_end=period[1],
+            buys_period=buys_period,
         )
     ]
 
@@ -441,23 +452,17 @@ def _invoice_payment_intent(invoice: Mapping[str, Any]) -> str | None:
     return _id(invoice.get("payment_intent"))  # older API versions
 
 
-def _invoice_period(invoice: Mapping[str, Any]) -> tuple[datetime, datetime]:
+def _period_line(invoice: Mapping[str, Any]) -> tuple[datetime, datetime] | None:
+    """The period of the invoice's first non-proration subscription line: the period paid for.
+    None when its first page has none (the invoice's own period is the one just ended, so it
+    can not stand in)."""
     lines = invoice.get("lines")
     rows = lines.get("data") if isinstance(lines, dict) else None
-    periods: list[tuple[bool, Mapping[str, Any]]] = []
     for row in rows if isinstance(rows, list) else []:
         period = row.get("period") if isinstance(row, dict) else None
-        if isinstance(period, dict):
-            periods.append((_is_subscription_line(row), period))
-    # Stripe lists prorations and one-off items before the subscription's own line, so the
-    # period paid for is that of the first non-proration subscription item.
-    if periods:
-        _, period = min(periods, key=lambda p: not p[0])  # the first of the best kind
-        return _time(period["start"]), _time(period["end"])
-    # No line on the first page: the invoice's own period is the best there is (for a
-    # renewal it is the period just ended, so the subscription service must not trust it
-    # beyond ordering).
-    return _time(invoice["period_start"]), _time(invoice["period_end"])
+        if isinstance(period, dict) and _is_subscription_line(row):
+            return _time(period["start"]), _time(period["end"])
+    return None
 
 
 def _is_subscription_line(line: Mapping[str, Any]) -> bool:

@@ -65,6 +65,7 @@ from app.integrations.base import (
     SubscriptionPeriodPaid,
     SubscriptionStatusChanged,
 )
+from app.payments import currency
 from app.payments import service as payments
 from app.payments.exceptions import require_success_url
 from app.plans.exceptions import (
@@ -878,7 +879,9 @@ async def _report_not_granted(
             "reason": reason,
             "payment_id": payment_id,
             "charge_id": fact.charge_id,
-            "amount": _major(fact.amount_minor, fact.currency.upper()),
+            "amount": currency.to_major(
+                fact.amount_minor, fact.currency.upper(), cast(ProviderName, sub.provider)
+            ),
             "currency": fact.currency.upper(),
             "period_start": fact.period_start,
         },

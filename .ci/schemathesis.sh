@@ -51,6 +51,11 @@ export CREDITD_API__RATE_LIMIT="1000000 per second"
 export CREDITD_API__PROJECT_RATE_LIMIT="1000000 per second"
 export CREDITD_API__AUTH_FAILURE_RATE_LIMIT="1000000 per second"
 unset DATABASE_URL CREDITD_DATABASE_URL CREDITD_DATABASE__URL
+# Provider APIs on a closed port: a configured provider's calls fail fast as 503
+# provider_unavailable (documented) and the fuzzer never reaches the real Stripe or Razorpay.
+export CREDITD_PAYMENTS__STRIPE_API_BASE="http://127.0.0.1:9"
+export CREDITD_PAYMENTS__RAZORPAY_API_BASE="http://127.0.0.1:9"
+export CREDITD_PAYMENTS__PROVIDER_TIMEOUT_SECONDS=2
 
 .venv/bin/creditd serve --host 127.0.0.1 --port "$port" >"$work/server.log" 2>&1 &
 server_pid=$!

@@ -4,7 +4,8 @@
 #   2. openapi-python-client and @hey-api/openapi-ts generate clients with no warning at all;
 #   3. a Python program (mypy --strict) and a TypeScript program (tsc --strict --noEmit) type-check
 #      against the generated code, untouched;
-#   4. both programs run their flow against a live `creditd serve` with its own embedded database.
+#   4. both programs run their flow against a live `creditd serve` with its own embedded database
+#      and the fake Stripe of tests/fakes/stripe_server.py (payments paid through signed webhooks).
 # Tools are pinned: contract/package-lock.json (npm) and contract/python/uv.lock (PyPI).
 # Needs `make install` first (.venv/bin/creditd), node >= 20.19 with npm, and uv.
 # Everything generated goes to contract/build/ (git-ignored).
@@ -92,7 +93,12 @@ PORT="$("$ROOT/.venv/bin/python" -c \
   'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 ADMIN_TOKEN="contract-$("$ROOT/.venv/bin/python" -c 'import secrets; print(secrets.token_hex(16))')"
 SERVER_PID=""
+STRIPE_PID=""
 stop_server() {
+  if [ -n "$STRIPE_PID" ] && kill -0 "$STRIPE_PID" 2>/dev/null; then
+    kill -TERM "$STRIPE_PID" 2>/dev/null || true
+    wait "$STRIPE_PID" 2>/dev/null || true
+  fi
   if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
     # SIGINT, not SIGTERM: uvicorn re-raises the signal after its graceful shutdown, and only
     # SIGINT (KeyboardInterrupt) lets `creditd serve` run its atexit stop of the database.
@@ -111,9 +117,29 @@ stop_server() {
   rm -rf "$SERVER_DIR"
 }
 trap 'stop_server' EXIT
+# The server's Stripe is the test fake (tests/fakes/stripe_server.py) on a free port: one
+# account whose keys it prints, and its control path POST /_test/pay/{session_id} that pays a
+# checkout and returns the signed webhook. Razorpay points at a closed port: nothing reaches a
+# real provider.
+(cd "$ROOT" && exec "$ROOT/.venv/bin/python" -m tests.fakes.stripe_server --port 0) \
+  > "$BUILD/stripe.json" 2> "$BUILD/stripe.log" &
+STRIPE_PID=$!
+for _ in $(seq 120); do
+  [ -s "$BUILD/stripe.json" ] && break
+  kill -0 "$STRIPE_PID" 2>/dev/null || { cat "$BUILD/stripe.log"; fail "the fake Stripe exited"; }
+  sleep 0.25
+done
+stripe_field() {
+  "$ROOT/.venv/bin/python" -c 'import json, sys; print(json.loads(sys.stdin.readline())[sys.argv[1]])' \
+    "$1" < "$BUILD/stripe.json"
+}
+STRIPE_URL="$(stripe_field url)" || fail "the fake Stripe printed no JSON line"
+echo "fake Stripe at $STRIPE_URL"
 (
   exec env -u DATABASE_URL -u CREDITD_DATABASE_URL -u CREDITD_DATABASE__URL \
     CREDITD_DATA_DIR="$SERVER_DIR" CREDITD_ADMIN_TOKEN="$ADMIN_TOKEN" CREDITD_ENV=development \
+    CREDITD_PAYMENTS__STRIPE_API_BASE="$STRIPE_URL" \
+    CREDITD_PAYMENTS__RAZORPAY_API_BASE=http://127.0.0.1:9 \
     "$ROOT/.venv/bin/creditd" serve --host 127.0.0.1 --port "$PORT" --no-workers
 ) > "$BUILD/server.log" 2>&1 &
 SERVER_PID=$!
@@ -127,6 +153,10 @@ curl -fsS -o /dev/null "$BASE_URL/readyz" || { cat "$BUILD/server.log"; fail "se
 echo "ready at $BASE_URL"
 
 export CREDITD_URL="$BASE_URL" CREDITD_ADMIN_TOKEN="$ADMIN_TOKEN"
+CONTRACT_STRIPE_URL="$STRIPE_URL"
+CONTRACT_STRIPE_SECRET_KEY="$(stripe_field secret_key)"
+CONTRACT_STRIPE_WEBHOOK_SECRET="$(stripe_field webhook_secret)"
+export CONTRACT_STRIPE_URL CONTRACT_STRIPE_SECRET_KEY CONTRACT_STRIPE_WEBHOOK_SECRET
 step "run the Python flow"
 (cd "$HERE" && PYTHONPATH="$PYCLIENT" "$PYENV/bin/python" python/flow.py) \
   || { tail -n 30 "$BUILD/server.log"; fail "Python flow"; }

@@ -1,8 +1,10 @@
 // The contract flow through the client that @hey-api/openapi-ts generates, untouched.
 //
-// Run by contract/run.sh against a live server (CREDITD_URL, CREDITD_ADMIN_TOKEN). It imports
-// only the generated client (build/ts/client) and lossless-json, is checked with
-// `tsc --strict --noEmit`, and exits non-zero on the first mismatch.
+// Run by contract/run.sh against a live server (CREDITD_URL, CREDITD_ADMIN_TOKEN) whose Stripe is
+// the test fake of tests/fakes/stripe_server.py (CONTRACT_STRIPE_URL, CONTRACT_STRIPE_SECRET_KEY,
+// CONTRACT_STRIPE_WEBHOOK_SECRET). It imports only the generated client (build/ts/client) and
+// lossless-json, is checked with `tsc --strict --noEmit`, and exits non-zero on the first
+// mismatch.
 //
 // Keeping amounts exact in JavaScript. The server writes amounts as exact JSON numbers
 // (`type: number, format: decimal`); JSON.parse turns them into binary floats, so the generated
@@ -23,19 +25,31 @@ import { parse } from 'lossless-json';
 import { createClient } from '../build/ts/client/client/index.js';
 import {
   adminProjectsCreate,
+  analyticsLiability,
   creditsGrant,
   creditsListLedger,
   modelsPut,
+  paymentsCreate,
+  paymentsGet,
+  paymentsList,
+  providersList,
+  providersPutStripe,
   transactionsComplete,
   transactionsStart,
   usersCreate,
   usersGet,
 } from '../build/ts/client/index.js';
 import type {
+  LiabilityOut,
   PageLedgerEntryOut,
+  PaymentOut,
+  PaymentsCreateError,
   StartIn,
   UserOut,
   UsersGetError,
+  WebhookReceived,
+  WebhooksStripeErrors,
+  WebhooksStripeResponses,
 } from '../build/ts/client/index.js';
 
 class Mismatch extends Error {}
@@ -206,6 +220,150 @@ async function run(baseUrl: string, adminToken: string): Promise<void> {
   expect(missing.response.status === 404 && problem !== undefined, 'unknown user: 404');
   expect(problem.code === 'user_not_found', `problem code ${problem.code}`);
   expect(problem.status === 404, 'problem status');
+
+  await payWithStripe(api, baseUrl, project.id, userId);
+}
+
+type Client = ReturnType<typeof createClient>;
+
+function env(name: string): string {
+  const value = process.env[name];
+  expect(value !== undefined && value !== '', `set ${name}`);
+  return value;
+}
+
+/** Configure Stripe, top up 10.00 USD for 100 credits, pay it at the fake Stripe and deliver
+ *  the signed webhook: the payment succeeds once and the user's balance grows by 100. */
+async function payWithStripe(
+  api: Client,
+  baseUrl: string,
+  projectId: string,
+  userId: string,
+): Promise<void> {
+  const secretKey = env('CONTRACT_STRIPE_SECRET_KEY');
+  const webhookSecret = env('CONTRACT_STRIPE_WEBHOOK_SECRET');
+  const account = ok(
+    await providersPutStripe({
+      client: api,
+      body: { secret_key: secretKey, webhook_secret: webhookSecret },
+    }),
+    200,
+  );
+  expect(account.provider === 'stripe' && account.key_id === null, 'stripe account');
+  for (const [name, shown, real] of [
+    ['secret_key', account.secret_key, secretKey],
+    ['webhook_secret', account.webhook_secret, webhookSecret],
+  ] as const) {
+    expect(shown !== real && shown.endsWith(real.slice(-4)), `${name} masked: ${shown}`);
+  }
+  expect(!account.livemode, 'test keys are not live');
+  const accounts = ok(await providersList({ client: api }), 200);
+  expect(accounts.data.map((a) => a.provider).join() === 'stripe', 'one provider account');
+  expect(accounts.data[0]?.secret_key === account.secret_key, 'listed account is masked');
+
+  const notConfigured = await paymentsCreate({
+    client: api,
+    body: { user_id: userId, provider: 'razorpay', amount: '10', currency: 'inr', credits: '100' },
+  });
+  const refusal: PaymentsCreateError | undefined = notConfigured.error;
+  expect(notConfigured.response.status === 409 && refusal !== undefined, 'razorpay: 409');
+  expect(refusal.code === 'provider_not_configured', `razorpay: ${refusal.code}`);
+
+  const createBody = {
+    user_id: userId,
+    provider: 'stripe',
+    amount: '10.00',
+    currency: 'usd',
+    credits: '100',
+    success_url: 'https://example.com/paid',
+  } as const;
+  const idempotencyKey = `contract-pay-${crypto.randomUUID()}`;
+  const payment = ok(
+    await paymentsCreate({
+      client: api,
+      body: createBody,
+      headers: { 'Idempotency-Key': idempotencyKey },
+    }),
+    201,
+  );
+  // The same key again replays the stored answer: the exact text of the one payment.
+  const exactPayment = exact<PaymentOut>(
+    await paymentsCreate({
+      client: api,
+      body: createBody,
+      headers: { 'Idempotency-Key': idempotencyKey },
+      parseAs: 'text',
+    }),
+    201,
+  );
+  expect(exactPayment.id === payment.id, 'replay: same payment');
+  expect(payment.status === 'created', `payment status ${payment.status}`);
+  expect(payment.kind === 'top_up' && payment.provider === 'stripe', 'top-up');
+  expect(typeof payment.checkout_url === 'string' && payment.checkout_url !== '', 'checkout_url');
+  // Sent as "10.00"; amounts are written normalized, without trailing zeros.
+  expect(sameAmount(payment.amount, exactPayment.amount, '10'), `amount ${exactPayment.amount}`);
+  expect(sameAmount(payment.credits, exactPayment.credits, '100'), 'credits');
+  expect(payment.currency === 'USD' && payment.amount_minor === 1000, 'currency, minor units');
+  expect(sameAmount(payment.credits_granted, exactPayment.credits_granted, '0'), 'nothing yet');
+  const sessionId = payment.provider_reference;
+  expect(typeof sessionId === 'string' && sessionId.startsWith('cs_'), `session ${sessionId}`);
+
+  const page = ok(await paymentsList({ client: api, query: { user_id: userId } }), 200);
+  expect(page.data.map((p) => p.id).join() === payment.id && !page.has_more, 'payments page');
+
+  // The fake's control path (it exists only in the test fake) pays the checkout and returns
+  // the checkout.session.completed delivery exactly as Stripe would send it.
+  const control = await fetch(`${env('CONTRACT_STRIPE_URL')}/_test/pay/${sessionId}`, {
+    method: 'POST',
+  });
+  const controlText = await control.text();
+  expect(control.status === 200, `fake Stripe: ${control.status} ${controlText}`);
+  const delivery = JSON.parse(controlText) as { body: string; signature: string };
+  // The spec cannot describe the webhook's body (only the exact bytes verify), so the generated
+  // webhooksStripe takes none (`body?: never`): the raw text goes through the generated client's
+  // own request method, with its serializer off, and the answer keeps the generated types.
+  const stripeSide = createClient({ baseUrl });
+  const received = await stripeSide.post<WebhooksStripeResponses, WebhooksStripeErrors, false>({
+    url: '/v1/webhooks/stripe/{project_id}',
+    path: { project_id: projectId },
+    body: delivery.body,
+    bodySerializer: null,
+    headers: {
+      'Stripe-Signature': delivery.signature,
+      'Content-Type': 'application/json; charset=utf-8',
+    },
+  });
+  const outcome: WebhookReceived = ok(received, 200);
+  expect(!outcome.duplicate && outcome.outcome === 'applied', `webhook ${JSON.stringify(outcome)}`);
+
+  const succeeded = ok(await paymentsGet({ client: api, path: { payment_id: payment.id } }), 200);
+  const exactSucceeded = exact<PaymentOut>(
+    await paymentsGet({ client: api, path: { payment_id: payment.id }, parseAs: 'text' }),
+    200,
+  );
+  expect(succeeded.status === 'succeeded', `paid status ${succeeded.status}`);
+  expect(
+    sameAmount(succeeded.credits_granted, exactSucceeded.credits_granted, '100'),
+    `credits_granted ${exactSucceeded.credits_granted}`,
+  );
+  expect(succeeded.provider_payment_id !== null, 'payment intent recorded');
+
+  const exactUser = exact<UserOut>(
+    await usersGet({ client: api, path: { user_id: userId }, parseAs: 'text' }),
+    200,
+  );
+  // 9.61605 left from the usage above + the 100 paid credits
+  expect(exactUser.balance.available === '109.61605', `+100: ${exactUser.balance.available}`);
+
+  const owed = ok(await analyticsLiability({ client: api }), 200);
+  const exactOwed = exact<LiabilityOut>(
+    await analyticsLiability({ client: api, parseAs: 'text' }),
+    200,
+  );
+  expect(owed.paid.map((p) => p.currency).join() === 'USD', 'paid currencies');
+  const usd = exactOwed.paid[0];
+  expect(usd !== undefined && Number(usd.credits) === 100, `paid credits ${usd?.credits}`);
+  expect(Number(usd.value) === 10 && owed.paid[0]?.value === 10, `deferred revenue ${usd.value}`);
 }
 
 async function main(): Promise<number> {
@@ -224,7 +382,9 @@ async function main(): Promise<number> {
     }
     throw error;
   }
-  console.log('typescript contract flow: ok (generated @hey-api client, auth option, exact amounts, typed 404)');
+  console.log(
+    'typescript contract flow: ok (generated @hey-api client, auth option, exact amounts, typed 404, Stripe top-up)',
+  );
   return 0;
 }
 

@@ -1026,3 +1026,84 @@ def fake_stripe(fake_stripe_server: FakeStripe) -> FakeStripe:
     """The session's fake Stripe with a fresh account (``secret_key``, ``webhook_secret``)."""
     fake_stripe_server.reset()
     return fake_stripe_server
+
+
+# --- standalone: `python -m tests.fakes.stripe_server --port 0` --------------------------------
+# For programs outside pytest (contract/run.sh): one account, its keys printed as one JSON line,
+# and a control path that exists only in this fake, never at Stripe:
+#   POST /_test/pay/{session_id} → {"body": <the exact delivery text>, "signature": <its
+#   Stripe-Signature header>}: the payer completes the session (``pay``), and the one
+#   checkout.session.completed event comes back signed with the account's webhook secret, for
+#   the caller to deliver itself as raw bytes.
+
+
+class _ControlHandler(_Handler):
+    def _dispatch(self) -> None:
+        if not self.path.startswith("/_test/"):
+            super()._dispatch()
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        status, answer = self._control()
+        payload = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _control(self) -> tuple[int, Obj]:
+        match = re.fullmatch(r"/_test/pay/([A-Za-z0-9_]+)", urlsplit(self.path).path)
+        if self.command != "POST" or match is None:
+            return 404, {"error": "POST /_test/pay/{session_id} is the only control path"}
+        try:
+            events = self.fake.pay(match.group(1))
+        except KeyError:
+            return 404, {"error": f"no session {match.group(1)}"}
+        except ValueError as exc:  # not an open payment-mode session
+            return 409, {"error": str(exc)}
+        raw, headers = self.fake.sign(events[0])
+        return 200, {"body": raw.decode(), "signature": headers["stripe-signature"]}
+
+    do_GET = do_POST = do_DELETE = _dispatch
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import signal
+    import sys
+
+    parser = argparse.ArgumentParser(description="Serve the fake Stripe until SIGINT/SIGTERM.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0: a free port")
+    args = parser.parse_args(argv)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # leaves serve_forever in the main thread
+
+    # Both explicitly: a shell starts background jobs with SIGINT ignored.
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    fake = FakeStripe()
+    handler = type("Handler", (_ControlHandler,), {"fake": fake})
+    server = ThreadingHTTPServer((args.host, args.port), handler)
+    server.daemon_threads = True
+    fake._server = server
+    print(
+        json.dumps(
+            {"url": fake.url, "secret_key": fake.secret_key, "webhook_secret": fake.webhook_secret}
+        ),
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import secrets
 import signal
@@ -47,6 +48,8 @@ def service_env(database_url: str, admin_token: str = "") -> dict[str, str]:
         "DATABASE_URL": database_url,
         "CREDITD_ENV": "production",
         "CREDITD_ADMIN_TOKEN": admin_token or secrets.token_urlsafe(32),
+        # Production requires a key for provider secrets at rest (a Fernet key).
+        "CREDITD_PAYMENTS__SECRETS_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         "CREDITD_API__RATE_LIMIT_PER_SECOND": "1000000",
         "CREDITD_API__RATE_LIMIT_BURST": "1000000",
         "CREDITD_API__PROJECT_RATE_LIMIT": "1000000/second",

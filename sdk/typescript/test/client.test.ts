@@ -276,7 +276,10 @@ describe("every resource", () => {
     await client.createUser(u);
     // Without a Stripe account the top-up is refused before any provider is called.
     await assert.rejects(
-      client.payments.create({ user_id: u, provider: "stripe", amount: "9.99", currency: "USD", credits: "1000" }),
+      client.payments.create({
+        user_id: u, provider: "stripe", amount: "9.99", currency: "USD", credits: "1000",
+        success_url: "https://example.com/paid",
+      }),
       (err: unknown) => {
         assert.ok(err instanceof ConflictError);
         assert.equal(err.code, "provider_not_configured");

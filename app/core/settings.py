@@ -192,6 +192,54 @@ class PaymentsSettings(BaseModel):
     reconcile_give_up_seconds: float = Field(default=7 * 86400.0, gt=0)
 
 
+class WebhookSettings(BaseModel):
+    """Outbound webhooks: who may be called, how, and how failures are retried."""
+
+    # Endpoint URLs must be https; plain http only where an operator allows it (development).
+    allow_http: bool = False
+    # Off: a URL whose host resolves to a loopback, private, link-local, multicast, reserved or
+    # cloud-metadata address is refused, checked at every delivery. On only where an operator
+    # sets it (tests, a receiver on the same private network).
+    allow_private_targets: bool = False
+    # Whole request (connect, send, response) at most this long; connecting at most the second.
+    timeout_seconds: float = Field(default=15.0, gt=0)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    # The waits after each failed attempt (Svix-like): 8 attempts over about 28 hours.
+    retry_schedule_seconds: list[float] = Field(
+        default=[5, 300, 1800, 7200, 18000, 36000, 36000], min_length=1
+    )
+    retry_jitter: float = Field(default=0.2, ge=0, le=1)  # +/- this share of each wait
+    # An endpoint failing every attempt for this long is disabled (webhook_endpoint.disabled).
+    disable_after_seconds: float = Field(default=5 * 86400.0, gt=0)
+    # A claimed delivery is someone's for this long: a dispatcher that dies leaves it due again
+    # after it. Must exceed timeout_seconds.
+    lease_seconds: float = Field(default=60.0, gt=0)
+    poll_interval_seconds: float = Field(default=0.5, gt=0)
+    batch_size: int = Field(default=200, ge=1)
+    max_in_flight: int = Field(default=64, ge=1)  # requests at once, per dispatcher
+    max_in_flight_per_endpoint: int = Field(default=8, ge=1)
+    # After a rotation the replaced secret keeps signing for this long.
+    secret_grace_seconds: int = Field(default=24 * 3600, ge=0)
+    response_excerpt_bytes: int = Field(default=1024, ge=0)
+    dispatch_in_process: bool = True  # the dispatcher runs with the other background jobs
+
+    @model_validator(mode="after")
+    def _lease_outlives_request(self) -> WebhookSettings:
+        if self.lease_seconds <= self.timeout_seconds:
+            raise _problem(
+                "CREDITD_WEBHOOKS__LEASE_SECONDS",
+                "must be longer than CREDITD_WEBHOOKS__TIMEOUT_SECONDS",
+            )
+        return self
+
+
+class EventSettings(BaseModel):
+    # Events older than this whose deliveries are all finished are deleted, in batches.
+    retention_days: int = Field(default=30, ge=1)
+    prune_interval_seconds: float = Field(default=600.0, gt=0)
+    prune_batch_size: int = Field(default=5000, ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CREDITD_", env_nested_delimiter="__", extra="ignore", env_file=None
@@ -209,6 +257,8 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     workers: WorkerSettings = WorkerSettings()
     payments: PaymentsSettings = Field(default_factory=PaymentsSettings, validate_default=True)
+    webhooks: WebhookSettings = WebhookSettings()
+    events: EventSettings = EventSettings()
 
     # Each check below raises its own error, so that every problem is reported at once.
     @field_validator("admin_token")

@@ -27,6 +27,12 @@ from app.db.models.usage_daily import (
     UsageUserWeek,
 )
 from app.db.models.user import User
+from app.db.models.webhook import (
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookFanoutCursor,
+)
 
 __all__ = [
     "Account",
@@ -55,4 +61,8 @@ __all__ = [
     "UsageUserDay",
     "UsageUserWeek",
     "User",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookFanoutCursor",
 ]

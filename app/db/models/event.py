@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, PrimaryKeyConstraint, Text
+from sqlalchemy import BigInteger, ForeignKey, Identity, Index, PrimaryKeyConstraint, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, CreatedAt
@@ -16,6 +16,12 @@ class Event(CreatedAt, Base):
     __table_args__ = (
         PrimaryKeyConstraint("project_id", "id"),
         Index("ix_events_project_id_type_id", "project_id", "type", "id"),
+        Index(
+            "ix_events_fanout_xid_id",
+            "fanout_xid",
+            "id",
+            postgresql_where=text("fanout_xid IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID]
@@ -23,3 +29,11 @@ class Event(CreatedAt, Base):
     type: Mapped[str] = mapped_column(Text)
     user_id: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict[str, Any]]
+    # The writing transaction's id (a default): the dispatcher fans events out in
+    # (fanout_xid, id) order below the oldest running transaction. NULL: not fanned out.
+    fanout_xid: Mapped[int | None] = mapped_column(
+        BigInteger, server_default=text("(pg_current_xact_id()::text)::bigint")
+    )
+    # Drawn as the event is written: under the account lock for balance changes, so it orders
+    # one user's events as the changes happened.
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(always=True))

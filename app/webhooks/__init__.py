@@ -1,0 +1,1 @@
+"""Outbound webhooks: endpoints, Standard Webhooks signing, delivery from the event outbox."""

@@ -6,7 +6,7 @@ checked address. Redirects are never followed, the whole attempt (connect, send,
 body) is bounded by ``timeout_seconds``, and at most ``response_excerpt_bytes`` of the body
 are read. Environment proxies are ignored (``trust_env=False``): they could route around the guard.
 
-``Outcome.error`` is one short word (no URL, no query string, no secret): ``timeout``,
+``Outcome.error`` is short and never holds a URL, query string or secret: ``timeout``,
 ``connect_error``, ``tls_error``, ``dns_error``, ``protocol_error``, ``read_error``,
 ``write_error``, ``transport_error``, ``redirect`` (a 3xx, not followed) or
 ``refused: <reason>`` (the SSRF guard or the scheme rule; ``refused`` is then True).

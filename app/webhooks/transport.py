@@ -105,8 +105,8 @@ class GuardedBackend(AsyncNetworkBackend):
                 found = await self.addresses(host, port)
         except TimeoutError as exc:
             raise httpcore.ConnectTimeout("resolving the host timed out") from exc
-        # Every address was checked; on a fast failure (no route to an IPv6 answer, refused)
-        # the next one is tried, within what is left of the connect timeout.
+        # Only addresses from this one checked answer are ever used; on a fast failure (no
+        # route to an IPv6 answer, refused) the next is tried, within the connect timeout.
         *others, final = found
         for address in others:
             try:

@@ -281,6 +281,7 @@ def cmd_rotate_secrets(args: argparse.Namespace) -> int:
     from app.db.engine import create_engine
     from app.db.session import Database
     from app.providers import service as providers
+    from app.webhooks import service as webhooks
 
     settings = load_settings()
     try:
@@ -288,21 +289,27 @@ def cmd_rotate_secrets(args: argparse.Namespace) -> int:
     except InvalidSecretsKey as bad:
         raise SettingsProblem([f"CREDITD_PAYMENTS__SECRETS_KEY: {bad}"]) from None
 
-    async def main() -> int:
+    async def main() -> tuple[int, int]:
         db = Database(create_engine(settings.database, pool_size=1))
         try:
+            # One transaction: every secret is re-encrypted, or none is.
             async with db.transaction() as session:
-                return await providers.rotate_secrets(session, box)
+                accounts = await providers.rotate_secrets(session, box)
+                endpoints = await webhooks.rotate_secrets(session, box)
+                return accounts, endpoints
         finally:
             await db.dispose()
 
     with _database(settings, migrate=False):
         try:
-            count = asyncio.run(main())
+            accounts, endpoints = asyncio.run(main())
         except SecretUnreadable as unreadable:
             print(f"creditd: rotate-secrets: {unreadable}", file=sys.stderr)
             return 1
-    print(f"re-encrypted the secrets of {count} provider account(s) with the first key")
+    print(
+        f"re-encrypted the secrets of {accounts} provider account(s) and {endpoints} webhook"
+        " endpoint(s) with the first key"
+    )
     return 0
 
 
@@ -391,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rotate = sub.add_parser(
         "rotate-secrets",
-        help="Re-encrypt every provider secret with the first CREDITD_PAYMENTS__SECRETS_KEY key",
+        help="Re-encrypt every provider and webhook endpoint secret with the first"
+        " CREDITD_PAYMENTS__SECRETS_KEY key",
     )
     rotate.set_defaults(func=cmd_rotate_secrets)
 

@@ -56,6 +56,8 @@ from app.spend_caps.router import router as spend_caps_router
 from app.tiers.router import router as tiers_router
 from app.transactions.router import router as transactions_router
 from app.users.router import router as users_router
+from app.webhooks.router import events_router as event_redelivery_router
+from app.webhooks.router import router as webhook_endpoints_router
 from app.workers.runner import run_workers
 
 VERSION = "0.1.0"
@@ -226,6 +228,8 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         api_keys_router,
         providers_router,
         events_router,
+        event_redelivery_router,
+        webhook_endpoints_router,
     ):
         app.include_router(router, responses=api_errors)
     app.include_router(

@@ -13,6 +13,7 @@ from app.db.session import Session
 from app.events import service
 from app.events.schemas import EventOut
 from app.routing import TransactionalRoute
+from app.webhooks import service as webhooks
 
 router = APIRouter(prefix="/v1/events", tags=["events"], route_class=TransactionalRoute)
 
@@ -21,6 +22,7 @@ router = APIRouter(prefix="/v1/events", tags=["events"], route_class=Transaction
     "",
     operation_id="events_list",
     summary="List events (the outbox), oldest first",
+    description="Each with its `delivery_status` to the project's webhook endpoints.",
     response_model=Page[EventOut],
 )
 async def list_events(
@@ -40,7 +42,8 @@ async def list_events(
         user_id=user_id,
         created_after=created_after,
     )
-    items = [EventOut.model_validate(r) for r in rows]
+    statuses = await webhooks.delivery_statuses(session, principal.project_id, rows)
+    items = [service.to_out(r, statuses[r.id]) for r in rows]
     return make_page(items, page.limit, lambda e: e.id)
 
 
@@ -48,9 +51,12 @@ async def list_events(
     "/{event_id}",
     operation_id="events_get",
     summary="Get one event",
+    description="With its `delivery_status` to the project's webhook endpoints.",
     response_model=EventOut,
     responses=problem_responses(service.EventNotFound),
 )
 async def get_event(session: Session, principal: ReadKey, event_id: str) -> EventOut:
     eid = parse_id(event_id, service.EventNotFound)
-    return EventOut.model_validate(await service.get(session, principal.project_id, eid))
+    event = await service.get(session, principal.project_id, eid)
+    statuses = await webhooks.delivery_statuses(session, principal.project_id, [event])
+    return service.to_out(event, statuses[event.id])

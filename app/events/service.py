@@ -15,6 +15,7 @@ from app.db import writes
 from app.db.models import Event
 from app.db.scoping import scoped_select
 from app.db.writes import Write
+from app.events.schemas import DeliveryStatus, EventOut
 
 _INSERT = "INSERT INTO events (id, project_id, type, user_id, data) VALUES ($1, $2, $3, $4, $5)"
 
@@ -41,6 +42,17 @@ async def record(
     await writes.run(session, [event])
     event_id: uuid.UUID = event.args[0]
     return event_id
+
+
+def to_out(event: Event, delivery_status: DeliveryStatus) -> EventOut:
+    return EventOut(
+        id=event.id,
+        type=event.type,
+        user_id=event.user_id,
+        data=event.data,
+        created_at=event.created_at,
+        delivery_status=delivery_status,
+    )
 
 
 async def get(session: AsyncSession, project_id: uuid.UUID, event_id: uuid.UUID) -> Event:

@@ -23,8 +23,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from openapi_schema_validator import OAS31Validator
+from sqlalchemy import text
 
 from app.core.http import render_json
+from app.core.ids import uuid7
 from app.core.settings import ApiSettings, Settings
 from app.db.session import Database
 from app.main import create_app
@@ -531,6 +533,70 @@ async def _walk_reads(w: Walk, keys: Keys) -> None:
     await w("GET", "/metrics", 200, key=None)
 
 
+async def _walk_webhook_endpoints(w: Walk, keys: Keys, db: Database) -> None:
+    base = "/v1/webhook-endpoints"
+    missing = uuid.uuid4()
+    hook = {
+        "url": "https://hooks.invalid/walk",
+        "events": ["credits.*", "webhook.test"],
+        "description": "walk",
+        "metadata": {"k": 1},
+    }
+    created = await w("POST", base, 201, hook)
+    eid = created["id"]
+    off = await w("POST", base, 201, {"url": "https://hooks.invalid/off", "enabled": False})
+    await w("POST", base, 422, {**hook, "url": "http://hooks.invalid/walk"})
+    await w("POST", base, 422, {**hook, "events": ["nope"]})
+    await w("POST", base, 403, hook, key=keys.read)
+    await w("GET", base, 200, params={"limit": 1})
+    await w("GET", base, 403, key=keys.read)
+    await w("GET", f"{base}/{eid}", 200)
+    await w("GET", f"{base}/{missing}", 404)
+    await w("PATCH", f"{base}/{eid}", 200, {"description": None, "metadata": {"k": None}})
+    await w("PATCH", f"{base}/{eid}", 422, {"url": "https://127.0.0.1/x"})
+    await w("PATCH", f"{base}/{missing}", 404, {"enabled": True})
+    rotated = await w("POST", f"{base}/{eid}/rotate-secret", 200)
+    assert rotated["previous_secret_expires_at"] is not None
+    await w("POST", f"{base}/{eid}/rotate-secret", 200, {"grace_seconds": 0})
+    await w("POST", f"{base}/{eid}/rotate-secret", 422, {"grace_seconds": -1})
+    await w("POST", f"{base}/{missing}/rotate-secret", 404)
+    test = await w("POST", f"{base}/{eid}/test", 202)
+    await w("POST", f"{base}/{off['id']}/test", 409)
+    await w("POST", f"{base}/{missing}/test", 404)
+    async with db.transaction() as session:  # an attempt, as the dispatcher records one
+        await session.execute(
+            text(
+                "INSERT INTO webhook_attempts (id, project_id, delivery_id, endpoint_id,"
+                " event_id, attempt, status_code, latency_ms, response_excerpt, error,"
+                " succeeded, next_attempt_at) SELECT :id, project_id, id, endpoint_id, event_id,"
+                " 1, NULL, 15000, NULL, 'ReadTimeout', false, now() + interval '5 seconds'"
+                " FROM webhook_deliveries WHERE event_id = :e"
+            ),
+            {"id": uuid7(), "e": test["id"]},
+        )
+    attempts = await w("GET", f"{base}/{eid}/deliveries", 200, params={"event_id": test["id"]})
+    assert [a["error"] for a in attempts["data"]] == ["ReadTimeout"]
+    await w("GET", f"{base}/{eid}/deliveries", 422, params={"starting_after": "x"})
+    await w("GET", f"{base}/{missing}/deliveries", 404)
+
+    granted = await w("GET", "/v1/events", 200, params={"type": "credits.granted", "limit": 1})
+    event = granted["data"][0]["id"]
+    redelivered = await w("POST", f"/v1/events/{event}/redeliver", 202)
+    assert [d["endpoint_id"] for d in redelivered["deliveries"]] == [eid]
+    await w("POST", f"/v1/events/{event}/redeliver", 202, {"endpoint_id": eid})
+    await w("POST", f"/v1/events/{event}/redeliver", 409, {"endpoint_id": off["id"]})
+    await w("POST", f"/v1/events/{event}/redeliver", 404, {"endpoint_id": str(missing)})
+    await w("POST", f"/v1/events/{event}/redeliver", 422, {"endpoint_id": "x"})
+    await w("POST", f"/v1/events/{event}/redeliver", 403, key=keys.read)
+    await w("POST", f"/v1/events/{missing}/redeliver", 404)
+    assert (await w("GET", f"/v1/events/{event}", 200))["delivery_status"] == "pending"
+    # Deleted: no dispatcher later in the suite finds these deliveries.
+    await w("DELETE", f"{base}/{off['id']}", 204)
+    await w("DELETE", f"{base}/{eid}", 204)
+    await w("DELETE", f"{base}/{eid}", 404)
+    await w("DELETE", f"{base}/{eid}", 403, key=keys.read)
+
+
 async def test_every_response_of_a_walk_of_the_api_matches_the_spec(
     project: Project, db: Database, fake_stripe: FakeStripe, fake_razorpay: FakeRazorpay
 ) -> None:
@@ -544,6 +610,7 @@ async def test_every_response_of_a_walk_of_the_api_matches_the_spec(
     await _walk_promos_and_caps(w, keys)
     await _walk_payments(w, keys, project, fake_stripe, fake_razorpay)
     await _walk_reads(w, keys)
+    await _walk_webhook_endpoints(w, keys, db)
 
     seen = w.recorder.seen
     assert set(seen) == set(OPERATIONS), {

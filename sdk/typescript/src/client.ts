@@ -525,6 +525,37 @@ export class Creditd<M extends AmountsMode = "string"> {
       this.request<T.Page<T.Event>>({ method: "GET", path: "/v1/events", query: filters, options: o }),
     get: (eventId: string, o?: RequestOptions) =>
       this.request<T.Event>({ method: "GET", path: `/v1/events/${enc(eventId)}`, options: o }),
+    /** Send an event again (admin scope): each delivery is pending again, due now. */
+    redeliver: (eventId: string, body: T.RedeliverInput = {}, o?: RequestOptions) =>
+      this.request<T.RedeliverResult>({ method: "POST", path: `/v1/events/${enc(eventId)}/redeliver`, body, options: o }),
+  };
+
+  /** Outbound webhook endpoints (admin scope), signed per Standard Webhooks with their `secret`. */
+  readonly webhookEndpoints = {
+    /** The answer carries `secret`, shown only here and by `rotateSecret`. */
+    create: (body: T.WebhookEndpointCreate, o?: RequestOptions) =>
+      this.request<T.WebhookEndpointWithSecret>({ method: "POST", path: "/v1/webhook-endpoints", body, options: o }),
+    list: (page?: T.PageParams, o?: RequestOptions) =>
+      this.request<T.Page<T.WebhookEndpoint>>({ method: "GET", path: "/v1/webhook-endpoints", query: page, options: o }),
+    get: (endpointId: string, o?: RequestOptions) =>
+      this.request<T.WebhookEndpoint>({ method: "GET", path: `/v1/webhook-endpoints/${enc(endpointId)}`, options: o }),
+    update: (endpointId: string, body: T.WebhookEndpointUpdate, o?: RequestOptions) =>
+      this.request<T.WebhookEndpoint>({ method: "PATCH", path: `/v1/webhook-endpoints/${enc(endpointId)}`, body, options: o }),
+    delete: (endpointId: string, o?: RequestOptions) =>
+      this.request<void>({ method: "DELETE", path: `/v1/webhook-endpoints/${enc(endpointId)}`, options: o }),
+    /** A new secret; the replaced one keeps signing for `grace_seconds` (server default 24 h). */
+    rotateSecret: (endpointId: string, body: T.RotateSecretInput = {}, o?: RequestOptions) =>
+      this.request<T.WebhookEndpointWithSecret>({
+        method: "POST", path: `/v1/webhook-endpoints/${enc(endpointId)}/rotate-secret`, body, options: o,
+      }),
+    /** Send a `webhook.test` event to this endpoint only; resolves to the event. */
+    test: (endpointId: string, o?: RequestOptions) =>
+      this.request<T.Event>({ method: "POST", path: `/v1/webhook-endpoints/${enc(endpointId)}/test`, options: o }),
+    /** The endpoint's delivery attempts, newest first. */
+    deliveries: (endpointId: string, filters?: T.WebhookAttemptFilters, o?: RequestOptions) =>
+      this.request<T.Page<T.WebhookAttempt>>({
+        method: "GET", path: `/v1/webhook-endpoints/${enc(endpointId)}/deliveries`, query: filters, options: o,
+      }),
   };
 
   readonly analytics = {

@@ -628,6 +628,9 @@ export interface SpendCap<A = string> {
 
 // ---- events and analytics ------------------------------------------------------------------
 
+/** Where an event's outbound webhooks stand. */
+export type DeliveryStatus = "pending" | "succeeded" | "failed" | "not_sent";
+
 export interface Event {
   id: string;
   type: string;
@@ -635,6 +638,94 @@ export interface Event {
   /** The event's payload; amounts in it follow the client's `amounts` mode. */
   data: Record<string, unknown>;
   created_at: Timestamp;
+  /** Absent from servers before outbound webhooks. */
+  delivery_status?: DeliveryStatus;
+}
+
+// ---- outbound webhooks ---------------------------------------------------------------------
+
+export type WebhookDisabledReason = "manual" | "gone" | "failing";
+
+export interface WebhookEndpointCreate {
+  /** `https` (plain `http` only where the server allows it); no user name or password. */
+  url: string;
+  /** `["*"]` (default), exact types (`payment.succeeded`) or families (`payment.*`). */
+  events?: string[];
+  description?: string | null;
+  enabled?: boolean;
+  metadata?: Metadata;
+}
+
+/** Only the fields given change; `description: null` removes it, `metadata` is merged. */
+export interface WebhookEndpointUpdate {
+  url?: string;
+  events?: string[];
+  description?: string | null;
+  /** `false` disables it (reason `manual`) and cancels its pending deliveries. */
+  enabled?: boolean;
+  metadata?: Metadata;
+}
+
+export interface WebhookEndpoint {
+  id: string;
+  url: string;
+  events: string[];
+  description: string | null;
+  enabled: boolean;
+  disabled_reason: WebhookDisabledReason | null;
+  failing_since: Timestamp | null;
+  /** Until when the replaced secret still signs (after a rotation); null when none does. */
+  previous_secret_expires_at: Timestamp | null;
+  metadata: Metadata;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+}
+
+/** The create and rotate-secret answers: the only ones that show the signing secret. */
+export interface WebhookEndpointWithSecret extends WebhookEndpoint {
+  /** `whsec_...`: store it, it is not shown again. */
+  secret: string;
+}
+
+export interface RotateSecretInput {
+  /** How long the replaced secret keeps signing (0: not at all; server default when absent). */
+  grace_seconds?: number | null;
+}
+
+/** One HTTP request of a delivery; `status_code` is null when there was no answer. */
+export interface WebhookAttempt {
+  id: string;
+  delivery_id: string;
+  event_id: string;
+  event_type: string;
+  attempt: number;
+  status_code: number | null;
+  latency_ms: number;
+  response_excerpt: string | null;
+  error: string | null;
+  succeeded: boolean;
+  next_attempt_at: Timestamp | null;
+  created_at: Timestamp;
+}
+
+export interface WebhookAttemptFilters extends PageParams {
+  event_id?: string;
+}
+
+export interface RedeliverInput {
+  /** Only this endpoint (whatever its events); default: every enabled subscribed endpoint. */
+  endpoint_id?: string;
+}
+
+export interface RedeliverResult {
+  event_id: string;
+  deliveries: {
+    id: string;
+    endpoint_id: string;
+    status: "pending" | "succeeded" | "failed" | "canceled";
+    attempts: number;
+    next_attempt_at: Timestamp | null;
+  }[];
 }
 
 export interface EventFilters extends PageParams {

@@ -74,6 +74,7 @@ from creditd_sdk.models import (
     Promo,
     Provider,
     ProviderAccount,
+    RedeliverResult,
     Redemption,
     RefillInterval,
     RefillMode,
@@ -91,6 +92,8 @@ from creditd_sdk.models import (
     TransactionStatus,
     UsageResult,
     User,
+    WebhookAttempt,
+    WebhookEndpoint,
     parse,
     parse_page,
 )
@@ -251,6 +254,7 @@ class AsyncCreditd:
         self.promos = AsyncPromos(self)
         self.spend_caps = AsyncSpendCaps(self)
         self.events = AsyncEvents(self)
+        self.webhook_endpoints = AsyncWebhookEndpoints(self)
         self.analytics = AsyncAnalytics(self)
         self.providers = AsyncProviders(self)
         self.payments = AsyncPayments(self)
@@ -1327,6 +1331,130 @@ class AsyncEvents(_AsyncResource):
 
     async def get(self, event_id: str) -> Event:
         return parse(Event, await self._c.request("GET", f"/v1/events/{_seg(event_id)}"))
+
+    async def redeliver(
+        self,
+        event_id: str,
+        *,
+        endpoint_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> RedeliverResult:
+        """Send the event again (admin scope): to every enabled endpoint subscribed to its
+        type, or only to ``endpoint_id``. Each delivery is pending again, due now."""
+        data = await self._c.request(
+            "POST",
+            f"/v1/events/{_seg(event_id)}/redeliver",
+            body=_present(endpoint_id=endpoint_id),
+            idempotency_key=idempotency_key,
+        )
+        return parse(RedeliverResult, data)
+
+
+class AsyncWebhookEndpoints(_AsyncResource):
+    """Where the project's events are delivered (admin scope), signed per Standard Webhooks
+    with the endpoint's ``secret`` (shown by ``create`` and ``rotate_secret`` only)."""
+
+    async def create(
+        self,
+        *,
+        url: str,
+        events: Sequence[str] | None = None,
+        description: str | None = None,
+        enabled: bool | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> WebhookEndpoint:
+        """Register ``url`` for ``events`` (default ``["*"]``: all); store ``secret``."""
+        body = _present(
+            url=url,
+            events=None if events is None else list(events),
+            description=description,
+            enabled=enabled,
+            metadata=None if metadata is None else dict(metadata),
+        )
+        data = await self._c.request(
+            "POST", "/v1/webhook-endpoints", body=body, idempotency_key=idempotency_key
+        )
+        return parse(WebhookEndpoint, data)
+
+    async def get(self, endpoint_id: str) -> WebhookEndpoint:
+        data = await self._c.request("GET", f"/v1/webhook-endpoints/{_seg(endpoint_id)}")
+        return parse(WebhookEndpoint, data)
+
+    async def list(
+        self, *, limit: int | None = None, starting_after: str | None = None
+    ) -> Page[WebhookEndpoint]:
+        params = {"limit": limit, "starting_after": starting_after}
+        data = await self._c.request("GET", "/v1/webhook-endpoints", params=params)
+        return parse_page(WebhookEndpoint, data)
+
+    async def update(
+        self,
+        endpoint_id: str,
+        *,
+        url: str = NOT_GIVEN,
+        events: Sequence[str] = NOT_GIVEN,
+        description: str | None = NOT_GIVEN,
+        enabled: bool = NOT_GIVEN,
+        metadata: Mapping[str, Any] = NOT_GIVEN,
+    ) -> WebhookEndpoint:
+        """Change the given fields only. ``enabled=False`` disables it and cancels its pending
+        deliveries; ``metadata`` is merged (a None value removes a key)."""
+        body = _given(
+            url=url,
+            events=events if events is NOT_GIVEN else list(events),
+            description=description,
+            enabled=enabled,
+            metadata=metadata if metadata is NOT_GIVEN else dict(metadata),
+        )
+        data = await self._c.request(
+            "PATCH", f"/v1/webhook-endpoints/{_seg(endpoint_id)}", body=body
+        )
+        return parse(WebhookEndpoint, data)
+
+    async def delete(self, endpoint_id: str) -> None:
+        await self._c.request("DELETE", f"/v1/webhook-endpoints/{_seg(endpoint_id)}")
+
+    async def rotate_secret(
+        self,
+        endpoint_id: str,
+        *,
+        grace_seconds: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> WebhookEndpoint:
+        """A new ``secret``; the replaced one keeps signing for ``grace_seconds`` (the
+        server's default, 24 h, when None; 0 retires it at once)."""
+        data = await self._c.request(
+            "POST",
+            f"/v1/webhook-endpoints/{_seg(endpoint_id)}/rotate-secret",
+            body=_present(grace_seconds=grace_seconds) or None,
+            idempotency_key=idempotency_key,
+        )
+        return parse(WebhookEndpoint, data)
+
+    async def test(self, endpoint_id: str, *, idempotency_key: str | None = None) -> Event:
+        """Send a ``webhook.test`` event to this endpoint only; returns the event."""
+        data = await self._c.request(
+            "POST",
+            f"/v1/webhook-endpoints/{_seg(endpoint_id)}/test",
+            idempotency_key=idempotency_key,
+        )
+        return parse(Event, data)
+
+    async def list_deliveries(
+        self,
+        endpoint_id: str,
+        *,
+        event_id: str | None = None,
+        limit: int | None = None,
+        starting_after: str | None = None,
+    ) -> Page[WebhookAttempt]:
+        """The endpoint's delivery attempts, newest first (``event_id``: one event's only)."""
+        params = {"event_id": event_id, "limit": limit, "starting_after": starting_after}
+        data = await self._c.request(
+            "GET", f"/v1/webhook-endpoints/{_seg(endpoint_id)}/deliveries", params=params
+        )
+        return parse_page(WebhookAttempt, data)
 
 
 class AsyncAnalytics(_AsyncResource):

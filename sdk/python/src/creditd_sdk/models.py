@@ -43,6 +43,8 @@ GroupBy = Literal["user", "model", "feature", "day"]
 GrantSource = Literal["adjustment", "purchase", "promo", "bonus"]
 GrantCategory = Literal["paid", "promotional"]
 PaymentProvider = Literal["stripe", "razorpay"]
+WebhookDisabledReason = Literal["manual", "gone", "failing"]
+DeliveryStatus = Literal["pending", "succeeded", "failed", "not_sent"]
 PaymentStatus = Literal[
     "created",
     "pending",
@@ -435,6 +437,59 @@ class Event(_Model):
     user_id: str | None
     data: dict[str, Any]
     created_at: datetime
+    # pending | succeeded | failed | not_sent. Defaulted: servers before webhooks do not send it.
+    delivery_status: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookEndpoint(_Model):
+    """A URL that receives the project's events, signed per Standard Webhooks."""
+
+    id: str
+    url: str
+    events: list[str]
+    description: str | None
+    enabled: bool
+    disabled_reason: str | None  # manual | gone | failing; None while enabled
+    failing_since: datetime | None
+    previous_secret_expires_at: datetime | None  # the replaced secret signs until then
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    secret: str | None = None  # the signing secret: only in the create and rotate responses
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookAttempt(_Model):
+    """One HTTP request of a delivery: ``status_code`` None when there was no answer."""
+
+    id: str
+    delivery_id: str
+    event_id: str
+    event_type: str
+    attempt: int
+    status_code: int | None
+    latency_ms: int
+    response_excerpt: str | None
+    error: str | None
+    succeeded: bool
+    next_attempt_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class Redelivery(_Model):
+    id: str
+    endpoint_id: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedeliverResult(_Model):
+    event_id: str
+    deliveries: list[Redelivery]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -606,6 +661,7 @@ __all__ = [
     "Claim",
     "CompleteResult",
     "Debit",
+    "DeliveryStatus",
     "Eligibility",
     "Event",
     "Grant",
@@ -629,6 +685,8 @@ __all__ = [
     "ProjectSettingsPatch",
     "Promo",
     "ProviderAccount",
+    "RedeliverResult",
+    "Redelivery",
     "Redemption",
     "RefundResult",
     "SpendCap",
@@ -643,4 +701,7 @@ __all__ = [
     "Transaction",
     "UsageResult",
     "User",
+    "WebhookAttempt",
+    "WebhookDisabledReason",
+    "WebhookEndpoint",
 ]

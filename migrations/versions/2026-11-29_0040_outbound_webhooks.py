@@ -13,6 +13,7 @@ Create Date: 2026-11-29 00:40:00.000000+00:00
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -27,7 +28,7 @@ _FANOUT_PENDING = sa.text("fanout_xid IS NOT NULL")
 _DUE = sa.text("status = 'pending'")
 
 
-def _timestamps() -> list[sa.Column]:
+def _timestamps() -> list[sa.Column[Any]]:
     return [
         sa.Column(
             "created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"),

@@ -4,8 +4,10 @@
 #   2. openapi-python-client and @hey-api/openapi-ts generate clients with no warning at all;
 #   3. a Python program (mypy --strict) and a TypeScript program (tsc --strict --noEmit) type-check
 #      against the generated code, untouched;
-#   4. both programs run their flow against a live `creditd serve` with its own embedded database
-#      and the fake Stripe of tests/fakes/stripe_server.py (payments paid through signed webhooks).
+#   4. both programs run their flow against a live `creditd serve` (with its background workers,
+#      the webhook dispatcher among them) with its own embedded database and the fake Stripe of
+#      tests/fakes/stripe_server.py (payments paid through signed webhooks), and receive the
+#      server's outbound webhooks on 127.0.0.1, verified with the standardwebhooks libraries.
 # Tools are pinned: contract/package-lock.json (npm) and contract/python/uv.lock (PyPI).
 # Needs `make install` first (.venv/bin/creditd), node >= 20.19 with npm, and uv.
 # Everything generated goes to contract/build/ (git-ignored).
@@ -81,13 +83,14 @@ only_progress openapi-ts "$BUILD/ts-generate.log" \
 
 step "type-check: mypy --strict (flow + generated package)"
 (cd "$HERE" && MYPYPATH="$PYCLIENT" "$PYENV/bin/mypy" --config-file python/pyproject.toml \
-  --strict --cache-dir build/.mypy_cache python/flow.py "$PYCLIENT/creditd_client")
+  --strict --cache-dir build/.mypy_cache python/flow.py python/outbound.py python/checks.py \
+  "$PYCLIENT/creditd_client")
 
 step "type-check: tsc --strict --noEmit (flow + generated client)"
 npx_ tsc -p tsconfig.json --strict --noEmit
 npx_ tsc -p tsconfig.json --noCheck  # emit the JavaScript that node runs (checked just above)
 
-step "start a live server (creditd serve, own embedded PostgreSQL, free port)"
+step "start a live server (creditd serve with its workers, own embedded PostgreSQL, free port)"
 SERVER_DIR="$(mktemp -d "${TMPDIR:-/tmp}/creditd-contract.XXXXXX")"
 PORT="$("$ROOT/.venv/bin/python" -c \
   'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
@@ -135,12 +138,18 @@ stripe_field() {
 }
 STRIPE_URL="$(stripe_field url)" || fail "the fake Stripe printed no JSON line"
 echo "fake Stripe at $STRIPE_URL"
+# One process serves and runs the background jobs, the webhook dispatcher among them (its
+# default, CREDITD_WEBHOOKS__DISPATCH_IN_PROCESS): the flows' receivers listen on 127.0.0.1
+# over plain http, which only these two development settings allow. A failed attempt is
+# retried after about a second (a JSON list, as pydantic-settings reads complex values).
 (
   exec env -u DATABASE_URL -u CREDITD_DATABASE_URL -u CREDITD_DATABASE__URL \
     CREDITD_DATA_DIR="$SERVER_DIR" CREDITD_ADMIN_TOKEN="$ADMIN_TOKEN" CREDITD_ENV=development \
     CREDITD_PAYMENTS__STRIPE_API_BASE="$STRIPE_URL" \
     CREDITD_PAYMENTS__RAZORPAY_API_BASE=http://127.0.0.1:9 \
-    "$ROOT/.venv/bin/creditd" serve --host 127.0.0.1 --port "$PORT" --no-workers
+    CREDITD_WEBHOOKS__ALLOW_HTTP=true CREDITD_WEBHOOKS__ALLOW_PRIVATE_TARGETS=true \
+    CREDITD_WEBHOOKS__RETRY_SCHEDULE_SECONDS='[1,1,1]' \
+    "$ROOT/.venv/bin/creditd" serve --host 127.0.0.1 --port "$PORT"
 ) > "$BUILD/server.log" 2>&1 &
 SERVER_PID=$!
 BASE_URL="http://127.0.0.1:$PORT"

@@ -3,8 +3,10 @@
 Run by contract/run.sh against a live server: CREDITD_URL and CREDITD_ADMIN_TOKEN name it, and
 CONTRACT_STRIPE_URL, CONTRACT_STRIPE_SECRET_KEY, CONTRACT_STRIPE_WEBHOOK_SECRET the fake Stripe
 the server talks to (tests/fakes/stripe_server.py). It imports only the generated package
-``creditd_client`` (and the standard library), is checked with ``mypy --strict``, and exits
-non-zero on the first mismatch.
+``creditd_client``, the standard library and ``standardwebhooks`` (with its sibling modules
+``checks`` and ``outbound``), is checked with ``mypy --strict``, and exits non-zero on the first
+mismatch. Before writing any event it registers a webhook endpoint on a receiver of its own,
+and at the end ``outbound.prove`` checks every outbound webhook the flow caused (see there).
 
 Amounts: the generator maps every JSON ``number`` to ``float`` whatever its ``format``
 (``decimal`` included), so the typed models hold binary floats. They are exact for the values
@@ -17,13 +19,13 @@ request models accept (``float | str``) and the server reads exactly.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import uuid
 from decimal import Decimal
-from typing import Any, TypeVar
 
+import outbound
+from checks import Mismatch, exact, expect, parsed
 from creditd_client import AuthenticatedClient, Client
 from creditd_client.api.analytics import analytics_liability
 from creditd_client.api.credits_ import credits_grant, credits_list_ledger
@@ -59,34 +61,6 @@ from creditd_client.models import (
     UserOut,
     WebhookReceived,
 )
-from creditd_client.types import Response
-
-T = TypeVar("T")
-
-
-class Mismatch(Exception):
-    """The server's answer differs from what the contract promises."""
-
-
-def expect(condition: bool, what: str) -> None:
-    if not condition:
-        raise Mismatch(what)
-
-
-def parsed(response: Response[Any], wanted: type[T], status: int) -> T:
-    """The typed body of ``response``, which must be a ``wanted`` with HTTP ``status``."""
-    body = response.parsed
-    if response.status_code != status or not isinstance(body, wanted):
-        raise Mismatch(
-            f"expected {status} {wanted.__name__}, got {response.status_code}:"
-            f" {response.content.decode(errors='replace')}"
-        )
-    return body
-
-
-def exact(response: Response[Any]) -> Any:
-    """The response body with every JSON number read as an exact ``Decimal``."""
-    return json.loads(response.content, parse_float=Decimal, parse_int=Decimal)
 
 
 def same_amount(typed: float, text: Decimal, wanted: str) -> bool:
@@ -94,7 +68,8 @@ def same_amount(typed: float, text: Decimal, wanted: str) -> bool:
     return text == Decimal(wanted) and typed == float(wanted)
 
 
-def run(base_url: str, admin_token: str) -> None:
+def run(base_url: str, admin_token: str) -> int:
+    """The flow; returns how many webhook requests the receiver checked."""
     operator = AuthenticatedClient(base_url=base_url, token=admin_token)
     created = admin_projects_create.sync_detailed(
         client=operator, body=ProjectCreate(name="contract-python")
@@ -102,7 +77,14 @@ def run(base_url: str, admin_token: str) -> None:
     project = parsed(created, ProjectCreated, 201)
     expect([s.value for s in project.api_key.scopes] == ["admin"], "admin key scopes")
 
-    with AuthenticatedClient(base_url=base_url, token=project.api_key.key) as api:
+    receiver = outbound.Receiver()
+    with (
+        receiver.running(),
+        AuthenticatedClient(base_url=base_url, token=project.api_key.key) as api,
+    ):
+        # Registered before any event is written: an endpoint gets the events written after it.
+        endpoint = outbound.register(api, receiver)
+
         price = models_put.sync_detailed(
             "gpt-4o",
             client=api,
@@ -198,6 +180,7 @@ def run(base_url: str, admin_token: str) -> None:
         expect(problem.status == 404, "problem status")
 
         pay_with_stripe(api, base_url, project.id, user_id)
+        return outbound.prove(api, receiver, endpoint, user_id)
 
 
 def pay_with_stripe(
@@ -315,13 +298,13 @@ def main() -> int:
     base_url = os.environ["CREDITD_URL"]
     token = os.environ["CREDITD_ADMIN_TOKEN"]
     try:
-        run(base_url, token)
+        requests = run(base_url, token)
     except Mismatch as exc:
         print(f"python contract flow: MISMATCH: {exc}", file=sys.stderr)
         return 1
     print(
         "python contract flow: ok (generated openapi-python-client, exact amounts, typed 404,"
-        " Stripe top-up)"
+        f" Stripe top-up, {requests} outbound webhook requests verified with standardwebhooks)"
     )
     return 0
 

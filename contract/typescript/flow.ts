@@ -20,8 +20,6 @@
 // The typed `number` fields are checked too: for the amounts used here (at most 15
 // significant digits) the float is the nearest double of the exact text, i.e. `Number(text)`.
 
-import { parse } from 'lossless-json';
-
 import { createClient } from '../build/ts/client/client/index.js';
 import {
   adminProjectsCreate,
@@ -52,46 +50,16 @@ import type {
   WebhooksStripeResponses,
 } from '../build/ts/client/index.js';
 
-class Mismatch extends Error {}
-
-function expect(condition: boolean, what: string): asserts condition {
-  if (!condition) {
-    throw new Mismatch(what);
-  }
-}
-
-/** The body of a successful call; anything else is a mismatch (with the problem it got). */
-function ok<T>(result: { data?: T; error?: unknown; response: Response }, status: number): T {
-  expect(
-    result.response.status === status && result.data !== undefined,
-    `expected ${status}, got ${result.response.status}: ${JSON.stringify(result.error)}`,
-  );
-  return result.data;
-}
-
-/** A generated type with every number read as its exact decimal text. */
-type Exact<T> = T extends number
-  ? string
-  : T extends (infer U)[]
-    ? Exact<U>[]
-    : T extends object
-      ? { [K in keyof T]: Exact<T[K]> }
-      : T;
-
-/** The unparsed body of a call made with `parseAs: 'text'`, read losslessly. */
-function exact<T>(result: { data?: T; response: Response }, status: number): Exact<T> {
-  const raw: unknown = result.data;
-  expect(result.response.status === status, `expected ${status}, got ${result.response.status}`);
-  expect(typeof raw === 'string', 'parseAs: text returns the body unparsed');
-  return parse(raw, null, (digits: string) => digits) as Exact<T>;
-}
+import { Mismatch, exact, expect, ok } from './checks.js';
+import * as outbound from './outbound.js';
 
 /** The exact text is `wanted`, and the generated `number` field holds its nearest float. */
 function sameAmount(typed: number, text: string, wanted: string): boolean {
   return text === wanted && typed === Number(wanted);
 }
 
-async function run(baseUrl: string, adminToken: string): Promise<void> {
+/** The flow; returns how many webhook requests the receiver checked. */
+async function run(baseUrl: string, adminToken: string): Promise<number> {
   // The security schemes (OperatorToken; ApiKeyBearer or ApiKeyHeader) make the generated
   // client send whatever its `auth` option returns: no header is set by hand.
   const operator = createClient({ baseUrl, auth: adminToken });
@@ -109,12 +77,31 @@ async function run(baseUrl: string, adminToken: string): Promise<void> {
   expect(refused.response.status === 401, `no auth: ${refused.response.status}`);
   expect(refused.error?.code === 'invalid_api_key', `no auth: ${refused.error?.code}`);
 
+  // Registered before any event is written: an endpoint gets the events written after it.
+  const receiver = new outbound.Receiver();
+  await receiver.start();
+  try {
+    const endpoint = await outbound.register(api, receiver);
+    const moved = await moveCredits(api, project.id);
+    await payWithStripe(api, baseUrl, project.id, moved.userId);
+    return await outbound.prove(api, receiver, endpoint, moved.userId, moved.id);
+  } finally {
+    await receiver.stop();
+  }
+}
+
+/** Price a model, create a user, grant, start and complete a transaction, read it all back;
+ *  returns the user and the transaction. */
+async function moveCredits(
+  api: Client,
+  projectId: string,
+): Promise<{ userId: string; id: string }> {
   const model = ok(
     await modelsPut({
       client: api,
       path: { model_id: 'gpt-4o' },
       body: { input_price_per_1k: '0.123456', output_price_per_1k: '0.654321' },
-      headers: { 'X-Project-Id': project.id },
+      headers: { 'X-Project-Id': projectId },
     }),
     200,
   );
@@ -220,8 +207,7 @@ async function run(baseUrl: string, adminToken: string): Promise<void> {
   expect(missing.response.status === 404 && problem !== undefined, 'unknown user: 404');
   expect(problem.code === 'user_not_found', `problem code ${problem.code}`);
   expect(problem.status === 404, 'problem status');
-
-  await payWithStripe(api, baseUrl, project.id, userId);
+  return { userId, id: started.transaction_id };
 }
 
 type Client = ReturnType<typeof createClient>;
@@ -373,8 +359,9 @@ async function main(): Promise<number> {
     console.error('set CREDITD_URL and CREDITD_ADMIN_TOKEN');
     return 2;
   }
+  let requests: number;
   try {
-    await run(baseUrl, adminToken);
+    requests = await run(baseUrl, adminToken);
   } catch (error) {
     if (error instanceof Mismatch) {
       console.error(`typescript contract flow: MISMATCH: ${error.message}`);
@@ -383,7 +370,9 @@ async function main(): Promise<number> {
     throw error;
   }
   console.log(
-    'typescript contract flow: ok (generated @hey-api client, auth option, exact amounts, typed 404, Stripe top-up)',
+    'typescript contract flow: ok (generated @hey-api client, auth option, exact amounts,' +
+      ` typed 404, Stripe top-up, ${requests} outbound webhook requests verified with` +
+      ' standardwebhooks)',
   );
   return 0;
 }

@@ -148,7 +148,7 @@ async def _lock_for_usage(
     price, multiplier = pricing.for_tier(
         locked.price, rules.price_multiplier, rules.override(model)
     )
-    locked.account.low_balance_alerts = bool(principal.settings.low_balance_thresholds)
+    locked.account.thresholds = principal.settings.low_balance_thresholds
     return locked.account, rules, TierPrice(pricing.require(price, model), multiplier)
 
 
@@ -232,7 +232,7 @@ async def _lock_with_account(
     locked = await repo.lock_with_account(session, principal.project_id, txn_id)
     if locked is None:
         raise TransactionNotFound()
-    locked[1].low_balance_alerts = bool(principal.settings.low_balance_thresholds)
+    locked[1].thresholds = principal.settings.low_balance_thresholds
     return locked
 
 

@@ -429,7 +429,14 @@ async def record_usage(session: AsyncSession, principal: Principal, body: UsageI
             project_id=principal.project_id,
             type="transaction.completed",
             user_id=account.user_id,
-            data={**out.model_dump(mode="python"), "model": body.model},
+            # The keys of a completion's event: no hold, so all of the charge is the adjustment.
+            data={
+                **out.model_dump(mode="python"),
+                "model": body.model,
+                "hold_amount": ZERO,
+                "balance_adjustment": ZERO - charge,
+                "late": False,
+            },
         ),
         analytics.add_usage(
             project_id=principal.project_id,

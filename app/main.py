@@ -41,6 +41,7 @@ from app.credits.router import router as credits_router
 from app.db.engine import create_engine
 from app.db.session import Database
 from app.docs.router import install_docs
+from app.events import openapi as event_webhooks
 from app.events.router import router as events_router
 from app.health.router import expected_revision
 from app.health.router import router as health_router
@@ -178,6 +179,8 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         # No 307 to the path without its trailing slash: `GET /v1/users/` (an empty user id)
         # would be redirected to the user list. A path no route serves is a 404 problem.
         redirect_slashes=False,
+        # The OpenAPI `webhooks` section: the events creditd sends (never served).
+        webhooks=event_webhooks.router(),
     )
     install_docs(app)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]

@@ -101,6 +101,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             summary=app.summary,
             description=app.description,
             routes=app.routes,
+            webhooks=app.webhooks.routes,
             tags=app.openapi_tags,
             servers=app.servers,
             license_info=app.license_info,

@@ -31,9 +31,10 @@ class LockedAccount:
     total: Decimal
     held: Decimal
     debt: Decimal
-    # Whether the project has low_balance_thresholds (request paths know it from the cached
-    # settings; True elsewhere): without thresholds no balance.low check rides along.
-    low_balance_alerts: bool = True
+    # The project's low_balance_thresholds when the caller knows them (request paths, from the
+    # cached settings): the balance events are then decided in Python and cost nothing without
+    # a crossing. None (workers): a change that may cross one carries the SQL deciding it.
+    thresholds: Sequence[Decimal] | None = None
 
     @property
     def available(self) -> Decimal:
@@ -131,8 +132,9 @@ async def live_grants(session: AsyncSession, account_id: uuid.UUID, source: str)
     return list(await driver(session).fetch(_LIVE_GRANTS, account_id, source))
 
 
-# A balance.low event when available falls from >= a project threshold to below it: stateless,
-# so it fires once per crossing and re-arms once the balance is back above the threshold.
+# The balance events of a change whose caller does not know the project's thresholds; see
+# ``app.credits.service.balance_events`` for the rules. balance.low: available fell from >= a
+# threshold to below it.
 _LOW_BALANCE = """
     INSERT INTO events (id, project_id, type, user_id, data)
     SELECT $1, $2, 'balance.low', $3,
@@ -145,10 +147,34 @@ _LOW_BALANCE = """
 """
 
 
+# balance.recovered: available rose from below a threshold to at or above it, or from <= 0
+# to > 0 (one event for the change, listing the thresholds it crossed, possibly none).
+_RECOVERED = """
+    INSERT INTO events (id, project_id, type, user_id, data)
+    SELECT $1, $2, 'balance.recovered', $3,
+           jsonb_build_object('thresholds', coalesce(jsonb_agg(t.v ORDER BY t.v DESC), '[]'),
+                              'previous_balance', $4::numeric, 'balance', $5::numeric)
+    FROM (SELECT x.v::numeric AS v
+          FROM projects p, jsonb_array_elements_text(p.settings -> 'low_balance_thresholds') AS x(v)
+          WHERE p.id = $2) AS t
+    WHERE $4::numeric < t.v AND $5::numeric >= t.v
+    HAVING count(*) > 0 OR ($4::numeric <= 0 AND $5::numeric > 0)
+"""
+
+
 def low_balance(account: LockedAccount, previous: Decimal) -> Write:
-    """Carried by a change that lowers ``available``: emits balance.low on a crossing."""
+    """Carried by a change that lowers ``available``: emits balance.low on a crossing of one
+    of the project's thresholds (read in the statement)."""
     return Write(
         _LOW_BALANCE, (uuid7(), account.project_id, account.user_id, previous, account.available)
+    )
+
+
+def recovered(account: LockedAccount, previous: Decimal) -> Write:
+    """Carried by a change that raises ``available``: emits balance.recovered on an upward
+    crossing of one of the project's thresholds (read in the statement) or of zero."""
+    return Write(
+        _RECOVERED, (uuid7(), account.project_id, account.user_id, previous, account.available)
     )
 
 

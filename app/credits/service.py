@@ -77,8 +77,10 @@ async def _change(
     previous = account.available
     account.total += amount
     account.held += held_amount
-    if account.low_balance_alerts and account.available < previous:
-        carry = [*carry, repo.low_balance(account, previous)]
+    if account.available != previous:
+        crossings = balance_events(account, previous)
+        if crossings:
+            carry = [*carry, *crossings]
     entry, account.debt = await repo.change(
         session,
         account,
@@ -93,6 +95,49 @@ async def _change(
         carry=carry,
     )
     return entry
+
+
+def balance_events(account: LockedAccount, previous: Decimal) -> list[Write]:
+    """The events a change of ``available`` from ``previous`` emits, as writes it carries.
+
+    Each fires once per crossing, stateless (the change's own before and after decide):
+    ``balance.low`` when available falls from >= a threshold to below it; ``balance.depleted``
+    when it falls from > 0 to <= 0; ``balance.recovered`` when it rises from below a threshold
+    to at or above it, or from <= 0 to > 0 (one event per change, listing the thresholds
+    crossed). With the thresholds known (request paths) this is Python comparisons and no
+    write at all without a crossing; without them the statement reads the project's.
+    """
+    current = account.available
+    thresholds = account.thresholds
+    found: list[Write] = []
+    if current < previous:
+        if previous > ZERO >= current:
+            found.append(_balance_event(account, "balance.depleted", previous))
+        if thresholds is None:
+            found.append(repo.low_balance(account, previous))
+        else:
+            crossed = [t for t in thresholds if previous >= t > current]
+            if crossed:
+                found.append(_balance_event(account, "balance.low", previous, crossed))
+    elif current > previous:
+        if thresholds is None:
+            found.append(repo.recovered(account, previous))
+        else:
+            crossed = [t for t in thresholds if previous < t <= current]
+            if crossed or previous <= ZERO < current:
+                found.append(_balance_event(account, "balance.recovered", previous, crossed))
+    return found
+
+
+def _balance_event(
+    account: LockedAccount, type: str, previous: Decimal, crossed: list[Decimal] | None = None
+) -> Write:
+    data: dict[str, Any] = {"previous_balance": previous, "balance": account.available}
+    if crossed is not None:
+        data["thresholds"] = sorted(crossed, reverse=True)
+    return events.outbox(
+        project_id=account.project_id, type=type, user_id=account.user_id, data=data
+    )
 
 
 async def grant(

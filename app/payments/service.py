@@ -663,7 +663,10 @@ async def _ended(
     if isinstance(fact, PaymentFailed):
         values["failure_reason"] = fact.reason
     payment = await repo.update(session, payment.project_id, payment.id, values)
-    await _event(session, payment, f"payment.{status}")
+    if isinstance(fact, PaymentFailed):
+        await _event(session, payment, "payment.failed", reason=fact.reason, checkout_open=False)
+    else:
+        await _event(session, payment, f"payment.{status}")
     return "applied"
 
 

@@ -533,7 +533,7 @@ async def _grant_period(
         # Sold credits: what was paid for the period is their cost basis (deferred revenue);
         # a manual subscription's period is valued at the plan's price.
         paid = category == credits.PAID
-        grant, _ = await credits.grant(
+        grant, entry = await credits.grant(
             session,
             account,
             amount=amount,
@@ -555,8 +555,9 @@ async def _grant_period(
             )
         await driver(session).execute(_SET_ALLOCATION_GRANT, *key, grant.id)
         data: dict[str, Any] = {
-            "grant_id": grant.id, "amount": amount, "source": SOURCE, "subscription_id": sub.id,
-            "plan_id": plan.id, "balance": account.available,
+            "grant_id": grant.id, "amount": amount, "source": SOURCE, "category": category,
+            "ledger_entry_id": entry, "subscription_id": sub.id, "plan_id": plan.id,
+            "balance": account.available,
         }  # fmt: skip
         if paid_by is not None:
             data["payment_id"] = paid_by.payment_id
@@ -996,7 +997,12 @@ async def renew_due(session: AsyncSession, *, now: datetime, limit: int) -> int:
                 project_id=sub.project_id,
                 type="subscription.ended",
                 user_id=sub.user_id,
-                data={**_event_data(sub), "status": CANCELED, "ended_at": sub.current_period_end},
+                data={
+                    **_event_data(sub),
+                    "status": CANCELED,
+                    "ended_at": sub.current_period_end,
+                    "reason": "canceled" if sub.cancel_at_period_end else "plan_deleted",
+                },
             )
         else:
             await _renew(session, account, sub, plan, now=now)

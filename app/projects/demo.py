@@ -64,6 +64,7 @@ async def _seed(session: AsyncSession, project_id: uuid.UUID) -> None:
             "grant_id": str(grant.id),
             "amount": CREDITS,
             "source": "adjustment",
+            "category": grant.category,
             "ledger_entry_id": entry,
             "balance": account.available,
         },

@@ -162,7 +162,7 @@ async def _allocate(
         # reset mode: the allocation expires with its period, so it is spent first and its
         # remainder leaves at the period end (by the refill, or the expiry job if first).
         expires = period_end if tier.refill_mode == "reset" else None
-        grant, _ = await credits.grant(
+        grant, entry = await credits.grant(
             session, account, amount=tier.credits, source="tier", reason=reason, expires_at=expires
         )
         await driver(session).execute(
@@ -176,7 +176,8 @@ async def _allocate(
             type="credits.granted",
             user_id=account.user_id,
             data={"grant_id": grant.id, "amount": tier.credits, "source": "tier",
-                  "tier_id": tier.id, "balance": account.available},
+                  "category": grant.category, "ledger_entry_id": entry, "tier_id": tier.id,
+                  "balance": account.available},
         )  # fmt: skip
 
 

@@ -148,7 +148,7 @@ async def _lock_for_usage(
     price, multiplier = pricing.for_tier(
         locked.price, rules.price_multiplier, rules.override(model)
     )
-    locked.account.low_balance_alerts = bool(principal.settings.low_balance_thresholds)
+    locked.account.thresholds = principal.settings.low_balance_thresholds
     return locked.account, rules, TierPrice(pricing.require(price, model), multiplier)
 
 
@@ -232,7 +232,7 @@ async def _lock_with_account(
     locked = await repo.lock_with_account(session, principal.project_id, txn_id)
     if locked is None:
         raise TransactionNotFound()
-    locked[1].low_balance_alerts = bool(principal.settings.low_balance_thresholds)
+    locked[1].thresholds = principal.settings.low_balance_thresholds
     return locked
 
 
@@ -429,7 +429,14 @@ async def record_usage(session: AsyncSession, principal: Principal, body: UsageI
             project_id=principal.project_id,
             type="transaction.completed",
             user_id=account.user_id,
-            data={**out.model_dump(mode="python"), "model": body.model},
+            # The keys of a completion's event: no hold, so all of the charge is the adjustment.
+            data={
+                **out.model_dump(mode="python"),
+                "model": body.model,
+                "hold_amount": ZERO,
+                "balance_adjustment": ZERO - charge,
+                "late": False,
+            },
         ),
         analytics.add_usage(
             project_id=principal.project_id,

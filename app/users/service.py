@@ -112,7 +112,7 @@ async def lock_existing(
     """Lock the user's account; None when there is no such user."""
     account = await credits.lock_for_user(session, principal.project_id, user_id)
     if account is not None:
-        account.low_balance_alerts = bool(principal.settings.low_balance_thresholds)
+        account.thresholds = principal.settings.low_balance_thresholds
     return account
 
 

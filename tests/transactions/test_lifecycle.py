@@ -376,13 +376,14 @@ async def test_every_state_change_writes_an_event(priced: Project) -> None:
     await start(priced, "u", inp=10**9)  # denied
     events = body(await priced.get("/v1/events", params={"user_id": "u"}))["data"]
     assert [e["type"] for e in events] == [
+        "balance.recovered",  # the first credits: 0 -> 100, written with the grant's change
         "credits.granted",
         "transaction.started",
         "transaction.completed",
         "transaction.denied",
     ]
-    assert events[2]["data"]["transaction_id"] == txn["transaction_id"]
-    assert events[2]["data"]["balance"] == Decimal("99.74")
+    assert events[3]["data"]["transaction_id"] == txn["transaction_id"]
+    assert events[3]["data"]["balance"] == Decimal("99.74")
 
 
 async def test_a_transaction_returns_its_token_counts_in_the_published_token_usage_shape(

@@ -77,11 +77,14 @@ def subscribed(event_type: str) -> bool:
     )
 
 
-def wait_until(condition: Callable[[], bool], what: str) -> None:
+def wait_until(condition: Callable[[], bool], what: str | Callable[[], str]) -> None:
+    """Wait until ``condition()`` holds; a mismatch after ``WAIT_SECONDS`` (``what`` may be a
+    function, to say what it saw last)."""
     deadline = time.monotonic() + WAIT_SECONDS
     while not condition():
         if time.monotonic() > deadline:
-            raise Mismatch(f"waited {WAIT_SECONDS:.0f} s for {what}")
+            said = what if isinstance(what, str) else what()
+            raise Mismatch(f"waited {WAIT_SECONDS:.0f} s for {said}")
         time.sleep(0.1)
 
 
@@ -278,7 +281,7 @@ def wait_for_status(api: AuthenticatedClient, event_id: uuid.UUID, status: str) 
         seen.append(event_with_data(api, event_id)[0].delivery_status.value)
         return seen[-1] == status
 
-    wait_until(reached, f"delivery_status {status} of {event_id} (last: {seen[-1:]})")
+    wait_until(reached, lambda: f"delivery_status {status} of {event_id} (last: {seen[-1]})")
 
 
 # --- the flow -----------------------------------------------------------------------------------
@@ -432,7 +435,10 @@ def prove(
         everything[:] = attempts(api, endpoint.id)
         return len(everything) == len(received)
 
-    wait_until(all_recorded, f"{len(received)} attempts in the deliveries list")
+    wait_until(
+        all_recorded,
+        lambda: f"{len(received)} attempts in the deliveries list ({len(everything)} there)",
+    )
     expect(
         Counter((str(a.event_id), a.status_code) for a in everything)
         == Counter((r.id, r.answered) for r in received),

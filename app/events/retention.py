@@ -1,0 +1,173 @@
+"""Event retention: delete events older than ``events.retention_days`` that nothing needs.
+
+An event is kept past its retention while fan-out has not passed it (the dispatcher still has
+to read it) or while one of its deliveries is pending (a sender still has to render it). Its
+finished deliveries and their attempts go with it (ON DELETE CASCADE on both foreign keys).
+
+The work runs per project, in batches of one short transaction each, walking the primary key
+``(project_id, id)`` upwards from the oldest id: UUIDv7 ids are time-ordered, so "older than
+the cutoff" is the key range ``id < uuid7_floor(cutoff)``. Each batch looks at a window of at
+most ``batch_size`` old events, so its cost and the time its row locks are held stay bounded
+however many old events are kept, and the next batch starts after the window.
+
+A batch is two statements in one transaction:
+
+1. lock the window's deletable events ``FOR UPDATE SKIP LOCKED``: a row somebody holds (say a
+   redelivery that took ``FOR KEY SHARE`` on its event) is left for the next run;
+2. delete those, checking again, on a snapshot taken after the locks, that none has a pending
+   delivery. A delivery made pending (redeliver) by a transaction that committed between the
+   first statement's snapshot and the locks is seen here; one statement could not see it and
+   its cascade would delete that pending delivery.
+
+Rows are deleted by primary key, not by ``ctid``: bench/prune_events.py measured both
+(bench/RESULTS.md, "Event retention on 10 M events").
+
+The SQL is here rather than in a repository: it is this job's alone, and a test EXPLAINs it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+
+from app.core.clock import utcnow
+from app.core.ids import uuid7_floor
+from app.db.session import Database, driver
+
+log = structlog.get_logger("creditd.retention")
+
+NIL = uuid.UUID(int=0)  # below every id: where a project's walk starts
+# A batch never waits long on a lock (the cascade may meet a delivery row being updated):
+# it fails, the job backs off, and the next run takes the batch again.
+LOCK_TIMEOUT = "5s"
+
+# The next window of project $1's events after $2 and before the bound $3 (at most $4, in key
+# order), and of those the ones that may go, locked: fanned out already (or never meant for
+# fan-out, fanout_xid NULL) and with no pending delivery. "Fanned out" is strictly before the
+# cursor (fanout_xid, event_id), which fan-out moves to the last event it handled.
+WINDOW = """
+WITH win AS MATERIALIZED (
+    SELECT id FROM events
+    WHERE project_id = $1 AND id > $2 AND id < $3
+    ORDER BY id
+    LIMIT $4
+), doomed AS (
+    SELECT e.id FROM events e
+    WHERE e.project_id = $1 AND e.id IN (SELECT id FROM win)
+      AND (e.fanout_xid IS NULL
+           OR (e.fanout_xid, e.id) < (SELECT c.fanout_xid, c.event_id
+                                      FROM webhook_fanout_cursor c WHERE c.id = 1))
+      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
+                      WHERE d.project_id = $1 AND d.event_id = e.id AND d.status = 'pending')
+    FOR UPDATE OF e SKIP LOCKED
+)
+SELECT (SELECT id FROM win ORDER BY id DESC LIMIT 1) AS window_end,
+       (SELECT count(*) FROM win) AS scanned,
+       ARRAY(SELECT id FROM doomed) AS ids
+"""
+
+# $2: the ids WINDOW locked. The pending check again, on this statement's newer snapshot.
+DELETE = """
+DELETE FROM events e
+WHERE e.project_id = $1 AND e.id = ANY($2::uuid[])
+  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
+                  WHERE d.project_id = $1 AND d.event_id = e.id AND d.status = 'pending')
+"""
+
+PROJECTS = "SELECT id FROM projects ORDER BY id"
+
+
+@dataclass(frozen=True)
+class PruneBatch:
+    """One batch: events looked at, deleted (or deletable, in a dry run), and its duration
+    from BEGIN to COMMIT (the longest any of its row locks was held)."""
+
+    project_id: uuid.UUID
+    scanned: int
+    deleted: int
+    seconds: float
+
+
+def cutoff_id(now: datetime, retention_days: int) -> uuid.UUID:
+    """Events with an id below this were made more than ``retention_days`` before ``now``."""
+    return uuid7_floor(now - timedelta(days=retention_days))
+
+
+async def prune_project(
+    db: Database,
+    project_id: uuid.UUID,
+    *,
+    bound: uuid.UUID,
+    batch_size: int,
+    dry_run: bool = False,
+    on_batch: Callable[[PruneBatch], None] | None = None,
+) -> tuple[int, int]:
+    """Delete one project's deletable events below ``bound``, batch by batch; returns
+    (deleted, kept) where kept counts the old events left (still needed, or locked)."""
+    after, deleted, scanned = NIL, 0, 0
+    while True:
+        began = time.perf_counter()
+        async with db.transaction() as session:
+            conn = driver(session)
+            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            row = await conn.fetchrow(WINDOW, project_id, after, bound, batch_size)
+            assert row is not None  # one row always, with a NULL window_end when done
+            ids: list[uuid.UUID] = row["ids"]
+            if row["window_end"] is None:
+                return deleted, scanned - deleted
+            if ids and not dry_run:
+                status: str = await conn.execute(DELETE, project_id, ids)
+                count = int(status.rsplit(" ", 1)[1])  # "DELETE <n>"
+            else:
+                count = len(ids)
+        batch = PruneBatch(project_id, row["scanned"], count, time.perf_counter() - began)
+        log.debug(
+            "events_prune_batch",
+            project_id=str(project_id),
+            scanned=batch.scanned,
+            deleted=count,
+            ms=round(batch.seconds * 1000, 1),
+        )
+        if on_batch is not None:
+            on_batch(batch)
+        after = row["window_end"]
+        deleted += count
+        scanned += batch.scanned
+
+
+async def prune_events_once(
+    db: Database,
+    *,
+    retention_days: int,
+    batch_size: int,
+    now: datetime | None = None,
+    dry_run: bool = False,
+    on_batch: Callable[[PruneBatch], None] | None = None,
+) -> int:
+    """Delete every project's events past retention that nothing needs any more; returns how
+    many were deleted (with ``dry_run``, how many would be, and nothing is deleted)."""
+    bound = cutoff_id(now if now is not None else utcnow(), retention_days)
+    async with db.transaction() as session:
+        projects: list[uuid.UUID] = [r["id"] for r in await driver(session).fetch(PROJECTS)]
+    total = 0
+    for project_id in projects:
+        began = time.perf_counter()
+        deleted, kept = await prune_project(
+            db, project_id, bound=bound, batch_size=batch_size, dry_run=dry_run, on_batch=on_batch
+        )
+        if deleted or kept:
+            log.info(
+                "events_pruned",
+                project_id=str(project_id),
+                deleted=deleted,
+                kept=kept,  # old but still needed (not fanned out, delivery pending) or busy
+                dry_run=dry_run,
+                seconds=round(time.perf_counter() - began, 3),
+            )
+        total += deleted
+    return total

@@ -7,11 +7,13 @@ the shared one, next to the ledger, through the API.
 
 from __future__ import annotations
 
+import re
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import pytest
@@ -345,7 +347,10 @@ async def test_a_delivery_made_pending_after_the_batch_locked_its_event_keeps_th
             )
         finally:
             await other.close()
-        assert await conn.execute(retention.DELETE, pid, row["ids"]) == "DELETE 0"
+        status = await conn.execute(
+            retention.DELETE, pid, retention.NIL, row["window_end"], row["ids"]
+        )
+        assert status == "DELETE 0"
     assert await _event_ids(rdb, pid) == {event}
     assert await _count(rdb, "webhook_deliveries", pid) == 1
 
@@ -365,44 +370,97 @@ async def test_dry_run_counts_what_would_go_and_deletes_nothing(
 # --- plans ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("plan_mode", ["force_custom_plan", "force_generic_plan"])
-async def test_batches_and_their_cascades_run_on_indexes(
-    rdb: Database, pid: uuid.UUID, plan_mode: str
+def _literal(value: object) -> str:
+    if isinstance(value, list):
+        return "'{" + ",".join(str(v) for v in value) + "}'"
+    return f"'{value}'" if isinstance(value, uuid.UUID) else str(value)
+
+
+async def _plan(conn: Any, sql: str, types: str, args: tuple[object, ...], mode: str) -> str:
+    """The plan a prepared ``sql`` gets under ``plan_cache_mode = mode`` (what the driver's
+    cached statements get: custom plans first, then maybe the generic one)."""
+    await conn.execute(f"PREPARE retention_plan ({types}) AS {sql}")
+    try:
+        await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
+        values = ", ".join(_literal(a) for a in args)
+        rows = await conn.fetch(f"EXPLAIN EXECUTE retention_plan ({values})")
+    finally:
+        await conn.execute("DEALLOCATE retention_plan")
+    return "\n".join(r[0] for r in rows)
+
+
+@pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
+async def test_batches_and_their_cascades_have_indexes_to_run_on(
+    rdb: Database, pid: uuid.UUID, mode: str
 ) -> None:
-    """With sequential scans priced out (on a table this small the planner may rightly
-    prefer one), a plan that still has one means no index serves the statement. The plans
-    on 10 M events are in bench/RESULTS.md."""
+    """With sequential scans priced out (on tables this small the planner may rightly prefer
+    one), a plan that still has one means no index serves the statement. The plans on 10 M
+    events are in bench/RESULTS.md."""
     bound = uuid7_floor(utcnow() - timedelta(days=DAYS))
-    nil = uuid.UUID(int=0)
-    statements = {
-        retention.WINDOW: ((pid, nil, bound, 5000), "pk_events"),
-        retention.DELETE: ((pid, [uuid7()]), "pk_events"),
+    nil = retention.NIL
+    statements = [
+        (retention.WINDOW, "uuid, uuid, uuid, bigint", (pid, nil, bound, 5000), "pk_events"),
+        (
+            retention.DELETE,
+            "uuid, uuid, uuid, uuid[]",
+            (pid, nil, bound, [uuid7(), uuid7()]),
+            "pk_events",
+        ),
         # What the ON DELETE CASCADE triggers run for each deleted event and delivery.
-        "DELETE FROM ONLY webhook_deliveries WHERE $1 = project_id AND $2 = event_id": (
+        (
+            "DELETE FROM ONLY webhook_deliveries WHERE $1 = project_id AND $2 = event_id",
+            "uuid, uuid",
             (pid, uuid7()),
             "uq_webhook_deliveries_project_id",
         ),
-        "DELETE FROM ONLY webhook_attempts WHERE $1 = project_id AND $2 = delivery_id": (
+        (
+            "DELETE FROM ONLY webhook_attempts WHERE $1 = project_id AND $2 = delivery_id",
+            "uuid, uuid",
             (pid, uuid7()),
             "ix_webhook_attempts_project_id_delivery_id",
         ),
-    }
+    ]
     async with rdb.transaction() as session:
         conn = driver(session)
-        await conn.execute(f"SET LOCAL plan_cache_mode = {plan_mode}")
         await conn.execute("SET LOCAL enable_seqscan = off")
-        for sql, (args, index) in statements.items():
-            plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
+        for sql, types, args, index in statements:
+            plan = await _plan(conn, sql, types, args, mode)
             assert "Seq Scan" not in plan, plan
             assert index in plan, plan
-        # The window is a range of the key (its bounds in the index condition), not a filter
+        # The window is a range of the key (its bounds are the index condition), not a filter
         # over all of the project's events.
-        plan_lines = [
-            r[0] for r in await conn.fetch("EXPLAIN " + retention.WINDOW, pid, nil, bound, 5000)
-        ]
+        plan = await _plan(conn, retention.WINDOW, statements[0][1], statements[0][2], mode)
         assert any(
-            "Index Cond" in line and "id > " in line and "id < " in line for line in plan_lines
-        ), plan_lines
+            "Index Cond" in line and "id > " in line and "id < " in line
+            for line in plan.splitlines()
+        ), plan
+
+
+async def test_a_full_batch_deletes_by_key_not_by_scanning_the_table(
+    rdb: Database, pid: uuid.UUID
+) -> None:
+    """A DELETE given 5,000 ids alone was planned as a sequential scan of a 200 k-row table
+    (5,000 probes looked dearer); with the window's range it stays on the key."""
+    at = utcnow() - timedelta(days=1)
+    ids = sorted(uuid7_at(at + timedelta(milliseconds=i)) for i in range(20_000))
+    async with rdb.transaction() as session:
+        conn = driver(session)
+        await conn.copy_records_to_table(
+            "events",
+            records=[(i, pid, "credits.granted", "{}", None) for i in ids],
+            columns=["id", "project_id", "type", "data", "fanout_xid"],
+        )
+    await _run(rdb, "ANALYZE events")
+    batch = ids[5_000:10_000]
+    async with rdb.transaction() as session:
+        conn = driver(session)
+        args = (pid, ids[4_999], batch[-1], batch)
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + retention.DELETE, *args))
+    plan = re.sub(r"'\{[^}]{200,}\}'", "'{...}'", plan)  # the 5,000 ids
+    assert "Seq Scan on events" not in plan, plan
+    assert any(
+        "Index Cond" in line and "id > " in line and "id <= " in line for line in plan.splitlines()
+    ), plan
 
 
 # --- next to the ledger (shared database) ---------------------------------------------------------

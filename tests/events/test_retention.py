@@ -7,8 +7,12 @@ the shared one, next to the ledger, through the API.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import secrets
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timedelta
@@ -365,6 +369,30 @@ async def test_dry_run_counts_what_would_go_and_deletes_nothing(
     assert await _prune(rdb, batch_size=2, dry_run=True) == 3
     assert await _event_ids(rdb, pid) == events
     assert await _prune(rdb, batch_size=2) == 3
+
+
+async def test_the_cli_dry_run_counts_and_the_run_deletes(
+    rdb: Database, pid: uuid.UUID, retention_url: str
+) -> None:
+    await _prune(rdb)  # nothing old left anywhere
+    events = {await _event(rdb, pid, OLD) for _ in range(2)}
+    env = {**os.environ, "DATABASE_URL": retention_url, "CREDITD_EVENTS__RETENTION_DAYS": "30"}
+
+    async def cli(*args: str) -> str:
+        run = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "app.cli", "prune-events", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 0, run.stderr
+        return run.stdout.strip().splitlines()[-1]
+
+    assert await cli("--dry-run") == "would delete 2 event(s) older than 30 days"
+    assert await _event_ids(rdb, pid) == events
+    assert await cli() == "deleted 2 event(s) older than 30 days"
+    assert await _event_ids(rdb, pid) == set()
 
 
 # --- plans ----------------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ An event is kept past its retention while fan-out has not passed it (the dispatc
 to read it) or while one of its deliveries is pending (a sender still has to render it). Its
 finished deliveries and their attempts go with it: ON DELETE CASCADE on both foreign keys,
 each served by an index (``uq_webhook_deliveries_project_id``,
-``ix_webhook_attempts_project_id_delivery_id``). An event kept for a pending delivery keeps
-all its attempts until it goes.
+``ix_webhook_attempts_project_id_delivery_id``). Attempts are not pruned on their own: an
+event kept for a pending delivery keeps its attempts until it goes, and those are few (the
+retry schedule bounds them, and a pending delivery ends within days: it succeeds, runs out of
+attempts, or its endpoint is disabled and it is canceled).
 
 The work runs per project, in batches of one short transaction each, walking the primary key
 ``(project_id, id)`` upwards from the oldest id: UUIDv7 ids are time-ordered, so "older than

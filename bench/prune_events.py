@@ -1,7 +1,7 @@
 """Event retention at scale: prune a 10 M-event table with the worker's own code and measure
 it, with single-row event inserts running alongside.
 
-    .venv/bin/python -m bench.prune_events [--events N] [--reuse] [--keep] [--modes pk,ctid]
+    .venv/bin/python -m bench.prune_events [--events N] [--reuse] [--keep] [--modes ctid,pk]
 
 Uses DATABASE_URL's server or an embedded one in .creditd/bench-prune. Generates, once, a seed
 database (``creditd_prune_seed``, migrated): N events over the last DAYS days for a few
@@ -10,8 +10,10 @@ with a finished delivery and its attempt, a few old ones with a pending delivery
 cursor past all of them; VACUUM ANALYZE. Then, per mode, on a copy of the seed
 (``CREATE DATABASE ... TEMPLATE``): single-row inserts alone (baseline), then
 ``prune_events_once`` (retention RETENTION_DAYS days, so about half goes) with the inserts
-running, timing every batch; sizes before, after the delete and after VACUUM. Mode ``pk`` is
-the shipped code; ``ctid`` the same batches deleting by ``ctid`` instead of the key.
+running, timing every batch; sizes before, after the delete and after VACUUM. Mode ``ctid`` is
+the shipped code; ``pk`` the same batches deleting by primary key (``id = ANY(...)``) instead.
+Last, the two DELETEs batch by batch in turn on two projects of the same size (twice, the
+projects swapped), so both see the same neighbours.
 Writes the section "Event retention on 10 M events" of bench/RESULTS.md.
 """
 
@@ -40,7 +42,7 @@ from app.core.logging import configure_logging
 from app.core.settings import DatabaseSettings, EventSettings
 from app.db import embedded
 from app.db.engine import create_engine
-from app.db.session import Database
+from app.db.session import Database, driver
 from app.events import retention
 from app.events import service as events
 from bench.stats import percentile
@@ -124,13 +126,13 @@ FROM g
 WHERE pg_temp.u(i, 7) < {DELIVERED}
 """
 
-# The same batches as app/events/retention.py, deleting by ctid (the rows are locked by the
-# batch, so their ctid cannot change before the DELETE).
-CTID_WINDOW = retention.WINDOW.replace("SELECT e.id FROM events e", "SELECT e.ctid FROM events e")
-CTID_WINDOW = CTID_WINDOW.replace("ARRAY(SELECT id FROM doomed)", "ARRAY(SELECT ctid FROM doomed)")
-CTID_DELETE = retention.DELETE.replace("e.id = ANY($4::uuid[])", "e.ctid = ANY($4::tid[])")
-assert CTID_WINDOW != retention.WINDOW
-assert CTID_DELETE != retention.DELETE
+# The same batches as app/events/retention.py, deleting by primary key instead of ctid.
+PK_WINDOW = retention.WINDOW.replace("SELECT e.ctid FROM events e", "SELECT e.id FROM events e")
+PK_WINDOW = PK_WINDOW.replace("ARRAY(SELECT ctid FROM doomed)", "ARRAY(SELECT id FROM doomed)")
+PK_DELETE = retention.DELETE.replace("e.ctid = ANY($4::tid[])", "e.id = ANY($4::uuid[])")
+assert PK_WINDOW != retention.WINDOW
+assert PK_DELETE != retention.DELETE
+AB_DB = "creditd_prune_ab"
 
 TABLES = ("events", "webhook_deliveries", "webhook_attempts")
 
@@ -328,7 +330,7 @@ async def _dead(conn: asyncpg.Connection) -> dict[str, int]:
 
 
 def _shorten(plan: str) -> str:
-    return re.sub(r"'\{[^}]{200,}\}'", "'{...}'", plan)  # a batch's ids
+    return re.sub(r"'\{[^}]{200,}\}'", "'{...}'", plan)  # a batch's ids or ctids
 
 
 async def _generic_plan(conn: asyncpg.Connection, sql: str, types: str, values: str) -> str:
@@ -357,7 +359,7 @@ async def _explain(
         plans["window (first batch)"] = "\n".join(r[0] for r in rows)
         window = await conn.fetchrow(window_sql, big, nil, bound, batch)
         assert window is not None
-        args = (big, nil, window["window_end"], window["ids"])
+        args = (big, nil, window["window_end"], window["locked"])
         rows = await conn.fetch(explain + delete_sql, *args)
         plans["delete (first batch)"] = _shorten("\n".join(r[0] for r in rows))
         values = f"'{big}', '{nil}', '{bound}', {batch}"
@@ -419,13 +421,13 @@ async def _run_mode(base: str, mode: str, end: datetime, opts: argparse.Namespac
             )
         )
         sizes_before = await _sizes(conn)
-        window_sql, delete_sql = (CTID_WINDOW, CTID_DELETE) if mode == "ctid" else saved
+        window_sql, delete_sql = (PK_WINDOW, PK_DELETE) if mode == "pk" else saved
         plans = await _explain(conn, bound, opts.batch_size, window_sql, delete_sql)
         log(f"[{mode}] {sizes_before['events']['rows']:,} events, {expected:,} to prune")
         log(f"[{mode}] inserts alone, {opts.insert_rate:g}/s for {opts.baseline_seconds:g} s")
         baseline = (await _inserts_alone(url, opts.insert_rate, opts.baseline_seconds)).summary()
-        if mode == "ctid":
-            retention.WINDOW, retention.DELETE = CTID_WINDOW, CTID_DELETE
+        if mode == "pk":
+            retention.WINDOW, retention.DELETE = PK_WINDOW, PK_DELETE
         batches: list[retention.PruneBatch] = []
         during, stop = Inserts(), asyncio.Event()
         inserter = asyncio.create_task(_insert_paced(url, opts.insert_rate, stop, during))
@@ -479,6 +481,57 @@ async def _run_mode(base: str, mode: str, end: datetime, opts: argparse.Namespac
     )
 
 
+async def _interleaved(
+    base: str, end: datetime, batch: int, projects: dict[str, uuid.UUID]
+) -> dict[str, dict[str, float]]:
+    """Both DELETEs, one batch each in turn, each on its own project of one copy of the seed
+    (no concurrent inserts): per mode, the batches' total, p50, p90, p99 and mean."""
+    await _admin(
+        base,
+        f'DROP DATABASE IF EXISTS "{AB_DB}" WITH (FORCE)',
+        f'CREATE DATABASE "{AB_DB}" TEMPLATE "{SEED_DB}" STRATEGY FILE_COPY',
+    )
+    db = Database(create_engine(DatabaseSettings(url=_with_database(base, AB_DB)), pool_size=1))
+    sql = {"ctid": (retention.WINDOW, retention.DELETE), "pk": (PK_WINDOW, PK_DELETE)}
+    bound = retention.cutoff_id(end, RETENTION_DAYS)
+    after = dict.fromkeys(projects, retention.NIL)
+    times: dict[str, list[float]] = {m: [] for m in projects}
+    deleted = dict.fromkeys(projects, 0)
+    try:
+        while after:
+            for mode in list(after):
+                window_sql, delete_sql = sql[mode]
+                began = time.perf_counter()
+                async with db.transaction() as session:
+                    conn = driver(session)
+                    await conn.execute(f"SET LOCAL lock_timeout = '{retention.LOCK_TIMEOUT}'")
+                    row = await conn.fetchrow(window_sql, projects[mode], after[mode], bound, batch)
+                    assert row is not None
+                    if row["window_end"] is None:
+                        del after[mode]
+                        continue
+                    args = (projects[mode], after[mode], row["window_end"], row["locked"])
+                    status = await conn.execute(delete_sql, *args)
+                times[mode].append(time.perf_counter() - began)
+                deleted[mode] += int(status.rsplit(" ", 1)[1])
+                after[mode] = row["window_end"]
+    finally:
+        await db.dispose()
+        await _admin(base, f'DROP DATABASE IF EXISTS "{AB_DB}" WITH (FORCE)')
+    out = {}
+    for mode, values in times.items():
+        ordered = sorted(values)
+        out[mode] = {
+            "deleted": deleted[mode],
+            "seconds": sum(ordered),
+            "p50": percentile(ordered, 50) * 1000,
+            "p90": percentile(ordered, 90) * 1000,
+            "p99": percentile(ordered, 99) * 1000,
+            "mean": statistics.mean(ordered) * 1000,
+        }
+    return out
+
+
 # --- the report ---------------------------------------------------------------------------------
 
 
@@ -497,7 +550,10 @@ def _batch_stats(run: Run) -> dict[str, float]:
     }
 
 
-def _section(runs: list[Run], info: dict[str, Any]) -> str:
+Round = tuple[str, str, dict[str, dict[str, float]]]
+
+
+def _section(runs: list[Run], rounds: list[Round], info: dict[str, Any]) -> str:
     first = runs[0]
     n = first.sizes_before["events"]["rows"]
     lines = [
@@ -548,6 +604,24 @@ def _section(runs: list[Run], info: dict[str, Any]) -> str:
             ],
         )
     row("VACUUM of the three tables after", [f"{r.vacuum_s:,.0f} s" for r in runs])
+    if rounds:
+        lines += [
+            "",
+            "The two DELETEs in turn, batch by batch, on two projects of "
+            f"{round(n * WEIGHTS[1] / 2):,} old events each (one copy of the seed per round, no "
+            "concurrent inserts), so both meet the same neighbours:",
+            "",
+            "| round | ctid on | pk on | ctid: total, batch p50 / p90 / p99 / mean | "
+            "pk: total, batch p50 / p90 / p99 / mean |",
+            "|---|---|---|---:|---:|",
+        ]
+        for i, (ctid_on, pk_on, by_mode) in enumerate(rounds, 1):
+            cells = [
+                f"{st['seconds']:.1f} s, {st['p50']:.0f} / {st['p90']:.0f} / {st['p99']:.0f} / "
+                f"{st['mean']:.0f} ms"
+                for st in (by_mode["ctid"], by_mode["pk"])
+            ]
+            lines.append(f"| {i} | {ctid_on} | {pk_on} | {cells[0]} | {cells[1]} |")
     lines += [
         "",
         f"Sizes ({first.mode} run): heap + indexes; after the DELETE the files keep their size "
@@ -599,6 +673,13 @@ async def _main(opts: argparse.Namespace) -> int:
         else:
             load = "by an earlier run (reused)"
         runs = [await _run_mode(base, mode, end, opts) for mode in opts.modes.split(",")]
+        rounds = []
+        if not opts.no_interleaved:
+            for ctid_p, pk_p in ((1, 2), (2, 1)):
+                log(f"interleaved: ctid on small-{ctid_p}, pk on small-{pk_p}")
+                projects = {"ctid": PROJECTS[ctid_p], "pk": PROJECTS[pk_p]}
+                stats = await _interleaved(base, end, opts.batch_size, projects)
+                rounds.append((f"small-{ctid_p}", f"small-{pk_p}", stats))
         conn = await asyncpg.connect(_with_database(base, "postgres"))
         try:
             names = ("shared_buffers", "autovacuum", "max_wal_size", "synchronous_commit")
@@ -620,7 +701,7 @@ async def _main(opts: argparse.Namespace) -> int:
         "rate": opts.insert_rate,
         "baseline": opts.baseline_seconds,
     }
-    text = _section(runs, info)
+    text = _section(runs, rounds, info)
     print(text)
     if opts.events >= 10_000_000 or opts.write:
         _write_section(text)
@@ -634,8 +715,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=EventSettings().prune_batch_size)
     parser.add_argument("--insert-rate", type=float, default=100.0, help="inserts per second")
     parser.add_argument("--baseline-seconds", type=float, default=60.0)
-    parser.add_argument("--modes", default="pk,ctid", help="pk (the shipped code), ctid")
+    parser.add_argument("--modes", default="ctid,pk", help="ctid (the shipped code), pk")
     parser.add_argument("--reuse", action="store_true", help="reuse a complete seed database")
+    parser.add_argument(
+        "--no-interleaved", action="store_true", help="skip the batch-by-batch ctid/pk rounds"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
     parser.add_argument(
         "--write", action="store_true", help="write bench/RESULTS.md even below 10 M events"

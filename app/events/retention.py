@@ -59,8 +59,9 @@ LOCK_TIMEOUT = "5s"
 # order: an index-only range scan), and in it, locked, the events that may go: fanned out
 # already (or never meant for fan-out, fanout_xid NULL) and with no pending delivery. "Fanned
 # out" is strictly before the cursor (fanout_xid, event_id), which fan-out moves to the last
-# event it handled. The pending check reads the window's deliveries (a range of their unique
-# index) into a hash, whatever the size of the project's delivery backlog.
+# event it handled. The pending check is one hashed subquery over the window's range of
+# delivery keys (the unique index's range, or the pending partial index while few are
+# pending), so its cost does not grow with the project's delivery backlog.
 WINDOW = """
 WITH win AS MATERIALIZED (
     SELECT id FROM events

@@ -348,6 +348,35 @@ def cmd_expire(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune_events(args: argparse.Namespace) -> int:
+    from app.core.logging import configure_logging
+    from app.db.engine import create_engine
+    from app.db.session import Database
+    from app.events.retention import prune_events_once
+
+    settings = load_settings()
+    configure_logging(level=settings.log.level, json_output=settings.json_logs)
+    cfg = settings.events
+
+    async def main() -> int:
+        db = Database(create_engine(settings.database, pool_size=1))
+        try:
+            return await prune_events_once(
+                db,
+                retention_days=cfg.retention_days,
+                batch_size=cfg.prune_batch_size,
+                dry_run=args.dry_run,
+            )
+        finally:
+            await db.dispose()
+
+    with _database(settings, migrate=False):
+        count = asyncio.run(main())
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} {count} event(s) older than {cfg.retention_days} days")
+    return 0
+
+
 def openapi_document() -> str:
     from app.core.settings import DatabaseSettings
     from app.main import create_app
@@ -406,6 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
     expire = sub.add_parser("expire", help="Expire grants past their expiry now")
     expire.add_argument("--dry-run", action="store_true", help="Only list what would expire")
     expire.set_defaults(func=cmd_expire)
+
+    prune = sub.add_parser(
+        "prune-events",
+        help="Delete events past CREDITD_EVENTS__RETENTION_DAYS that nothing needs any more",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="Only count what would go")
+    prune.set_defaults(func=cmd_prune_events)
 
     spec = sub.add_parser("openapi", help="Print the OpenAPI document")
     spec.add_argument("--output", "-o")

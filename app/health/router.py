@@ -16,6 +16,7 @@ from app.core.http import JSONResponse
 from app.core.paths import ALEMBIC_INI
 from app.core.settings import Settings
 from app.db.session import Database
+from app.webhooks import gauges
 
 # Probes and metrics need no credentials (an empty security list says so explicitly).
 router = APIRouter(tags=["service"])
@@ -82,5 +83,7 @@ async def readyz(request: Request) -> Response:
         200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}
     },
 )
-async def metrics() -> Response:
+async def metrics(request: Request) -> Response:
+    # The webhook queue gauges are read now, bounded by a short timeout (app/webhooks/gauges.py).
+    await gauges.refresh(request.app.state.db)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

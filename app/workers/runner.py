@@ -23,6 +23,7 @@ from app.core.settings import Settings
 from app.credits import service as credits
 from app.db.exceptions import DatabaseFault
 from app.db.session import Database
+from app.events.retention import prune_events_once
 from app.idempotency import repository as idempotency
 from app.payments import reconcile
 from app.plans import service as plans
@@ -186,6 +187,10 @@ async def run_workers(db: Database, settings: Settings) -> None:
         every("payment_reconciliation", settings.payments.reconcile_interval_seconds,
               lambda: reconcile.reconcile_once(
                   db, settings, batch_size=cfg.batch_size, box=box)),
+        every("event_retention", settings.events.prune_interval_seconds,
+              lambda: prune_events_once(
+                  db, retention_days=settings.events.retention_days,
+                  batch_size=settings.events.prune_batch_size)),
     ]  # fmt: skip
     tasks = [asyncio.create_task(j) for j in jobs]
     try:

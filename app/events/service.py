@@ -55,8 +55,14 @@ def to_out(event: Event, delivery_status: DeliveryStatus) -> EventOut:
     )
 
 
-async def get(session: AsyncSession, project_id: uuid.UUID, event_id: uuid.UUID) -> Event:
+async def get(
+    session: AsyncSession, project_id: uuid.UUID, event_id: uuid.UUID, *, key_share: bool = False
+) -> Event:
+    """The event; ``key_share`` also locks it against deletion (the retention job) until the
+    transaction ends, for a caller about to make one of its deliveries pending."""
     stmt = scoped_select(Event, project_id).where(Event.id == event_id)
+    if key_share:
+        stmt = stmt.with_for_update(read=True, key_share=True)
     event = (await session.execute(stmt)).scalar_one_or_none()
     if event is None:
         raise EventNotFound()

@@ -359,7 +359,9 @@ async def redeliver(
     endpoint_id: uuid.UUID | None,
 ) -> RedeliverOut:
     """Make the event's deliveries pending again (or create them), due now, attempts 0."""
-    event = await events.get(session, project_id, event_id)
+    # Locked against the retention job: it skips a locked event, and never deletes one whose
+    # delivery this makes pending.
+    event = await events.get(session, project_id, event_id, key_share=True)
     if endpoint_id is not None:
         endpoint = await get(session, project_id, endpoint_id)
         if not endpoint.enabled:

@@ -159,9 +159,10 @@ _CLAIM = """
     ), cand AS (
         SELECT d.project_id, d.id, d.endpoint_id, d.next_attempt_at
         FROM webhook_deliveries d
-        JOIN webhook_endpoints w ON w.project_id = d.project_id AND w.id = d.endpoint_id
-        WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND w.enabled
+        WHERE d.status = 'pending' AND d.next_attempt_at <= now()
           AND d.endpoint_id <> ALL($3::uuid[])
+          AND EXISTS (SELECT 1 FROM webhook_endpoints w
+                      WHERE w.project_id = d.project_id AND w.id = d.endpoint_id AND w.enabled)
         ORDER BY d.next_attempt_at
         LIMIT $4
     ), ranked AS (
@@ -175,10 +176,18 @@ _CLAIM = """
         ORDER BY r.next_attempt_at
         LIMIT $6
     ), locked AS (
-        SELECT d.project_id, d.id
-        FROM webhook_deliveries d JOIN chosen c ON c.project_id = d.project_id AND c.id = d.id
-        WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-        FOR UPDATE OF d SKIP LOCKED
+        -- One primary-key lookup per chosen row, re-checked on the version it locked. The
+        -- LIMIT keeps the check out of the lookup: with it, a planner misled by stale
+        -- statistics would scan the partial due index once per chosen row instead.
+        SELECT l.project_id, l.id
+        FROM chosen c CROSS JOIN LATERAL (
+            SELECT d.project_id, d.id, d.status, d.next_attempt_at
+            FROM webhook_deliveries d
+            WHERE d.project_id = c.project_id AND d.id = c.id
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED
+        ) l
+        WHERE l.status = 'pending' AND l.next_attempt_at <= now()
     ), claimed AS (
         UPDATE webhook_deliveries d
         SET attempts = d.attempts + 1, lease_token = gen_random_uuid(),
@@ -261,32 +270,36 @@ class DeliveryState:
     failing_since: datetime | None
 
 
+# The deliveries first, by primary key (never through their endpoints: the planner would
+# happily walk every delivery an endpoint ever had), then their endpoints' state.
 _LOCK_DELIVERIES = """
-    SELECT d.project_id, d.id, d.status, d.lease_token, w.enabled, w.failing_since
-    FROM unnest($1::uuid[], $2::uuid[]) AS r(project_id, id)
-    JOIN webhook_deliveries d ON d.project_id = r.project_id AND d.id = r.id
-    JOIN webhook_endpoints w ON w.project_id = d.project_id AND w.id = d.endpoint_id
-    ORDER BY d.project_id, d.id
-    FOR UPDATE OF d
+    WITH d AS MATERIALIZED (
+        SELECT d.project_id, d.id, d.endpoint_id, d.status, d.lease_token
+        FROM unnest($1::uuid[], $2::uuid[]) AS k(project_id, id)
+        JOIN webhook_deliveries d ON d.project_id = k.project_id AND d.id = k.id
+        ORDER BY d.project_id, d.id
+        FOR UPDATE OF d
+    )
+    SELECT d.project_id, d.id, d.status, d.lease_token, w.enabled, w.failing_since,
+           now() AS now
+    FROM d JOIN webhook_endpoints w ON w.project_id = d.project_id AND w.id = d.endpoint_id
 """
 
 
 async def lock_deliveries(
     session: AsyncSession, keys: Sequence[tuple[uuid.UUID, uuid.UUID]]
-) -> tuple[dict[tuple[uuid.UUID, uuid.UUID], DeliveryState], datetime]:
+) -> tuple[dict[tuple[uuid.UUID, uuid.UUID], DeliveryState], datetime | None]:
     """Lock the deliveries (project_id, id) that still exist; returns them and the
-    transaction's ``now()``."""
-    conn = driver(session)
+    transaction's ``now()`` (None when none exists)."""
     projects, ids = [k[0] for k in keys], [k[1] for k in keys]
-    rows = await conn.fetch(_LOCK_DELIVERIES, projects, ids)
-    now: datetime = await conn.fetchval("SELECT now()")
+    rows = await driver(session).fetch(_LOCK_DELIVERIES, projects, ids)
     states = {
         (r["project_id"], r["id"]): DeliveryState(
             r["status"], r["lease_token"], r["enabled"], r["failing_since"]
         )
         for r in rows
     }
-    return states, now
+    return states, (rows[0]["now"] if rows else None)
 
 
 @dataclass(frozen=True)

@@ -360,7 +360,7 @@ class Dispatcher:
         async with self._db.transaction() as session:
             keys = [(a.claimed.project_id, a.claimed.delivery_id) for a in done]
             states, now = await repo.lock_deliveries(session, keys)
-            plan = self._plan(done, states, now)
+            plan = self._plan(done, states, now or utcnow())
             await repo.insert_attempts(session, plan.attempts)
             await repo.update_deliveries(session, plan.updates)
             await repo.mark_endpoints(session, succeeded=plan.succeeded, failed=plan.failed)

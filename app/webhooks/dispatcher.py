@@ -113,7 +113,8 @@ class _Plan:
     updates: list[repo.DeliveryUpdate] = field(default_factory=list)
     succeeded: list[repo.EndpointKey] = field(default_factory=list)
     failed: list[repo.EndpointKey] = field(default_factory=list)
-    disable: dict[repo.EndpointKey, tuple[str, datetime | None, int | None]] = field(
+    # endpoint -> (reason, failing since, the status code that ended it, its URL)
+    disable: dict[repo.EndpointKey, tuple[str, datetime | None, int | None, str]] = field(
         default_factory=dict
     )
     outcomes: Counter[str] = field(default_factory=Counter)
@@ -300,7 +301,7 @@ class Dispatcher:
                     last_failed[key] = False
                 elif o.gone:
                     status, label = "failed", "gone"
-                    plan.disable[key] = ("gone", state.failing_since, o.status_code)
+                    plan.disable[key] = ("gone", state.failing_since, o.status_code, c.url)
                 else:
                     last_failed[key] = True
                     since = None if key in ok_seen else state.failing_since
@@ -309,7 +310,7 @@ class Dispatcher:
                         settings.disable_after_seconds
                     ):
                         status, label = "failed", "failed"
-                        plan.disable.setdefault(key, ("failing", since, o.status_code))
+                        plan.disable.setdefault(key, ("failing", since, o.status_code, c.url))
                     elif delay is None:
                         status, label = "failed", "failed"
                     else:
@@ -364,11 +365,14 @@ class Dispatcher:
             await repo.insert_attempts(session, plan.attempts)
             await repo.update_deliveries(session, plan.updates)
             await repo.mark_endpoints(session, succeeded=plan.succeeded, failed=plan.failed)
-            for key, (reason, since, status_code) in sorted(plan.disable.items()):
+            for key, (reason, since, status_code, url) in sorted(plan.disable.items()):
                 changed, canceled = await repo.disable_endpoint(session, key, reason=reason)
                 if changed:
+                    # The tenant's own event (user_id NULL): its URL may appear here, never in
+                    # logs.
                     data: dict[str, Any] = {
                         "endpoint_id": str(key[1]),
+                        "url": url,
                         "reason": reason,
                         "failing_since": since,
                         "last_status_code": status_code,

@@ -11,7 +11,7 @@ RUN := $(UV) run --frozen
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help install run test check lint format typecheck openapi openapi-check sdk-sync contract fuzz bench migrate worker verify clean
+.PHONY: help install run test check lint format typecheck openapi openapi-check sdk-sync contract fuzz bench bench-webhooks migrate worker verify clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ fuzz: install ## Fuzz a live server with schemathesis: 0 server errors, response
 
 bench: install ## Benchmark start/complete/check against pgbench TPC-B on the same PostgreSQL
 	$(RUN) python -m bench $(BENCH_ARGS)
+
+bench-webhooks: install ## Benchmark webhook dispatch: deliveries per second to a local receiver
+	$(RUN) python -m bench.webhooks $(BENCH_ARGS)
 
 migrate: install ## Apply migrations (DATABASE_URL, or the embedded database)
 	$(RUN) creditd migrate

@@ -150,7 +150,13 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         listener = KeyCacheListener(settings.database.url, app.state.key_cache)
         listener.start()
         app.state.key_listener = listener
-        background = asyncio.create_task(run_workers(db, settings)) if run_background else None
+        background = (
+            asyncio.create_task(
+                run_workers(db, settings, dispatch_webhooks=settings.webhooks.dispatch_in_process)
+            )
+            if run_background
+            else None
+        )
         # Everything built so far lives as long as the process: keep it out of GC scans.
         gc.collect()
         gc.freeze()

@@ -29,6 +29,8 @@ from app.payments import reconcile
 from app.plans import service as plans
 from app.tiers import service as tiers
 from app.transactions import service as transactions
+from app.webhooks.dispatcher import Dispatcher
+from app.webhooks.sender import Sender
 
 log = structlog.get_logger("creditd.worker")
 EXPIRING_NOTICE_DAYS = 7
@@ -158,10 +160,11 @@ async def _every(
         await asyncio.sleep(backoff(seconds, failures, max_backoff))
 
 
-async def run_workers(db: Database, settings: Settings) -> None:
-    """Run every background job until cancelled."""
+async def run_workers(db: Database, settings: Settings, *, dispatch_webhooks: bool = True) -> None:
+    """Run every background job until cancelled (and the webhook dispatcher, unless told not
+    to: `creditd serve` runs it only with ``webhooks.dispatch_in_process``)."""
     cfg = settings.workers
-    box = SecretBox.from_settings(settings)  # provider credentials, for reconciliation
+    box = SecretBox.from_settings(settings)  # provider credentials, endpoint secrets
 
     def every(
         name: str, seconds: float, job: Callable[[], Awaitable[int]]
@@ -192,6 +195,12 @@ async def run_workers(db: Database, settings: Settings) -> None:
                   db, retention_days=settings.events.retention_days,
                   batch_size=settings.events.prune_batch_size)),
     ]  # fmt: skip
+    sender = Sender(settings.webhooks) if dispatch_webhooks else None  # one per process
+    if sender is not None:
+        dispatcher = Dispatcher(
+            db, settings.webhooks, box, sender, max_backoff_seconds=cfg.max_backoff_seconds
+        )
+        jobs.append(dispatcher.run())
     tasks = [asyncio.create_task(j) for j in jobs]
     try:
         await asyncio.gather(*tasks)
@@ -201,3 +210,5 @@ async def run_workers(db: Database, settings: Settings) -> None:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if sender is not None:
+            await sender.aclose()

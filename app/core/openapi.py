@@ -92,6 +92,22 @@ def _problem_schemas() -> dict[str, Any]:
     return schemas
 
 
+def _optional_bodies_without_null(document: dict[str, Any]) -> None:
+    """An optional body (``body: X | None = None``) is published as ``X`` with the body not
+    required, not as ``anyOf [X, null]``: the generated Python client (openapi-python-client)
+    cannot send a call without such a body, and "no body" is what ``required: false`` says."""
+    for item in document.get("paths", {}).values():
+        for operation in item.values():
+            body = operation.get("requestBody") if isinstance(operation, dict) else None
+            if not body or body.get("required"):
+                continue
+            for media in body.get("content", {}).values():
+                variants = media.get("schema", {}).get("anyOf", [])
+                refs = [v for v in variants if v != {"type": "null"}]
+                if len(variants) == 2 and len(refs) == 1 and "$ref" in refs[0]:
+                    media["schema"] = refs[0]
+
+
 def build_openapi(app: FastAPI) -> dict[str, Any]:
     """The OpenAPI document of ``app``, cached on it (FastAPI's ``app.openapi`` hook)."""
     if app.openapi_schema is None:
@@ -106,6 +122,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             servers=app.servers,
             license_info=app.license_info,
         )
+        _optional_bodies_without_null(document)
         components = document.setdefault("components", {})
         components.setdefault("schemas", {}).update(_problem_schemas())
         components["schemas"] = dict(sorted(components["schemas"].items()))

@@ -52,7 +52,6 @@ from creditd_client.models import (
     PageWebhookAttemptOut,
     RedeliverIn,
     RedeliverOut,
-    RotateSecretIn,
     TransactionCompletedEvent,
     TransactionStartedEvent,
     WebhookAttemptOut,
@@ -387,11 +386,8 @@ def prove(
     # Rotation: both secrets sign (the new one first) during the grace period.
     old = endpoint.secret
     rotated = parsed(
-        # The body is optional (and nullable) in the spec, but this generator's client sends
-        # UNSET as JSON when it is omitted (openapi-python-client #1354, #1488): send it empty.
-        webhook_endpoints_rotate_secret.sync_detailed(
-            str(endpoint.id), client=api, body=RotateSecretIn()
-        ),
+        # The body is optional: the generated client sends none.
+        webhook_endpoints_rotate_secret.sync_detailed(str(endpoint.id), client=api),
         WebhookEndpointWithSecret,
         200,
     )
@@ -410,9 +406,7 @@ def prove(
     (completed,) = [e for e in wanted if e.type_ == "transaction.completed"]
     before = receiver.of(completed.id)
     answer = parsed(
-        events_redeliver.sync_detailed(
-            str(completed.id), client=api, body=RedeliverIn()
-        ),  # see above
+        events_redeliver.sync_detailed(str(completed.id), client=api, body=RedeliverIn()),
         RedeliverOut,
         202,
     )

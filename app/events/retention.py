@@ -28,8 +28,10 @@ A batch is two statements in one transaction:
 The DELETE finds the rows by ``ctid``, which cannot change in between: this transaction holds
 their row locks (no UPDATE, DELETE or VACUUM FULL can move them). bench/prune_events.py
 measured it against finding them by primary key (``id = ANY(...)``: on PostgreSQL 15 one
-index descent per id): about 20% less time per batch (bench/RESULTS.md, "Event retention on
-10 M events"). The key columns stay in its WHERE as a guard.
+index descent per id): 3 to 12% less time per batch, batch by batch in turn on the same data
+(bench/RESULTS.md, "Event retention on 10 M events"); the cascades dominate either way. The
+key columns stay in its WHERE as a guard. (Should ``events`` be distributed, say on Citus,
+the key form is the portable one: bench/prune_events.py has it as ``PK_DELETE``.)
 
 The SQL is here rather than in a repository: it is this job's alone, and a test EXPLAINs it.
 """
@@ -52,8 +54,10 @@ log = structlog.get_logger("creditd.retention")
 
 NIL = uuid.UUID(int=0)  # below every id: where a project's walk starts
 # A batch never waits long on a lock (the cascade may meet a delivery row being updated):
-# it fails, the job backs off, and the next run takes the batch again.
-LOCK_TIMEOUT = "5s"
+# it fails, the job backs off, and the next run takes the batch again. No JIT: the window's
+# estimated cost crosses jit_above_cost on a large table, and compiling took half of its
+# 60 ms on 10 M events (bench/RESULTS.md) for a statement that reads 5,000 rows.
+BATCH_SETTINGS = "SET LOCAL lock_timeout = '5s'; SET LOCAL jit = off"
 
 # The next window of project $1's events after $2 and before the bound $3 (at most $4, in key
 # order: an index-only range scan), and in it, locked, the events that may go: fanned out
@@ -130,7 +134,7 @@ async def prune_project(
         began = time.perf_counter()
         async with db.transaction() as session:
             conn = driver(session)
-            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            await conn.execute(BATCH_SETTINGS)
             row = await conn.fetchrow(WINDOW, project_id, after, bound, batch_size)
             assert row is not None  # one row always, with a NULL window_end when done
             locked: list[tuple[int, int]] = row["locked"]  # ctids

@@ -170,10 +170,12 @@ _CLAIM = """
             PARTITION BY c.project_id, c.endpoint_id ORDER BY c.next_attempt_at, c.id) AS rn
         FROM cand c
     ), chosen AS (
+        -- Due order; or, right after a claim that met another dispatcher's locks, a random
+        -- pick of the same window, so that the two stop reaching for the same rows.
         SELECT r.project_id, r.id
         FROM ranked r LEFT JOIN busy b ON b.endpoint_id = r.endpoint_id
         WHERE r.rn <= $5 - coalesce(b.n, 0)
-        ORDER BY r.next_attempt_at
+        ORDER BY CASE WHEN $8::bool THEN random() END, r.next_attempt_at
         LIMIT $6
     ), locked AS (
         -- One primary-key lookup per chosen row, re-checked on the version it locked. The
@@ -218,6 +220,7 @@ async def claim(
     limit: int,
     scan: int,
     lease_seconds: float,
+    shuffle: bool = False,
 ) -> tuple[list[Claimed], int]:
     """Lease up to ``limit`` due deliveries, at most ``per_endpoint`` minus ``busy[endpoint]``
     of one endpoint; returns them and how many were chosen (more than claimed: some were being
@@ -231,6 +234,7 @@ async def claim(
         per_endpoint,
         limit,
         lease_seconds,
+        shuffle,
     )
     chosen = int(rows[0]["chosen"]) if rows else 0
     claimed = [

@@ -92,6 +92,8 @@ def failure_reason(outcome: Outcome) -> str:
         return "refused"
     if outcome.status_code is not None:
         return f"http_{outcome.status_code}"
+    if outcome.error in ("secret_unreadable", "signing_failed"):
+        return "signing"  # never sent
     if outcome.error and "timeout" in outcome.error.lower():
         return "timeout"
     return "connect"
@@ -202,7 +204,7 @@ class Dispatcher:
 
     # -- claim and attempt --------------------------------------------------------------------
 
-    async def _claim(self, free: int) -> tuple[list[repo.Claimed], int]:
+    async def _claim(self, free: int, *, shuffle: bool = False) -> tuple[list[repo.Claimed], int]:
         cap = self._settings.max_in_flight_per_endpoint
         full = [e for e, n in self._busy.items() if n >= cap]
         busy = {e: n for e, n in self._busy.items() if 0 < n < cap}
@@ -215,6 +217,7 @@ class Dispatcher:
                 limit=free,
                 scan=max(self._settings.batch_size, free),
                 lease_seconds=self._settings.lease_seconds,
+                shuffle=shuffle,
             )
 
     def _secret(self, endpoint_id: uuid.UUID, ciphertext: str) -> str:
@@ -243,14 +246,17 @@ class Dispatcher:
             keys = [self._secret(c.endpoint_id, c.secret_ciphertext)]
             if c.previous_secret_ciphertext is not None:
                 keys.append(self._secret(c.endpoint_id, c.previous_secret_ciphertext))
-        except SecretUnreadable:
-            log.error(
-                "webhook_secret_unreadable", project_id=str(c.project_id),
-                endpoint_id=str(c.endpoint_id),
-            )  # fmt: skip
-            outcome = Outcome(False, None, 0, None, "secret_unreadable")
-        else:
             headers = signing.headers(keys, str(c.event_id), int(started_at.timestamp()), body)
+        except Exception as exc:  # recorded as a failed attempt, retried like any other
+            unreadable = isinstance(exc, SecretUnreadable)
+            log.error(
+                "webhook_signing_failed", project_id=str(c.project_id),
+                endpoint_id=str(c.endpoint_id), error=type(exc).__name__,
+                exc_info=None if unreadable else exc,
+            )  # fmt: skip
+            error = "secret_unreadable" if unreadable else "signing_failed"
+            outcome = Outcome(False, None, 0, None, error)
+        else:
             try:
                 async with asyncio.timeout(self._deadline):
                     outcome = await self._sender.send(c.url, headers, body)
@@ -448,13 +454,14 @@ class Dispatcher:
     async def _claim_loop(self) -> None:
         failures = contended = 0
         limit = self._settings.max_in_flight
+        shuffle = False
         while True:
             self._kick.clear()
             free = limit - len(self._tasks)
             again = False
             if free > 0:
                 try:
-                    claimed, chosen = await self._claim(free)
+                    claimed, chosen = await self._claim(free, shuffle=shuffle)
                 except Exception as exc:
                     failures += 1
                     await self._after_failure("claim", exc, failures)
@@ -464,7 +471,8 @@ class Dispatcher:
                     failures = 0
                 for c in claimed:
                     self._start(c)
-                contended = contended + 1 if chosen > len(claimed) and not claimed else 0
+                shuffle = chosen > len(claimed)  # met another dispatcher's claim
+                contended = contended + 1 if shuffle and not claimed else 0
                 if 0 < contended <= _CONTENDED_ROUNDS:
                     await asyncio.sleep(_CONTENDED_PAUSE)
                     continue

@@ -9,12 +9,14 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 
 import pytest
+from cryptography.fernet import Fernet
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from app.core.clock import utcnow
-from app.core.secrets import SecretBox
+from app.core.secrets import SecretBox, parse_keys
 from app.db.session import Database, driver
+from app.webhooks import dispatch_repository as repo
 from app.webhooks import signing
 from tests.conftest import Project
 from tests.fakes.webhook_receiver import Reply, webhook_receiver
@@ -376,3 +378,61 @@ async def test_both_secrets_sign_during_the_grace_period_and_only_the_new_one_af
     assert verified(after, new)["data"] == {"n": 2}
     with pytest.raises(WebhookVerificationError):
         Webhook(old).verify(after.body, after.headers)
+
+
+async def test_a_result_recorded_after_the_lease_was_taken_over_changes_nothing(
+    dispatch_db: Database, box: SecretBox, wh_project: Project
+) -> None:
+    async with webhook_receiver() as rx:
+        rx.respond = lambda _q, n: Reply(status=500) if n == 1 else Reply()
+        await add_endpoint(dispatch_db, box, wh_project.id, rx.url)
+        await add_event(dispatch_db, wh_project.id, "credits.granted", {})
+        late, other = dispatcher(dispatch_db), dispatcher(dispatch_db)
+        await fanned_out(late, dispatch_db, wh_project.id, 1)
+        async with dispatch_db.transaction() as session:
+            (claimed,), _ = await repo.claim(
+                session, busy={}, full=[], per_endpoint=8, limit=8, scan=8, lease_seconds=60
+            )
+        failed = await late.attempt(claimed)  # the 500, not recorded yet
+        assert failed.outcome.status_code == 500
+        async with dispatch_db.transaction() as session:  # as if the lease had run out
+            await driver(session).execute(
+                "UPDATE webhook_deliveries SET next_attempt_at = now() WHERE id = $1",
+                claimed.delivery_id,
+            )
+        assert await other.dispatch_once() == 1  # the 200
+        await late.record([failed])
+
+    (delivery,) = await deliveries(dispatch_db, wh_project.id)
+    assert (delivery["status"], delivery["attempts"], delivery["last_status_code"]) == (
+        "succeeded",
+        2,
+        200,
+    )
+    tries = await attempts(dispatch_db, wh_project.id)
+    assert sorted((t["attempt"], t["status_code"]) for t in tries) == [(1, 500), (2, 200)]
+    stale = next(t for t in tries if t["status_code"] == 500)
+    assert stale["next_attempt_at"] is None  # it scheduled nothing
+    assert (await endpoint(dispatch_db, delivery["endpoint_id"]))["failing_since"] is None
+
+
+async def test_an_endpoint_whose_secret_cannot_be_read_fails_its_attempts_without_sending(
+    dispatch_db: Database, box: SecretBox, wh_project: Project
+) -> None:
+    async with webhook_receiver() as rx:
+        endpoint_id, _ = await add_endpoint(dispatch_db, box, wh_project.id, rx.url)
+        async with dispatch_db.transaction() as session:
+            await driver(session).execute(
+                "UPDATE webhook_endpoints SET secret_ciphertext = $2 WHERE id = $1",
+                endpoint_id,
+                SecretBox(parse_keys(Fernet.generate_key().decode())).encrypt(signing.new_secret()),
+            )
+        await add_event(dispatch_db, wh_project.id, "credits.granted", {})
+        d = dispatcher(dispatch_db, retry_schedule_seconds=[60])
+        await fanned_out(d, dispatch_db, wh_project.id, 1)
+        assert await d.dispatch_once() == 1
+    assert rx.requests == []
+    (attempt,) = await attempts(dispatch_db, wh_project.id)
+    assert (attempt["succeeded"], attempt["error"]) == (False, "secret_unreadable")
+    (delivery,) = await deliveries(dispatch_db, wh_project.id)
+    assert delivery["status"] == "pending"  # retried on schedule: the key may come back

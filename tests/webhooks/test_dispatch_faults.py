@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
@@ -16,7 +16,7 @@ from app.core.settings import DatabaseSettings
 from app.db.engine import create_engine
 from app.db.session import Database, driver
 from tests.conftest import assert_ledger_consistent
-from tests.fakes.webhook_receiver import Receiver, Reply, webhook_receiver
+from tests.fakes.webhook_receiver import Received, Receiver, Reply, webhook_receiver
 from tests.fixtures.own_server import OwnServer, own_server
 from tests.webhooks.dispatch_helpers import (
     BOX,
@@ -67,6 +67,10 @@ async def _setup(db: Database, rx: Receiver) -> tuple[uuid.UUID, list[uuid.UUID]
     return project, events
 
 
+def _at_least(count: int) -> Callable[[list[Received]], bool]:
+    return lambda reqs: len(reqs) >= count
+
+
 async def _all_succeeded(db: Database, project: uuid.UUID) -> bool:
     try:
         rows = await deliveries(db, project)
@@ -96,7 +100,7 @@ async def test_the_dispatcher_recovers_when_its_backends_are_killed_mid_dispatch
         project, events = await _setup(db, rx)
         async with running(dispatcher(db, timeout_seconds=1, lease_seconds=2)):
             for share in (0.1, 0.4):
-                await rx.wait_for(lambda reqs, s=share: len(reqs) >= EVENTS * s, within=30)
+                await rx.wait_for(_at_least(int(EVENTS * share)), within=30)
                 assert await pg.terminate_app_backends() > 0
             await until(lambda: _all_succeeded(db, project), within=60, what="all delivered")
     await _check(db, project, events, rx)
@@ -109,7 +113,7 @@ async def test_the_dispatcher_recovers_from_an_immediate_restart_mid_dispatch(
         rx.respond = lambda _q, _n: Reply(delay=0.02)
         project, events = await _setup(db, rx)
         async with running(dispatcher(db, timeout_seconds=1, lease_seconds=2)):
-            await rx.wait_for(lambda reqs: len(reqs) >= EVENTS * 0.2, within=30)
+            await rx.wait_for(_at_least(EVENTS // 5), within=30)
             await asyncio.to_thread(pg.restart, "immediate")
             await until(lambda: _all_succeeded(db, project), within=60, what="all delivered")
     await _check(db, project, events, rx)

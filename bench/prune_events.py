@@ -659,11 +659,15 @@ def _section(runs: list[Run], rounds: list[Round], info: dict[str, Any]) -> str:
         "- Most of a batch is the ON DELETE CASCADE triggers, one call per event and one per "
         "delivery (the `Trigger for constraint` lines of the first batch's plan below); both "
         "run on an index.",
+        "- A small tenant's batches cost more than the big one's: every tenant writes into the "
+        "same heap pages in time order, so a small tenant's 5,000 old events are spread over "
+        "more pages (the rounds above run on the two small tenants).",
         "- `ctid` (shipped) against `pk`: on PostgreSQL 15, `id = ANY(5,000 ids)` is one index "
         "descent per id; the rows are locked by the batch, so their ctid cannot move before the "
         "DELETE, and a TID scan goes straight to them. The batch-by-batch rounds are the fair "
-        "comparison (same data, same moment): a few per cent per batch. The whole runs, minutes "
-        "apart on a shared machine, differ by more than that either way.",
+        "comparison (same data, same moment): a few per cent per batch (3 to 12% over the "
+        "rounds run so far). The whole runs, minutes apart on a shared machine, differ by more "
+        "than that either way (in an earlier run of this bench, pk's was the shorter).",
         "- Deleted rows are dead tuples until VACUUM: the files do not shrink, VACUUM makes the "
         "space reusable and new events fill it. This server runs with autovacuum off, so the "
         "VACUUM here is explicit; in production autovacuum does it, by default once 20% of a "

@@ -30,9 +30,11 @@ class WebhookEvent(BaseModel):
     timestamp: datetime = Field(description="When the event happened (= created_at)")
     created_at: datetime = Field(description="When the event happened")
     user_id: str | None = Field(description="The user the event is about; null for none")
-    sequence: int = Field(
+    sequence: int | None = Field(
         description="Increases with every event written; one user's balance changes are "
-        "numbered in the order they happened. Deliveries are not ordered: order by this"
+        "numbered in the order they happened. Deliveries are not ordered: order by this. "
+        "Null only for events written before this version of creditd (order those by "
+        "`created_at`)"
     )
     data: EventData = Field(description="The event's data (its schema depends on the type)")
 

@@ -33,6 +33,14 @@ index descent per id): 3 to 12% less time per batch, batch by batch in turn on t
 key columns stay in its WHERE as a guard. (Should ``events`` be distributed, say on Citus,
 the key form is the portable one: bench/prune_events.py has it as ``PK_DELETE``.)
 
+A batch that times out (its lock_timeout, or the statement timeout: a cascade larger than the
+database can delete in time) is taken again at half the size, down to ``MIN_BATCH``; when even
+that fails, the project is left for the next run. A project's failure never stops the others:
+the run logs it, goes on to the next project, and fails at the end (the job counts the failure
+and backs off), so one project with a row held for hours cannot keep every project after it
+from being pruned. Only a fault that means the database itself is away (unreachable, no pooled
+connection, a broken connection) ends the run at once.
+
 The SQL is here rather than in a repository: it is this job's alone, and a test EXPLAINs it.
 """
 
@@ -48,6 +56,13 @@ import structlog
 
 from app.core.clock import utcnow
 from app.core.ids import uuid7_floor
+from app.db.exceptions import (
+    DatabaseFault,
+    DeadlockDetected,
+    LockTimeout,
+    SerializationFailure,
+    StatementTimeout,
+)
 from app.db.session import Database, driver
 
 log = structlog.get_logger("creditd.retention")
@@ -101,6 +116,13 @@ WHERE e.ctid = ANY($4::tid[]) AND e.project_id = $1 AND e.id > $2 AND e.id <= $3
 
 PROJECTS = "SELECT id FROM projects ORDER BY id"
 
+# A batch that timed out is taken again at half the size, down to this (or the configured size,
+# if smaller); a timeout at the floor leaves the project for the next run.
+MIN_BATCH = 100
+# Faults of one project's batch (its rows, its locks, its cascade): the run goes on to the next
+# project. Any other DatabaseFault means the database is away and ends the run.
+PROJECT_FAULTS = (LockTimeout, StatementTimeout, DeadlockDetected, SerializationFailure)
+
 
 @dataclass(frozen=True)
 class PruneBatch:
@@ -130,22 +152,37 @@ async def prune_project(
     """Delete one project's deletable events below ``bound``, batch by batch; returns
     (deleted, kept) where kept counts the old events left (still needed, or locked)."""
     after, deleted, scanned = NIL, 0, 0
+    floor = min(MIN_BATCH, batch_size)
     while True:
         began = time.perf_counter()
-        async with db.transaction() as session:
-            conn = driver(session)
-            await conn.execute(BATCH_SETTINGS)
-            row = await conn.fetchrow(WINDOW, project_id, after, bound, batch_size)
-            assert row is not None  # one row always, with a NULL window_end when done
-            locked: list[tuple[int, int]] = row["locked"]  # ctids
-            if row["window_end"] is None:
-                return deleted, scanned - deleted
-            if locked and not dry_run:
-                end = row["window_end"]
-                status: str = await conn.execute(DELETE, project_id, after, end, locked)
-                count = int(status.rsplit(" ", 1)[1])  # "DELETE <n>"
-            else:
-                count = len(locked)
+        try:
+            async with db.transaction() as session:
+                conn = driver(session)
+                await conn.execute(BATCH_SETTINGS)
+                row = await conn.fetchrow(WINDOW, project_id, after, bound, batch_size)
+                assert row is not None  # one row always, with a NULL window_end when done
+                locked: list[tuple[int, int]] = row["locked"]  # ctids
+                if row["window_end"] is None:
+                    return deleted, scanned - deleted
+                if locked and not dry_run:
+                    end = row["window_end"]
+                    status: str = await conn.execute(DELETE, project_id, after, end, locked)
+                    count = int(status.rsplit(" ", 1)[1])  # "DELETE <n>"
+                else:
+                    count = len(locked)
+        except (LockTimeout, StatementTimeout) as exc:
+            if batch_size <= floor:
+                raise
+            # A smaller window holds fewer locks and cascades less: it may fit in time, or
+            # end before the row somebody holds, so the project gets that far this run.
+            batch_size = max(batch_size // 2, floor)
+            log.warning(
+                "events_prune_batch_shrunk",
+                project_id=str(project_id),
+                code=exc.slug,
+                batch_size=batch_size,
+            )
+            continue
         batch = PruneBatch(project_id, row["scanned"], count, time.perf_counter() - began)
         log.debug(
             "events_prune_batch",
@@ -176,11 +213,24 @@ async def prune_events_once(
     async with db.transaction() as session:
         projects: list[uuid.UUID] = [r["id"] for r in await driver(session).fetch(PROJECTS)]
     total = 0
+    failed: list[DatabaseFault] = []
     for project_id in projects:
         began = time.perf_counter()
-        deleted, kept = await prune_project(
-            db, project_id, bound=bound, batch_size=batch_size, dry_run=dry_run, on_batch=on_batch
-        )
+        try:
+            deleted, kept = await prune_project(
+                db,
+                project_id,
+                bound=bound,
+                batch_size=batch_size,
+                dry_run=dry_run,
+                on_batch=on_batch,
+            )
+        except PROJECT_FAULTS as exc:
+            # What it deleted before the fault is committed; the rest waits for the next run,
+            # and the projects after it are not held up.
+            failed.append(exc)
+            log.warning("events_prune_project_failed", project_id=str(project_id), code=exc.slug)
+            continue
         if deleted or kept:
             log.info(
                 "events_pruned",
@@ -191,4 +241,13 @@ async def prune_events_once(
                 seconds=round(time.perf_counter() - began, 3),
             )
         total += deleted
+    if failed:
+        log.warning(
+            "events_prune_incomplete",
+            failed_projects=len(failed),
+            projects=len(projects),
+            deleted=total,
+            dry_run=dry_run,
+        )
+        raise failed[0]  # the job counts a failure and backs off
     return total

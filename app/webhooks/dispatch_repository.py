@@ -146,7 +146,7 @@ class Claimed:
     event_type: str
     created_at: datetime
     user_id: str | None
-    sequence: int
+    sequence: int | None  # NULL for events written before migration 0008
     data_json: str
 
 

@@ -24,7 +24,14 @@ QUEUE_DEPTH = Gauge(
 )
 OLDEST_PENDING_AGE = Gauge(
     "creditd_webhook_oldest_pending_age_seconds",
-    "Age of the oldest pending outbound webhook delivery (0 when none is pending)",
+    "How long the most overdue outbound webhook delivery has been due: now minus the earliest"
+    " next_attempt_at not in the future (0 when none is due; a retry scheduled later is not"
+    " counted)",
+)
+FANOUT_LAG = Gauge(
+    "creditd_webhook_fanout_lag_seconds",
+    "Age of the oldest event not yet fanned out to webhook deliveries (0 when fan-out is caught"
+    " up); grows while a long write transaction holds fan-out back or no dispatcher runs",
 )
 ENDPOINTS_DISABLED = Counter(
     "creditd_webhook_endpoints_disabled_total",

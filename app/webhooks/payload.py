@@ -3,8 +3,9 @@
 ``{"id", "type", "timestamp", "created_at", "user_id", "sequence", "data"}``: ``timestamp`` and
 ``created_at`` are both when the event happened (not the attempt; that is the
 ``webhook-timestamp`` header); ``sequence`` orders one user's events (deliveries are not
-ordered). ``data`` is spliced in as PostgreSQL's own text of the stored JSON, so numbers reach
-the receiver exactly as stored, never through a float. The same event always renders to the
+ordered), null for events written before it existed (migration 0008). ``data`` is spliced in
+as PostgreSQL's own text of the stored JSON, so numbers reach the receiver exactly as stored,
+never through a float. The same event always renders to the
 same bytes, so every retry carries the same body.
 """
 
@@ -24,7 +25,7 @@ def render(
     type: str,
     created_at: datetime,
     user_id: str | None,
-    sequence: int,
+    sequence: int | None,
     data_json: str,
 ) -> bytes:
     head = orjson.dumps(

@@ -36,6 +36,10 @@ def forbidden(address: str) -> str | None:
         return "unspecified address"
     if ip.is_private or (isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED):
         return "private address"
+    # Deprecated site-local fec0::/10 (RFC 3879): still routed inside some networks, yet
+    # Python 3.11 counts it as global.
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
+        return "private address"
     if ip.is_reserved or not ip.is_global:
         return "reserved address"
     return None

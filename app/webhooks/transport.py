@@ -17,9 +17,12 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import httpcore
 import httpx
+import structlog
 from httpcore import AsyncNetworkBackend, AsyncNetworkStream
 
 from app.webhooks import ssrf
+
+log = structlog.get_logger("creditd.webhooks")
 
 # httpcore's own alias for (level, option, value) tuples; private there, so spelled out here.
 SocketOption = (
@@ -87,7 +90,10 @@ class GuardedBackend(AsyncNetworkBackend):
             for address in found:
                 reason = ssrf.forbidden(address)
                 if reason is not None:
-                    raise TargetRefused(f"{address} is a {reason}")
+                    # The address stays server-side: the recorded error is shown to the
+                    # tenant, and naming it would turn delivery into an oracle on internal DNS.
+                    log.debug("webhook_target_refused", host=host, address=address, reason=reason)
+                    raise TargetRefused(f"the host resolves to a {reason}")
         return found
 
     async def connect_tcp(

@@ -4,8 +4,24 @@
 writer changes): the dispatcher fans events out in (fanout_xid, id) order, only below the
 oldest transaction still running, so an event committed late is never skipped. NULL means
 "not for fan-out" (events written before this revision, and events aimed at one endpoint).
-``events.seq`` is drawn when the event is written, under the lock of the user's account for
-every balance change, so per user it orders events as the changes happened.
+``events.seq`` is drawn (from the sequence ``events_seq``) when the event is written, under the
+lock of the user's account for every balance change, so per user it orders events as the
+changes happened. Events written before this revision keep a NULL ``seq``.
+
+Nothing here rewrites ``events`` (the hot table every balance change writes to): both columns
+are added nullable and without a default, which only changes the catalogue, and their defaults
+are set afterwards, so they apply to new rows only. The one slow step is building
+``ix_events_fanout_xid_id``: it holds nothing yet (every existing row has a NULL fanout_xid) but
+still reads the whole table, under a SHARE lock that makes writes wait. Alembic runs each
+migration in a transaction, where CREATE INDEX CONCURRENTLY is not allowed; on a large
+``events`` table, do that step by hand first, outside a transaction::
+
+    ALTER TABLE events ADD COLUMN IF NOT EXISTS fanout_xid bigint;
+    CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_events_fanout_xid_id ON events (fanout_xid, id)
+        WHERE fanout_xid IS NOT NULL;
+
+The column and the index are made IF NOT EXISTS here, so the migration keeps both. (A failed
+concurrent build leaves an INVALID index of that name: drop it and build it again first.)
 
 Revision ID: 0008
 Revises: 0007
@@ -42,20 +58,27 @@ def _timestamps() -> list[sa.Column[Any]]:
 
 
 def upgrade() -> None:
-    op.add_column("events", sa.Column("fanout_xid", sa.BigInteger(), nullable=True))
+    # Tighter than env.py's 10 s: while ALTER TABLE waits for its lock on events, every balance
+    # change queues behind it. Failing fast and running the migration again is cheaper.
+    op.execute("SET LOCAL lock_timeout = '5s'")
+    # IF NOT EXISTS: an operator may have added it to build the index beforehand (above).
+    op.add_column(
+        "events", sa.Column("fanout_xid", sa.BigInteger(), nullable=True), if_not_exists=True
+    )
     op.alter_column(
         "events", "fanout_xid", server_default=sa.text("(pg_current_xact_id()::text)::bigint")
     )
-    op.add_column(
-        "events",
-        sa.Column("seq", sa.BigInteger(), sa.Identity(always=True), nullable=False),
-    )
+    op.execute("CREATE SEQUENCE events_seq AS bigint")
+    op.add_column("events", sa.Column("seq", sa.BigInteger(), nullable=True))
+    op.alter_column("events", "seq", server_default=sa.text("nextval('events_seq'::regclass)"))
+    op.execute("ALTER SEQUENCE events_seq OWNED BY events.seq")
     op.create_index(
         "ix_events_fanout_xid_id",
         "events",
         ["fanout_xid", "id"],
         unique=False,
         postgresql_where=_FANOUT_PENDING,
+        if_not_exists=True,  # an operator may have built it CONCURRENTLY beforehand (above)
     )
     op.create_table(
         "webhook_endpoints",
@@ -189,5 +212,6 @@ def downgrade() -> None:
     op.drop_table("webhook_deliveries")
     op.drop_table("webhook_endpoints")
     op.drop_index("ix_events_fanout_xid_id", table_name="events", postgresql_where=_FANOUT_PENDING)
-    op.drop_column("events", "seq")
+    op.drop_column("events", "seq")  # drops events_seq too (owned by the column)
+    op.execute("DROP SEQUENCE IF EXISTS events_seq")
     op.drop_column("events", "fanout_xid")

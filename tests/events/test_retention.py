@@ -27,6 +27,7 @@ from app.core.clock import utcnow
 from app.core.ids import uuid7, uuid7_floor
 from app.core.settings import DatabaseSettings
 from app.db.engine import create_engine
+from app.db.exceptions import LockTimeout
 from app.db.session import Database, driver
 from app.events import retention
 from app.events.retention import PruneBatch, prune_events_once
@@ -325,6 +326,57 @@ async def test_an_event_somebody_holds_is_skipped_and_pruned_by_the_next_run(
     await _prune(rdb)
 
     assert await _event_ids(rdb, pid) == set()
+
+
+async def test_a_project_whose_batch_times_out_does_not_keep_later_projects_from_pruning(
+    rdb: Database, retention_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery row held by somebody else blocks the cascade of its event's batch past
+    lock_timeout: the batch shrinks (halving, down to the floor) so the project is pruned up to
+    that row, then the run goes on to the next project and fails at the end."""
+    monkeypatch.setattr(
+        retention, "BATCH_SETTINGS", "SET LOCAL lock_timeout = '100ms'; SET LOCAL jit = off"
+    )
+    monkeypatch.setattr(retention, "MIN_BATCH", 1)
+    await _cursor(rdb, CURSOR_XID, uuid.UUID(int=0))
+    # Projects are pruned in id order: the stuck one first, the other after it.
+    stuck = uuid.UUID(int=secrets.randbits(64))
+    later = uuid.UUID(int=(0xFFFF << 112) | secrets.randbits(64))
+    for project_id in (stuck, later):
+        await _run(rdb, "INSERT INTO projects (id, name) VALUES ($1, 'retention')", project_id)
+    endpoint = await _endpoint(rdb, stuck)
+    before = [await _event(rdb, stuck, OLD + timedelta(minutes=m)) for m in (4, 3, 2)]
+    held_event = await _event(rdb, stuck, OLD + timedelta(minutes=1))
+    held = await _delivery(rdb, stuck, held_event, endpoint, "succeeded")
+    after = await _event(rdb, stuck, OLD)
+    later_old = {await _event(rdb, later, OLD) for _ in range(3)}
+    later_young = await _event(rdb, later, timedelta(days=1))
+    batches: list[PruneBatch] = []
+
+    other = await asyncpg.connect(retention_url)
+    try:
+        tx = other.transaction()
+        await tx.start()
+        await other.execute(
+            "SELECT 1 FROM webhook_deliveries WHERE project_id = $1 AND id = $2 FOR UPDATE",
+            stuck,
+            held,
+        )
+        with pytest.raises(LockTimeout):
+            await _prune(rdb, batch_size=4, on_batch=batches.append)
+        await tx.rollback()
+    finally:
+        await other.close()
+
+    remaining = await _event_ids(rdb, stuck)
+    assert remaining == {held_event, after}
+    assert not remaining & set(before)
+    assert [b.deleted for b in batches if b.project_id == stuck] == [2, 1]  # at 2, then at 1
+    assert await _event_ids(rdb, later) == {later_young}
+    assert later_old.isdisjoint(await _event_ids(rdb, later))
+
+    assert await _prune(rdb, batch_size=4) >= 2  # the row is free again: the next run goes on
+    assert await _event_ids(rdb, stuck) == set()
 
 
 async def test_a_delivery_made_pending_after_the_batch_locked_its_event_keeps_the_event(

@@ -6,7 +6,9 @@ import asyncio
 import os
 import subprocess
 import sys
+import uuid
 
+import asyncpg
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
@@ -39,6 +41,52 @@ def test_migrations_upgrade_downgrade_upgrade_and_match_models() -> None:
         run_migrations(url)
         assert _diff(url) == [], "models and migrations disagree"
         run_migrations(url, "base", downgrade=True)
+        run_migrations(url)
+        assert _diff(url) == []
+
+
+def test_migration_0008_adds_event_columns_without_rewriting_events() -> None:
+    """events is the hot table: 0008 must not rewrite it (old rows keep a NULL seq, new rows
+    draw one), and it keeps an ix_events_fanout_xid_id an operator built CONCURRENTLY first."""
+
+    async def sql(url: str, statement: str, *args: object) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(url)
+        try:
+            return list(await conn.fetch(statement, *args))
+        finally:
+            await conn.close()
+
+    with fresh_database() as (url, _):
+        run_migrations(url, "0007")
+        project, old, new = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        insert = "INSERT INTO events (id, project_id, type, data) VALUES ($1, $2, 'x', '{}')"
+        asyncio.run(sql(url, "INSERT INTO projects (id, name) VALUES ($1, 'p')", project))
+        asyncio.run(sql(url, insert, old, project))
+        # What the migration's docstring tells an operator with a large events table to run.
+        asyncio.run(sql(url, "ALTER TABLE events ADD COLUMN IF NOT EXISTS fanout_xid bigint"))
+        asyncio.run(
+            sql(
+                url,
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_events_fanout_xid_id"
+                " ON events (fanout_xid, id) WHERE fanout_xid IS NOT NULL",
+            )
+        )
+        index = "SELECT 'ix_events_fanout_xid_id'::regclass::oid AS i"
+        built = asyncio.run(sql(url, index))[0]["i"]
+        filenode = "SELECT pg_relation_filenode('events') AS f"
+        before = asyncio.run(sql(url, filenode))[0]["f"]
+
+        run_migrations(url, "0008")
+
+        assert asyncio.run(sql(url, filenode))[0]["f"] == before, "events was rewritten"
+        assert asyncio.run(sql(url, index))[0]["i"] == built, "the index was not kept"
+        asyncio.run(sql(url, insert, new, project))
+        rows = asyncio.run(sql(url, "SELECT id, seq, fanout_xid FROM events"))
+        by_id = {r["id"]: r for r in rows}
+        assert by_id[old]["seq"] is None  # written before 0008
+        assert by_id[old]["fanout_xid"] is None
+        assert by_id[new]["seq"] is not None
+        assert by_id[new]["fanout_xid"] is not None
         run_migrations(url)
         assert _diff(url) == []
 

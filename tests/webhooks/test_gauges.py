@@ -1,11 +1,13 @@
-"""/metrics reads the delivery queue's depth and oldest pending age from the database at
-scrape time, and still answers when the database cannot.
+"""/metrics reads the delivery queue's depth, how overdue its most overdue delivery is and how
+far fan-out lags behind the events from the database at scrape time, and still answers when
+the database cannot.
 
 Against a database (and an app) of its own, so the queue holds exactly what the tests put in.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -44,12 +46,25 @@ async def gauge_app(settings: Settings, gauges_url: str) -> AsyncIterator[httpx.
             yield client
 
 
+GAUGES = (
+    "creditd_webhook_queue_depth",
+    "creditd_webhook_oldest_pending_age_seconds",
+    "creditd_webhook_fanout_lag_seconds",
+)
+
+
 @pytest.fixture
 async def gdb(gauge_app: httpx.AsyncClient) -> Database:
-    """The app's database, with no delivery in it."""
+    """The app's database, with no delivery in it and no event left for fan-out."""
     db: Database = gauge_app.app_db  # type: ignore[attr-defined]
     async with db.transaction() as session:
         await driver(session).execute("DELETE FROM webhook_deliveries")
+        await driver(session).execute(
+            "UPDATE events SET fanout_xid = NULL WHERE fanout_xid IS NOT NULL"
+        )
+        await driver(session).execute(
+            "UPDATE webhook_fanout_cursor SET fanout_xid = 0, event_id = NULL"
+        )
     return db
 
 
@@ -59,24 +74,26 @@ async def _scrape(client: httpx.AsyncClient) -> dict[str, float]:
     values = {}
     for line in r.text.splitlines():
         name, _, value = line.partition(" ")
-        if name in ("creditd_webhook_queue_depth", "creditd_webhook_oldest_pending_age_seconds"):
+        if name in GAUGES:
             values[name] = float(value)
     return values
 
 
-async def _deliveries(db: Database, *ages_and_statuses: tuple[timedelta, str]) -> None:
-    """One project and event per call; a delivery (to an endpoint of its own, as
-    (project, event, endpoint) is unique) per (age, status)."""
+async def _deliveries(db: Database, *due_and_statuses: tuple[timedelta, str]) -> None:
+    """One project and event (not for fan-out) per call; a delivery (to an endpoint of its own,
+    as (project, event, endpoint) is unique) per (due, status): due that long ago (a negative
+    one: that far ahead), made a day ago."""
     project, event = uuid.uuid4(), uuid7()
     async with db.transaction() as session:
         conn = driver(session)
         await conn.execute("INSERT INTO projects (id, name) VALUES ($1, 'gauges')", project)
         await conn.execute(
-            "INSERT INTO events (id, project_id, type, data) VALUES ($1, $2, 'balance.low', '{}')",
+            "INSERT INTO events (id, project_id, type, data, fanout_xid)"
+            " VALUES ($1, $2, 'balance.low', '{}', NULL)",
             event,
             project,
         )
-        for age, status in ages_and_statuses:
+        for due, status in due_and_statuses:
             endpoint = uuid7()
             await conn.execute(
                 "INSERT INTO webhook_endpoints (id, project_id, url, event_types,"
@@ -87,13 +104,14 @@ async def _deliveries(db: Database, *ages_and_statuses: tuple[timedelta, str]) -
             )
             await conn.execute(
                 "INSERT INTO webhook_deliveries (id, project_id, endpoint_id, event_id, status,"
-                " next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, now(), $6)",
+                " next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 uuid7(),
                 project,
                 endpoint,
                 event,
                 status,
-                utcnow() - age,
+                utcnow() - due,
+                utcnow() - timedelta(days=1),
             )
 
 
@@ -101,28 +119,96 @@ async def test_an_empty_queue_reads_zero_depth_and_zero_age(
     gauge_app: httpx.AsyncClient, gdb: Database
 ) -> None:
     values = await _scrape(gauge_app)
-    assert values == {
-        "creditd_webhook_queue_depth": 0.0,
-        "creditd_webhook_oldest_pending_age_seconds": 0.0,
-    }
+    assert values == dict.fromkeys(GAUGES, 0.0)
 
 
-async def test_metrics_show_the_pending_deliveries_and_the_oldest_ones_age(
+async def test_metrics_show_the_pending_deliveries_and_how_long_the_most_overdue_is_due(
     gauge_app: httpx.AsyncClient, gdb: Database
 ) -> None:
     await _deliveries(
         gdb,
         (timedelta(seconds=90), "pending"),
         (timedelta(seconds=30), "pending"),
+        (-timedelta(hours=3), "pending"),  # a retry hours ahead: counted, not overdue
         (timedelta(hours=5), "succeeded"),  # finished: neither counted nor aged
         (timedelta(hours=6), "failed"),
     )
 
     values = await _scrape(gauge_app)
 
-    assert values["creditd_webhook_queue_depth"] == 2.0
+    assert values["creditd_webhook_queue_depth"] == 3.0
     age = values["creditd_webhook_oldest_pending_age_seconds"]
-    assert 90 <= age < 90 + 60, age
+    assert 90 <= age < 90 + 60, age  # since it fell due, not since it was made (a day)
+
+
+async def test_deliveries_scheduled_ahead_are_queued_but_not_overdue(
+    gauge_app: httpx.AsyncClient, gdb: Database
+) -> None:
+    await _deliveries(gdb, (-timedelta(hours=5), "pending"), (-timedelta(seconds=5), "pending"))
+
+    values = await _scrape(gauge_app)
+
+    assert values["creditd_webhook_queue_depth"] == 2.0
+    assert values["creditd_webhook_oldest_pending_age_seconds"] == 0.0
+
+
+async def _event(db: Database, age: timedelta, *, for_fanout: bool = True) -> tuple[int, uuid.UUID]:
+    """An event made ``age`` ago (its fanout_xid the writing transaction's, the default, or
+    NULL); returns (fanout_xid, id)."""
+    event = uuid7()
+    async with db.transaction() as session:
+        conn = driver(session)
+        project = uuid.uuid4()
+        await conn.execute("INSERT INTO projects (id, name) VALUES ($1, 'gauges')", project)
+        xid = await conn.fetchval(
+            "INSERT INTO events (id, project_id, type, data, created_at)"
+            " VALUES ($1, $2, 'balance.low', '{}', $3) RETURNING fanout_xid",
+            event,
+            project,
+            utcnow() - age,
+        )
+        if not for_fanout:
+            await conn.execute("UPDATE events SET fanout_xid = NULL WHERE id = $1", event)
+    return int(xid), event
+
+
+async def test_a_stalled_fan_out_shows_as_lag_while_the_queue_reads_empty(
+    gauge_app: httpx.AsyncClient, gdb: Database
+) -> None:
+    await _event(gdb, timedelta(hours=2), for_fanout=False)  # never fanned out: not lag
+    first = await _event(gdb, timedelta(seconds=120))
+    second = await _event(gdb, timedelta(seconds=30))
+
+    values = await _scrape(gauge_app)
+
+    assert values["creditd_webhook_queue_depth"] == 0.0
+    assert values["creditd_webhook_oldest_pending_age_seconds"] == 0.0
+    lag = values["creditd_webhook_fanout_lag_seconds"]
+    assert 120 <= lag < 120 + 60, lag
+
+    async with gdb.transaction() as session:  # fan-out passes the first event
+        await driver(session).execute(
+            "UPDATE webhook_fanout_cursor SET fanout_xid = $1, event_id = $2", *first
+        )
+    lag = (await _scrape(gauge_app))["creditd_webhook_fanout_lag_seconds"]
+    assert 30 <= lag < 30 + 60, lag
+
+    async with gdb.transaction() as session:  # and the second: caught up
+        await driver(session).execute(
+            "UPDATE webhook_fanout_cursor SET fanout_xid = $1, event_id = $2", *second
+        )
+    assert (await _scrape(gauge_app))["creditd_webhook_fanout_lag_seconds"] == 0.0
+
+
+async def test_the_gauges_read_one_index_descent_each(gdb: Database) -> None:
+    async with gdb.transaction() as session:
+        conn = driver(session)
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + gauges.QUEUE, 10))
+    # The cursor bounds the scan of the events' index: it does not read the events before it.
+    assert re.search(r"Index Cond: \(ROW\(fanout_xid, id\) > ROW\(", plan), plan
+    assert "ix_events_fanout_xid_id" in plan, plan
+    assert "ix_webhook_deliveries_next_attempt_at" in plan, plan
 
 
 async def test_a_database_that_does_not_answer_leaves_the_gauges_and_metrics_answer(

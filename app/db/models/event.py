@@ -3,10 +3,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Identity, Index, PrimaryKeyConstraint, Text, text
+from sqlalchemy import BigInteger, ForeignKey, Index, PrimaryKeyConstraint, Sequence, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, CreatedAt
+
+# Draws events.seq (its server default). Declared on the metadata, not as the column's default:
+# the database draws it, the ORM never asks for it.
+EVENTS_SEQ = Sequence("events_seq", metadata=Base.metadata)
 
 
 class Event(CreatedAt, Base):
@@ -35,5 +39,8 @@ class Event(CreatedAt, Base):
         BigInteger, server_default=text("(pg_current_xact_id()::text)::bigint")
     )
     # Drawn as the event is written: under the account lock for balance changes, so it orders
-    # one user's events as the changes happened.
-    seq: Mapped[int] = mapped_column(BigInteger, Identity(always=True))
+    # one user's events as the changes happened. NULL for events written before migration 0008
+    # (which added it without rewriting the table).
+    seq: Mapped[int | None] = mapped_column(
+        BigInteger, server_default=text("nextval('events_seq'::regclass)")
+    )

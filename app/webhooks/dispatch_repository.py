@@ -96,11 +96,22 @@ async def fanout_batch(session: AsyncSession, start: FanoutStart, *, limit: int)
     ]
 
 
+# Each endpoint is locked FOR SHARE (in key order) and re-checked on the version it locked: a
+# disable committed after the batch's snapshot is waited for, and its endpoint gets nothing.
 _INSERT_DELIVERIES = """
+    WITH d AS (
+        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[])
+            AS d(id, project_id, endpoint_id, event_id)
+    ), w AS (
+        SELECT w.project_id, w.id
+        FROM webhook_endpoints w
+        WHERE (w.project_id, w.id) IN (SELECT d.project_id, d.endpoint_id FROM d) AND w.enabled
+        ORDER BY w.project_id, w.id
+        FOR SHARE OF w
+    )
     INSERT INTO webhook_deliveries (id, project_id, endpoint_id, event_id, status, next_attempt_at)
     SELECT d.id, d.project_id, d.endpoint_id, d.event_id, 'pending', now()
-    FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[])
-         AS d(id, project_id, endpoint_id, event_id)
+    FROM d JOIN w ON w.project_id = d.project_id AND w.id = d.endpoint_id
     ON CONFLICT DO NOTHING
 """
 
@@ -150,33 +161,44 @@ class Claimed:
     data_json: str
 
 
-# Candidates are read without locks, in due order, from endpoints that still have room here;
-# at most ``room`` of each endpoint are chosen, and only the chosen rows are locked (SKIP
-# LOCKED: a row another dispatcher is claiming right now is left to it). The lease starts now.
+# Claimed per endpoint, never by scanning the whole due backlog: first the enabled endpoints
+# with room here that have a due delivery (one probe each of the pending-by-endpoint index),
+# the one waiting longest first, so no endpoint is always served before the others; then at
+# most ``room`` due deliveries of each of them (the same index, in due order). Candidates are
+# read without locks; only the chosen rows are locked (SKIP LOCKED: a row another dispatcher
+# is claiming right now is left to it). The lease starts now.
 _CLAIM = """
     WITH busy AS (
         SELECT * FROM unnest($1::uuid[], $2::int[]) AS b(endpoint_id, n)
-    ), cand AS (
-        SELECT d.project_id, d.id, d.endpoint_id, d.next_attempt_at
-        FROM webhook_deliveries d
-        WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-          AND d.endpoint_id <> ALL($3::uuid[])
-          AND EXISTS (SELECT 1 FROM webhook_endpoints w
-                      WHERE w.project_id = d.project_id AND w.id = d.endpoint_id AND w.enabled)
-        ORDER BY d.next_attempt_at
-        LIMIT $4
-    ), ranked AS (
-        SELECT c.*, row_number() OVER (
-            PARTITION BY c.project_id, c.endpoint_id ORDER BY c.next_attempt_at, c.id) AS rn
-        FROM cand c
+    ), due AS MATERIALIZED (
+        SELECT w.project_id, w.id, $4::int - coalesce(b.n, 0) AS room, o.first_due
+        FROM webhook_endpoints w
+        LEFT JOIN busy b ON b.endpoint_id = w.id
+        CROSS JOIN LATERAL (
+            SELECT d.next_attempt_at AS first_due
+            FROM webhook_deliveries d
+            WHERE d.project_id = w.project_id AND d.endpoint_id = w.id
+              AND d.status = 'pending' AND d.next_attempt_at <= now()
+            ORDER BY d.next_attempt_at
+            LIMIT 1
+        ) o
+        WHERE w.enabled AND w.id <> ALL($3::uuid[]) AND $4::int - coalesce(b.n, 0) > 0
+        ORDER BY o.first_due
+        LIMIT $5
     ), chosen AS (
         -- Due order; or, right after a claim that met another dispatcher's locks, a random
         -- pick of the same window, so that the two stop reaching for the same rows.
-        SELECT r.project_id, r.id
-        FROM ranked r LEFT JOIN busy b ON b.endpoint_id = r.endpoint_id
-        WHERE r.rn <= $5 - coalesce(b.n, 0)
-        ORDER BY CASE WHEN $8::bool THEN random() END, r.next_attempt_at
-        LIMIT $6
+        SELECT c.project_id, c.id
+        FROM due e CROSS JOIN LATERAL (
+            SELECT d.project_id, d.id, d.next_attempt_at
+            FROM webhook_deliveries d
+            WHERE d.project_id = e.project_id AND d.endpoint_id = e.id
+              AND d.status = 'pending' AND d.next_attempt_at <= now()
+            ORDER BY d.next_attempt_at
+            LIMIT e.room
+        ) c
+        ORDER BY CASE WHEN $7::bool THEN random() END, c.next_attempt_at
+        LIMIT $5
     ), locked AS (
         -- One primary-key lookup per chosen row, re-checked on the version it locked. The
         -- LIMIT keeps the check out of the lookup: with it, a planner misled by stale
@@ -193,7 +215,7 @@ _CLAIM = """
     ), claimed AS (
         UPDATE webhook_deliveries d
         SET attempts = d.attempts + 1, lease_token = gen_random_uuid(),
-            next_attempt_at = now() + make_interval(secs => $7), updated_at = now()
+            next_attempt_at = now() + make_interval(secs => $6), updated_at = now()
         FROM locked l
         WHERE d.project_id = l.project_id AND d.id = l.id
         RETURNING d.project_id, d.id, d.endpoint_id, d.event_id, d.attempts, d.lease_token
@@ -218,7 +240,7 @@ async def claim(
     full: Sequence[uuid.UUID],
     per_endpoint: int,
     limit: int,
-    scan: int,
+    scan: int = 0,  # unused: the claim no longer scans a window of the due backlog
     lease_seconds: float,
     shuffle: bool = False,
 ) -> tuple[list[Claimed], int]:
@@ -230,7 +252,6 @@ async def claim(
         list(busy),
         list(busy.values()),
         list(full),
-        scan,
         per_endpoint,
         limit,
         lease_seconds,
@@ -272,6 +293,9 @@ class DeliveryState:
     lease_token: uuid.UUID | None
     enabled: bool
     failing_since: datetime | None
+    # The endpoint's latest attempt recorded before this transaction (None: none, or its
+    # failure run is not on): how long it has been quiet.
+    last_attempt_at: datetime | None = None
 
 
 # The deliveries first, by primary key (never through their endpoints: the planner would
@@ -285,8 +309,18 @@ _LOCK_DELIVERIES = """
         FOR UPDATE OF d
     )
     SELECT d.project_id, d.id, d.status, d.lease_token, w.enabled, w.failing_since,
-           now() AS now
+           last.created_at AS last_attempt_at, now() AS now
     FROM d JOIN webhook_endpoints w ON w.project_id = d.project_id AND w.id = d.endpoint_id
+    LEFT JOIN LATERAL (
+        -- Only while a failure run is on: its attempts since are all failures (a success ends
+        -- it), so this is the run's latest failure. Ids are UUIDv7: newest first.
+        SELECT a.created_at
+        FROM webhook_attempts a
+        WHERE a.project_id = w.project_id AND a.endpoint_id = w.id
+          AND w.failing_since IS NOT NULL
+        ORDER BY a.id DESC
+        LIMIT 1
+    ) last ON true
 """
 
 
@@ -299,7 +333,7 @@ async def lock_deliveries(
     rows = await driver(session).fetch(_LOCK_DELIVERIES, projects, ids)
     states = {
         (r["project_id"], r["id"]): DeliveryState(
-            r["status"], r["lease_token"], r["enabled"], r["failing_since"]
+            r["status"], r["lease_token"], r["enabled"], r["failing_since"], r["last_attempt_at"]
         )
         for r in rows
     }
@@ -383,39 +417,75 @@ _START_FAILING = """
     FROM unnest($1::uuid[], $2::uuid[]) AS k(project_id, id)
     WHERE w.project_id = k.project_id AND w.id = k.id AND w.failing_since IS NULL
 """
+# A failure after a quiet spell starts a new run (see ``Dispatcher._plan``).
+_RESTART_FAILING = """
+    UPDATE webhook_endpoints w SET failing_since = now(), updated_at = now()
+    FROM unnest($1::uuid[], $2::uuid[]) AS k(project_id, id)
+    WHERE w.project_id = k.project_id AND w.id = k.id
+"""
 
 
 async def mark_endpoints(
-    session: AsyncSession, *, succeeded: Sequence[EndpointKey], failed: Sequence[EndpointKey]
+    session: AsyncSession,
+    *,
+    succeeded: Sequence[EndpointKey],
+    failed: Sequence[EndpointKey],
+    restarted: Sequence[EndpointKey] = (),
 ) -> None:
-    """A success ends an endpoint's run of failures; a failure starts one (if none is on).
-    Both touch only rows that change, so the usual case (healthy endpoints) locks nothing."""
+    """A success ends an endpoint's run of failures; a failure starts one (if none is on);
+    a failure after a quiet spell (``restarted``) starts a new one. The first two touch only
+    rows that change, so the usual case (healthy endpoints) locks nothing."""
     conn = driver(session)
-    for sql, keys in ((_CLEAR_FAILING, succeeded), (_START_FAILING, failed)):
+    for sql, keys in (
+        (_CLEAR_FAILING, succeeded),
+        (_START_FAILING, failed),
+        (_RESTART_FAILING, restarted),
+    ):
         if keys:
             await conn.execute(sql, [k[0] for k in keys], [k[1] for k in keys])
 
 
+# Only the endpoint: its pending deliveries are canceled later, in bounded batches
+# (``cancel_disabled``); the claim never takes a delivery of a disabled endpoint meanwhile.
 _DISABLE = """
     UPDATE webhook_endpoints SET enabled = false, disabled_reason = $3, updated_at = now()
     WHERE project_id = $1 AND id = $2 AND enabled
     RETURNING failing_since
 """
-_CANCEL_PENDING = """
-    UPDATE webhook_deliveries
+
+
+async def disable_endpoint(session: AsyncSession, key: EndpointKey, *, reason: str) -> bool:
+    """Disable an enabled endpoint; returns whether this call disabled it (False: it was
+    disabled already). Its pending deliveries are left to ``cancel_disabled``."""
+    row = await driver(session).fetchrow(_DISABLE, key[0], key[1], reason)
+    return row is not None
+
+
+# Pending deliveries of disabled endpoints, at most $1 of them, locked SKIP LOCKED (a row being
+# recorded or claimed right now is left for the next batch), through the pending-by-endpoint
+# index: one probe per disabled endpoint. The lease is dropped too, so the result of an attempt
+# in flight is recorded as an attempt but no longer changes the delivery.
+_CANCEL_DISABLED = """
+    WITH doomed AS (
+        SELECT x.project_id, x.id
+        FROM webhook_endpoints w CROSS JOIN LATERAL (
+            SELECT d.project_id, d.id
+            FROM webhook_deliveries d
+            WHERE d.project_id = w.project_id AND d.endpoint_id = w.id AND d.status = 'pending'
+            LIMIT $1
+            FOR UPDATE OF d SKIP LOCKED
+        ) x
+        WHERE NOT w.enabled
+        LIMIT $1
+    )
+    UPDATE webhook_deliveries d
     SET status = 'canceled', next_attempt_at = NULL, lease_token = NULL, updated_at = now()
-    WHERE project_id = $1 AND endpoint_id = $2 AND status = 'pending'
+    FROM doomed
+    WHERE d.project_id = doomed.project_id AND d.id = doomed.id AND d.status = 'pending'
 """
 
 
-async def disable_endpoint(
-    session: AsyncSession, key: EndpointKey, *, reason: str
-) -> tuple[bool, int]:
-    """Disable an enabled endpoint and cancel its pending deliveries; returns whether this call
-    disabled it (False: it was disabled already) and how many deliveries were canceled."""
-    conn = driver(session)
-    row = await conn.fetchrow(_DISABLE, key[0], key[1], reason)
-    if row is None:
-        return False, 0
-    status = await conn.execute(_CANCEL_PENDING, key[0], key[1])
-    return True, int(status.rsplit(" ", 1)[-1])
+async def cancel_disabled(session: AsyncSession, *, limit: int) -> int:
+    """Cancel at most ``limit`` pending deliveries of disabled endpoints; returns how many."""
+    status = await driver(session).execute(_CANCEL_DISABLED, limit)
+    return int(status.rsplit(" ", 1)[-1])

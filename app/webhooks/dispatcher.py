@@ -15,9 +15,20 @@ Three loops share one process (``Dispatcher.run``):
   finished meanwhile): always an attempt row, and a change of the delivery only while the
   lease token still matches (a dispatcher that outlived its lease changes nothing).
 
+Housekeeping (in the fan-out loop): the pending deliveries of disabled endpoints are canceled
+in bounded batches (``cancel_disabled``); disabling an endpoint only flips it, and the claim
+never takes a delivery of a disabled endpoint.
+
+An endpoint is disabled (reason ``failing``) after a *continuous* run of failures longer than
+``disable_after_seconds``: the run starts at a failure and ends at a success, or when a failure
+comes more than ``QUIET_FACTOR`` times the schedule's longest wait after the endpoint's previous
+attempt (then that failure starts a new run).
+
 Every database fault ends in a retry with back-off, never in a lost delivery: a claim that
 fails leases nothing (or leases rows that come due again when the lease runs out), a result
-that cannot be written is retried, and a process that dies leaves its leases to run out.
+that cannot be written is retried (a batch that keeps failing is written one result at a time,
+and a result that still fails is written without its excerpt and error text), and a process
+that dies leaves its leases to run out.
 Delivery order is not guaranteed; receivers order one user's events by ``sequence``.
 """
 
@@ -25,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 import uuid
@@ -57,6 +69,15 @@ _SECRET_CACHE_SIZE = 4096
 # moment, a few times, then wait as usual (a row someone keeps locked must not make us spin).
 _CONTENDED_PAUSE = 0.005
 _CONTENDED_ROUNDS = 5
+# Pending deliveries of disabled endpoints are canceled this many per transaction.
+CANCEL_BATCH = 1000
+SWEEP_SECONDS = 10.0
+# A batch of results that fails this many times in a row is recorded one result at a time; one
+# result that fails this many times (or once, not transiently) is recorded without its text.
+_RECORD_TRIES = 3
+# A failure this long (times the schedule's longest wait) after the endpoint's previous attempt
+# starts a new failure run instead of continuing the old one.
+QUIET_FACTOR = 1.5
 
 
 @dataclass(frozen=True)
@@ -99,6 +120,14 @@ def failure_reason(outcome: Outcome) -> str:
     return "connect"
 
 
+def db_text(text: str | None) -> str | None:
+    """Text PostgreSQL can store: NUL (never allowed in a text column) becomes U+FFFD, and
+    anything UTF-8 cannot encode (a lone surrogate) becomes "?"."""
+    if text is None:
+        return None
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
 def _host(url: str) -> str:
     """The URL's host, for logs: never its path or query (they may carry tokens)."""
     try:
@@ -115,6 +144,7 @@ class _Plan:
     updates: list[repo.DeliveryUpdate] = field(default_factory=list)
     succeeded: list[repo.EndpointKey] = field(default_factory=list)
     failed: list[repo.EndpointKey] = field(default_factory=list)
+    restarted: list[repo.EndpointKey] = field(default_factory=list)
     # endpoint -> (reason, failing since, the status code that ended it, its URL)
     disable: dict[repo.EndpointKey, tuple[str, datetime | None, int | None, str]] = field(
         default_factory=dict
@@ -157,6 +187,7 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._results: asyncio.Queue[tuple[Attempted, asyncio.Future[None]]] = asyncio.Queue()
         self._kick = asyncio.Event()  # a slot freed up or new deliveries exist: claim now
+        self._kick_sweep = asyncio.Event()  # an endpoint was disabled here: cancel its backlog
 
     # -- fan-out ------------------------------------------------------------------------------
 
@@ -200,6 +231,27 @@ class Dispatcher:
             count = await self.fan_out_once()
             total += count
             if count < self._settings.batch_size:
+                return total
+
+    # -- housekeeping -----------------------------------------------------------------------------
+
+    async def cancel_disabled_once(self) -> int:
+        """Cancel one bounded batch (``CANCEL_BATCH``) of the pending deliveries of disabled
+        endpoints, in its own transaction; returns how many."""
+        async with self._db.transaction() as session:
+            canceled = await repo.cancel_disabled(session, limit=CANCEL_BATCH)
+        if canceled:
+            log.info("webhook_deliveries_canceled", count=canceled)
+        return canceled
+
+    async def cancel_disabled(self) -> int:
+        """Cancel the pending deliveries of disabled endpoints, batch by batch; returns how
+        many. Until then the claim skips them and they count as canceled (``delivery_status``)."""
+        total = 0
+        while True:
+            count = await self.cancel_disabled_once()
+            total += count
+            if count < CANCEL_BATCH:
                 return total
 
     # -- claim and attempt --------------------------------------------------------------------
@@ -291,6 +343,8 @@ class Dispatcher:
         plan = _Plan()
         ok_seen: set[repo.EndpointKey] = set()
         last_failed: dict[repo.EndpointKey, bool] = {}
+        quiet = max(settings.retry_schedule_seconds) * QUIET_FACTOR
+        restarted: set[repo.EndpointKey] = set()
         for a in done:
             c, o = a.claimed, a.outcome
             state = states.get((c.project_id, c.delivery_id))
@@ -305,12 +359,25 @@ class Dispatcher:
                     status, label = "succeeded", "succeeded"
                     ok_seen.add(key)
                     last_failed[key] = False
+                elif not state.enabled:
+                    # Disabled while this attempt was in flight: canceled like its other
+                    # pending deliveries, and no longer counted against the endpoint.
+                    status, label = "canceled", "canceled"
                 elif o.gone:
                     status, label = "failed", "gone"
                     plan.disable[key] = ("gone", state.failing_since, o.status_code, c.url)
                 else:
                     last_failed[key] = True
                     since = None if key in ok_seen else state.failing_since
+                    last = state.last_attempt_at
+                    if key in restarted or (
+                        since is not None and (last is None or (now - last).total_seconds() > quiet)
+                    ):
+                        # Quiet for longer than any retry waits (or its attempts are gone):
+                        # the old run ended (its deliveries were given up on); this failure
+                        # starts a new one.
+                        restarted.add(key)
+                        since = None
                     delay = retry_delay(settings, c.attempt, o.retry_after, self._rng)
                     if since is not None and (now - since).total_seconds() > (
                         settings.disable_after_seconds
@@ -350,8 +417,8 @@ class Dispatcher:
                     attempt=c.attempt,
                     status_code=o.status_code,
                     latency_ms=o.latency_ms,
-                    response_excerpt=o.excerpt,
-                    error=o.error,
+                    response_excerpt=db_text(o.excerpt),
+                    error=db_text(o.error),
                     succeeded=o.ok,
                     next_attempt_at=next_at,
                     created_at=a.started_at,
@@ -359,21 +426,25 @@ class Dispatcher:
             )
         plan.succeeded = sorted(ok_seen)
         plan.failed = sorted(k for k, failed in last_failed.items() if failed)
+        plan.restarted = sorted(k for k in restarted if last_failed.get(k))
         return plan
 
     async def record(self, done: Sequence[Attempted]) -> None:
         """Record a batch of attempts in one transaction (see the module docstring)."""
-        disabled: list[tuple[repo.EndpointKey, str, int]] = []
+        disabled: list[tuple[repo.EndpointKey, str]] = []
         async with self._db.transaction() as session:
             keys = [(a.claimed.project_id, a.claimed.delivery_id) for a in done]
             states, now = await repo.lock_deliveries(session, keys)
             plan = self._plan(done, states, now or utcnow())
             await repo.insert_attempts(session, plan.attempts)
             await repo.update_deliveries(session, plan.updates)
-            await repo.mark_endpoints(session, succeeded=plan.succeeded, failed=plan.failed)
+            await repo.mark_endpoints(
+                session, succeeded=plan.succeeded, failed=plan.failed, restarted=plan.restarted
+            )
+            # Only the endpoints: their pending deliveries are canceled by ``cancel_disabled``,
+            # in bounded batches (a backlog of millions would not fit in one statement here).
             for key, (reason, since, status_code, url) in sorted(plan.disable.items()):
-                changed, canceled = await repo.disable_endpoint(session, key, reason=reason)
-                if changed:
+                if await repo.disable_endpoint(session, key, reason=reason):
                     # The tenant's own event (user_id NULL): its URL may appear here, never in
                     # logs.
                     data: dict[str, Any] = {
@@ -384,16 +455,18 @@ class Dispatcher:
                         "last_status_code": status_code,
                     }
                     await events.record(session, project_id=key[0], type=DISABLED_EVENT, data=data)
-                    disabled.append((key, reason, canceled))
+                    disabled.append((key, reason))
         # Counted once committed: a batch retried after a fault is not counted twice.
         for label, count in plan.outcomes.items():
             metrics.DELIVERIES.labels(label).inc(count)
-        for key, reason, canceled in disabled:
+        for key, reason in disabled:
             metrics.ENDPOINTS_DISABLED.labels(reason).inc()
             log.warning(
                 "webhook_endpoint_disabled", project_id=str(key[0]), endpoint_id=str(key[1]),
-                reason=reason, canceled_deliveries=canceled,
+                reason=reason,
             )  # fmt: skip
+        if disabled:
+            self._kick_sweep.set()
         if plan.stale:
             log.info("webhook_attempts_stale", count=plan.stale)
 
@@ -415,10 +488,19 @@ class Dispatcher:
         await asyncio.sleep(self._backoff(failures))
 
     async def _fan_out_loop(self) -> None:
+        # Housekeeping shares this loop: the pending deliveries of disabled endpoints (here,
+        # by the API, or by another dispatcher) are canceled a batch at a time, at once after
+        # a disable here, else every SWEEP_SECONDS; a full batch is followed by the next.
         failures = 0
+        swept_at = -SWEEP_SECONDS
         while True:
             try:
                 count = await self.fan_out_once()
+                canceled = 0
+                if self._kick_sweep.is_set() or time.monotonic() - swept_at >= SWEEP_SECONDS:
+                    self._kick_sweep.clear()
+                    canceled = await self.cancel_disabled_once()
+                    swept_at = time.monotonic() if canceled < CANCEL_BATCH else -SWEEP_SECONDS
             except Exception as exc:
                 failures += 1
                 await self._after_failure("fanout", exc, failures)
@@ -426,7 +508,7 @@ class Dispatcher:
             if failures:
                 log.info("webhook_loop_recovered", loop="fanout", failures=failures)
                 failures = 0
-            if count < self._settings.batch_size:
+            if count < self._settings.batch_size and canceled < CANCEL_BATCH:
                 await asyncio.sleep(self._settings.poll_interval_seconds)
 
     def _start(self, claimed: repo.Claimed) -> None:
@@ -484,42 +566,87 @@ class Dispatcher:
                 await asyncio.wait_for(self._kick.wait(), self._settings.poll_interval_seconds)
 
     async def _record_loop(self) -> None:
-        failures = 0
         limit = max(self._settings.batch_size, self._settings.max_in_flight)
         while True:
             batch = [await self._results.get()]
             while len(batch) < limit and not self._results.empty():
                 batch.append(self._results.get_nowait())
             done = [a for a, _ in batch]
+            failures = 0
             while True:
                 try:
                     await self.record(done)
                 except DatabaseFault as exc:
                     failures += 1
                     await self._after_failure("record", exc, failures)
-                    continue
+                    if failures < _RECORD_TRIES:
+                        continue
+                    # The same batch keeps failing: whatever it is, it must not stall every
+                    # result behind it. One by one, the others get through.
+                    await self._record_each(done)
                 except Exception as exc:
-                    # Not transient (a bug, a row that broke a constraint): record them one by
-                    # one; one that still fails is dropped and retried when its lease runs out.
+                    # Not transient (a bug, a row that broke a constraint): one by one.
                     log.error("webhook_record_failed", count=len(done), exc_info=exc)
                     await self._record_each(done)
                 if failures:
                     log.info("webhook_loop_recovered", loop="record", failures=failures)
-                    failures = 0
                 break
             for _, written in batch:
                 if not written.done():
                     written.set_result(None)
 
     async def _record_each(self, done: Sequence[Attempted]) -> None:
+        """Record results one by one. A result that fails ``_RECORD_TRIES`` times (a database
+        fault) or once otherwise is recorded without its excerpt and error text (the likely
+        culprits); only if even that fails is it dropped (and sent again when its lease runs
+        out)."""
         for one in done:
+            failures = 0
+            while True:
+                try:
+                    await self.record([one])
+                    break
+                except DatabaseFault as exc:
+                    failures += 1
+                    await self._after_failure("record", exc, failures)
+                    if failures < _RECORD_TRIES:
+                        continue
+                except Exception as exc:
+                    log.error(
+                        "webhook_record_failed", count=1, delivery_id=str(one.claimed.delivery_id),
+                        exc_info=exc,
+                    )  # fmt: skip
+                await self._record_bare(one)
+                break
+
+    async def _record_bare(self, one: Attempted) -> None:
+        o = one.outcome
+        bare = dataclasses.replace(
+            one,
+            outcome=dataclasses.replace(
+                o, excerpt=None, error=None if o.error is None else "unrecordable"
+            ),
+        )
+        for failures in range(1, _RECORD_TRIES + 1):
             try:
-                await self.record([one])
-            except Exception:
-                log.exception(
-                    "webhook_result_dropped", delivery_id=str(one.claimed.delivery_id),
+                await self.record([bare])
+            except DatabaseFault as exc:
+                if failures < _RECORD_TRIES:
+                    await self._after_failure("record", exc, failures)
+                    continue
+            except Exception:  # noqa: S110 - logged below
+                pass
+            else:
+                log.warning(
+                    "webhook_result_recorded_bare", delivery_id=str(one.claimed.delivery_id),
                     attempt=one.claimed.attempt,
                 )  # fmt: skip
+                return
+            break
+        log.error(
+            "webhook_result_dropped", delivery_id=str(one.claimed.delivery_id),
+            attempt=one.claimed.attempt,
+        )  # fmt: skip
 
     async def run(self) -> None:
         """Fan out, claim, send and record until cancelled; survives database outages."""

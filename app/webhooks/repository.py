@@ -110,19 +110,21 @@ async def delete_endpoint(
     return (await session.execute(stmt)).first() is not None
 
 
-async def cancel_pending(
-    session: AsyncSession, project_id: uuid.UUID, endpoint_id: uuid.UUID
-) -> int:
-    """Cancel the endpoint's pending deliveries. The lease is dropped too, so the result of an
-    attempt in flight is recorded as an attempt but no longer changes the delivery."""
+async def lock_enabled(
+    session: AsyncSession, project_id: uuid.UUID, endpoint_ids: Sequence[uuid.UUID]
+) -> list[uuid.UUID]:
+    """Lock the endpoints FOR SHARE (in key order) and return those still enabled on the
+    version locked: a disable committing meanwhile is waited for, and one after this waits
+    for our transaction, so no delivery is made pending on an endpoint that is disabled."""
+    if not endpoint_ids:
+        return []
     stmt = (
-        scoped_update(WebhookDelivery, project_id)
-        .where(WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == PENDING)
-        .values(status="canceled", next_attempt_at=None, lease_token=None, updated_at=func.now())
-        .execution_options(synchronize_session=False)
+        scoped_columns(WebhookEndpoint, project_id, WebhookEndpoint.id)
+        .where(WebhookEndpoint.id.in_(list(endpoint_ids)), WebhookEndpoint.enabled)
+        .order_by(WebhookEndpoint.id)
+        .with_for_update(read=True)
     )
-    result = await session.execute(stmt)
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return [row[0] for row in (await session.execute(stmt)).all()]
 
 
 async def insert_aimed_event(
@@ -247,16 +249,22 @@ async def list_attempts(
 async def delivery_summary(
     session: AsyncSession, project_id: uuid.UUID, event_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, tuple[bool, bool, int]]:
-    """Per event: any delivery pending, any failed or canceled, how many deliveries."""
+    """Per event: any delivery pending, any failed or canceled, how many deliveries. A pending
+    delivery of a disabled endpoint counts as canceled: it is, once the dispatcher's sweep
+    (``dispatch_repository.cancel_disabled``) reaches it."""
     if not event_ids:
         return {}
+    disabled = scoped_columns(WebhookEndpoint, project_id, WebhookEndpoint.id).where(
+        ~WebhookEndpoint.enabled
+    )
+    doomed = WebhookDelivery.endpoint_id.in_(disabled)
     stmt = (
         scoped_columns(
             WebhookDelivery,
             project_id,
             WebhookDelivery.event_id,
-            func.bool_or(WebhookDelivery.status == PENDING),
-            func.bool_or(WebhookDelivery.status.in_(("failed", "canceled"))),
+            func.bool_or((WebhookDelivery.status == PENDING) & ~doomed),
+            func.bool_or(WebhookDelivery.status.in_(("failed", "canceled")) | doomed),
             func.count(),
         )
         .where(WebhookDelivery.event_id.in_(event_ids))

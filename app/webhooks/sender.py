@@ -201,9 +201,10 @@ class Sender:
                         break
         except (TimeoutError, httpx.TransportError):
             pass
-        # A character cut at the limit is dropped rather than shown as a replacement mark.
+        # A character cut at the limit is dropped rather than shown as a replacement mark. NUL
+        # cannot be stored in a text column: shown as a replacement mark.
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        return decoder.decode(b"".join(chunks)[:limit], final=False)
+        return decoder.decode(b"".join(chunks)[:limit], final=False).replace("\x00", "\ufffd")
 
 
 def _caused_by_tls(exc: BaseException) -> bool:

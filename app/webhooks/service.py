@@ -253,8 +253,10 @@ async def update(
     if body.enabled is True and not current.enabled:
         values.update(enabled=True, disabled_reason=None, failing_since=None)
     elif body.enabled is False and current.enabled:
+        # Only the endpoint: its pending deliveries (maybe millions) are canceled by the
+        # dispatcher in bounded batches; until then no claim takes them and they count as
+        # canceled (``delivery_statuses``).
         values.update(enabled=False, disabled_reason="manual")
-        await repo.cancel_pending(session, project_id, endpoint_id)
     updated = await repo.update_endpoint(
         session, project_id, endpoint_id, values, metadata_changes=body.metadata
     )
@@ -311,6 +313,9 @@ async def send_test(session: AsyncSession, project_id: uuid.UUID, endpoint_id: u
         type=TEST_EVENT,
         data={"endpoint_id": str(endpoint_id), "message": TEST_MESSAGE},
     )
+    # Re-checked under a share lock: a disable committed since the read above wins.
+    if not await repo.lock_enabled(session, project_id, [endpoint_id]):
+        raise WebhookEndpointDisabled("Enable the endpoint first: PATCH it with enabled: true.")
     await repo.upsert_pending_deliveries(session, project_id, event.id, [endpoint_id], [uuid7()])
     return event
 
@@ -377,7 +382,12 @@ async def redeliver(
             for e in await repo.all_endpoints(session, project_id)
             if catalogue.subscribed(list(e.event_types), event.type)
         ]
-    ids = [e.id for e in targets if e.enabled]
+    # Re-checked under a share lock: a disable committing meanwhile is waited for and wins.
+    ids = await repo.lock_enabled(session, project_id, [e.id for e in targets if e.enabled])
+    if endpoint_id is not None and not ids:
+        raise WebhookEndpointDisabled(
+            "The endpoint is disabled: enable it (PATCH enabled: true) to redeliver to it."
+        )
     deliveries = await repo.upsert_pending_deliveries(
         session, project_id, event_id, ids, [uuid7() for _ in ids]
     )

@@ -167,6 +167,13 @@ async def test_410_disables_the_endpoint_cancels_its_deliveries_and_records_an_e
         rows = [
             r for r in await deliveries(dispatch_db, wh_project.id) if r["endpoint_id"] == doomed
         ]
+        # The record transaction only disables: the backlog is canceled by the sweep.
+        assert sorted(r["status"] for r in rows) == ["failed", "pending", "pending"]
+        assert await d.dispatch_once() == 0  # never claimed meanwhile
+        assert await d.cancel_disabled() == 2
+        rows = [
+            r for r in await deliveries(dispatch_db, wh_project.id) if r["endpoint_id"] == doomed
+        ]
         assert sorted(r["status"] for r in rows) == ["canceled", "canceled", "failed"]
         (event,) = await fetch(
             dispatch_db,
@@ -300,6 +307,12 @@ async def test_an_endpoint_failing_longer_than_disable_after_seconds_is_disabled
             await until(
                 lambda: _endpoint_disabled(dispatch_db, endpoint_id), what="disabled", within=10
             )
+
+            async def swept() -> bool:  # the dispatcher's sweep cancels the rest, at once
+                rows = await deliveries(dispatch_db, wh_project.id)
+                return "pending" not in {r["status"] for r in rows}
+
+            await until(swept, what="pending deliveries canceled", within=10)
     ep = await endpoint(dispatch_db, endpoint_id)
     assert ep["disabled_reason"] == "failing"
     assert ep["failing_since"] is not None

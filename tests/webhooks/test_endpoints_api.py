@@ -19,6 +19,7 @@ from app.core.secrets import SecretBox, SecretUnreadable, parse_keys
 from app.core.settings import Settings, get_settings
 from app.db.models import WebhookEndpoint
 from app.db.session import Database
+from app.webhooks import dispatch_repository as dispatch_repo
 from app.webhooks import service as webhooks
 from tests.conftest import Project
 from tests.webhooks.endpoint_helpers import (
@@ -217,6 +218,12 @@ async def test_disabling_cancels_the_pending_deliveries(hooks: Project, db: Data
     assert r.status_code == 200, r.text
     assert r.json()["enabled"] is False
     assert r.json()["disabled_reason"] == "manual"
+    # PATCH only disables (a backlog of millions must not fit in its transaction): the
+    # dispatcher's sweep cancels the pending deliveries in bounded batches.
+    (delivery,) = await deliveries(db, test.json()["id"])
+    assert delivery["status"] == "pending"
+    async with db.transaction() as session:
+        assert await dispatch_repo.cancel_disabled(session, limit=1000) >= 1
     (delivery,) = await deliveries(db, test.json()["id"])
     assert delivery["status"] == "canceled"
     assert delivery["lease_token"] is None  # an attempt in flight no longer changes it

@@ -70,6 +70,15 @@ class WebhookDelivery(Timestamps, Base):
             postgresql_where=text("status = 'pending'"),
         ),
         Index("ix_webhook_deliveries_project_id_endpoint_id", "project_id", "endpoint_id"),
+        # The claim and the sweep of disabled endpoints: one endpoint's pending deliveries in
+        # due order (migration 0009).
+        Index(
+            "ix_webhook_deliveries_pending_endpoint",
+            "project_id",
+            "endpoint_id",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
     )
 
     id: Mapped[uuid.UUID]

@@ -562,8 +562,11 @@ class Dispatcher:
                 again = bool(claimed) and len(claimed) < free
             if again:
                 continue
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that arrives as the kick does, and the loop would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), self._settings.poll_interval_seconds)
+                async with asyncio.timeout(self._settings.poll_interval_seconds):
+                    await self._kick.wait()
 
     async def _record_loop(self) -> None:
         limit = max(self._settings.batch_size, self._settings.max_in_flight)

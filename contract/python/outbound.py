@@ -194,7 +194,7 @@ class Envelope(Protocol):
     @property
     def user_id(self) -> str | None: ...
     @property
-    def sequence(self) -> int: ...
+    def sequence(self) -> int | None: ...  # null only for events older than webhooks
     @property
     def data(self) -> Data: ...
     @property
@@ -350,7 +350,10 @@ def prove(
             model = check_request(request, endpoint.secret, event, exact_data[str(event.id)])
             expect(request.body == first.body, f"{event.type_}: the same bytes on every attempt")
         expect(model.user_id == user_id, f"{event.type_}: the flow's user")
-        sequences.append(model.sequence)
+        sequence = model.sequence
+        expect(sequence is not None, f"{event.type_}: a new event has a sequence")
+        assert sequence is not None
+        sequences.append(sequence)
     expect(sequences == sorted(set(sequences)), f"sequence orders the user's events {sequences}")
 
     # The first attempt of transaction.started was answered 500: retried, same id.

@@ -97,13 +97,17 @@ class KeyCacheListener:
             self.cache.clear()
             self.backend_pid = conn.get_server_pid()
             log.info("key_cache_listener_up", backend_pid=self.backend_pid)
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for swallows a cancellation
+            # that arrives as its awaitable completes, and stop() would then wait forever.
             while not lost.is_set():
-                await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=self.lease)
+                async with asyncio.timeout(self.lease):
+                    await conn.fetchval("SELECT 1")
                 # Notifications sent before this answer were handled before it (one socket).
                 self.cache.renew_lease(self.lease)
                 LISTENER_UP.set(1)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lost.wait(), timeout=self.ping_every)
+                    async with asyncio.timeout(self.ping_every):
+                        await lost.wait()
             raise ConnectionError("listener connection closed")
         finally:
             self.cache.drop_lease()

@@ -107,15 +107,31 @@ def retry_delay(
     return max(wait, 0.0)
 
 
+# The sender's words for an attempt without an answer, as the ``reason`` label (a fixed set).
+_NO_ANSWER = {
+    "dns_error": "dns",
+    "tls_error": "tls",
+    "protocol_error": "protocol",
+    "read_error": "read",
+    "write_error": "write",
+    "transport_error": "transport",
+    "secret_unreadable": "signing",  # never sent: the dispatcher could not sign it
+    "signing_failed": "signing",
+}
+
+
 def failure_reason(outcome: Outcome) -> str:
-    """The ``reason`` label of a failed attempt."""
-    if getattr(outcome, "refused", False):  # the hardened sender's field
+    """The ``reason`` label of a failed attempt: ``refused``, ``http_<status>``, ``timeout``,
+    ``dns``, ``tls``, ``protocol``, ``read``, ``write``, ``transport``, ``signing`` or
+    ``connect`` (anything else)."""
+    if outcome.refused:
         return "refused"
     if outcome.status_code is not None:
         return f"http_{outcome.status_code}"
-    if outcome.error in ("secret_unreadable", "signing_failed"):
-        return "signing"  # never sent
-    if outcome.error and "timeout" in outcome.error.lower():
+    error = (outcome.error or "").lower()
+    if error in _NO_ANSWER:
+        return _NO_ANSWER[error]
+    if "timeout" in error:
         return "timeout"
     return "connect"
 
@@ -389,7 +405,7 @@ class Dispatcher:
                     else:
                         status, label = "pending", "retry"
                         next_at = now + timedelta(seconds=delay)
-                    if getattr(o, "refused", False):
+                    if o.refused:
                         label = "refused"
                 plan.outcomes[label] += 1
                 plan.updates.append(
@@ -562,8 +578,8 @@ class Dispatcher:
                 again = bool(claimed) and len(claimed) < free
             if again:
                 continue
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
-            # that arrives as the kick does, and the loop would never stop.
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for swallows a cancellation
+            # that arrives just as the kick does, and the loop would outlive its stop.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._settings.poll_interval_seconds):
                     await self._kick.wait()
@@ -667,23 +683,37 @@ class Dispatcher:
 
     async def _stop(self, *loops: asyncio.Task[None]) -> None:
         claiming, fanning, recording = loops
-        # No new claims; attempts in flight get a moment to finish and be recorded, the rest
-        # are cut off (their leases run out and another dispatcher sends them again).
-        for t in (claiming, fanning):
-            t.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=SHUTDOWN_GRACE_SECONDS)
-        for t in list(self._tasks):
-            t.cancel()
-        recording.cancel()
-        await asyncio.gather(claiming, fanning, recording, *self._tasks, return_exceptions=True)
-        if self._own_sender:
-            await self._sender.aclose()
+        try:
+            # No new claims; attempts in flight get a moment to finish and be recorded, the
+            # rest are cut off (their leases run out and another dispatcher sends them again).
+            await cancel_and_wait([claiming, fanning])
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=SHUTDOWN_GRACE_SECONDS)
+            await cancel_and_wait([*self._tasks, recording])
+            if self._own_sender:
+                await self._sender.aclose()
+        finally:  # stopped again meanwhile: leave nothing running, at least
+            for t in (*loops, *self._tasks):
+                t.cancel()
 
     async def aclose(self) -> None:
         """Close the sender if this dispatcher made it (``run()`` does this on its way out)."""
         if self._own_sender:
             await self._sender.aclose()
+
+
+async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]], *, every: float = 1.0) -> None:
+    """Cancel the tasks and wait until all have ended, cancelling again every ``every`` seconds:
+    a library may swallow one cancellation (``asyncio.wait_for`` on Python 3.11 does, when its
+    awaitable completes at that moment), and a stop must not wait on it forever."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every)
+    for t in tasks:  # retrieve outcomes, so none is reported as never retrieved
+        if not t.cancelled():
+            t.exception()
 
 
 def _ms(began: float) -> int:

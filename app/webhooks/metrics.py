@@ -11,7 +11,8 @@ DELIVERIES = Counter(
 )
 FAILURES = Counter(
     "creditd_webhook_failures_total",
-    "Outbound webhook attempts that failed, by reason (http_<status>, timeout, connect, refused)",
+    "Outbound webhook attempts that failed, by reason (http_<status>, timeout, connect, refused,"
+    " dns, tls, protocol, read, write, transport, signing)",
     ["reason"],
 )
 LATENCY = Histogram(

@@ -53,6 +53,9 @@ def test_retry_after_does_not_extend_an_exhausted_schedule() -> None:
         (Outcome(False, None, 900, None, "timeout"), "timeout"),
         (Outcome(False, None, 3, None, "ConnectError"), "connect"),
         (Outcome(False, None, 0, None, "secret_unreadable"), "signing"),
+        (Outcome(False, None, 40, None, "dns_error"), "dns"),
+        (Outcome(False, None, 40, None, "tls_error"), "tls"),
+        (Outcome(False, None, 0, None, "refused: loopback address", refused=True), "refused"),
     ],
 )
 def test_a_failed_attempt_is_labelled_by_what_went_wrong(outcome: Outcome, reason: str) -> None:

@@ -14,6 +14,7 @@ from app import main
 from app.core.secrets import SecretBox
 from app.core.settings import Settings
 from app.db.session import Database
+from app.webhooks.dispatcher import cancel_and_wait
 from tests.conftest import Project
 from tests.fakes.webhook_receiver import webhook_receiver
 from tests.webhooks.dispatch_helpers import (  # noqa: F401 - fixtures
@@ -26,6 +27,7 @@ from tests.webhooks.dispatch_helpers import (  # noqa: F401 - fixtures
     dispatch_database_url,
     dispatch_db,
     dispatch_settings,
+    dispatcher,
     fast_webhooks,
     verified,
     wh_project,
@@ -63,3 +65,36 @@ async def test_serve_runs_the_dispatcher_only_when_dispatch_in_process_is_on(
     async with served.router.lifespan_context(served):
         await asyncio.sleep(0)
     assert asked == [in_process]
+
+
+async def test_a_claim_loop_cancelled_as_it_is_kicked_stops(dispatch_db: Database) -> None:
+    """On Python 3.11, ``asyncio.wait_for`` swallows a cancellation that arrives as its
+    awaitable completes; the idle wait of the claim loop must not lose its stop that way."""
+    d = dispatcher(dispatch_db, poll_interval_seconds=30)
+    loop = asyncio.create_task(d._claim_loop())
+    try:
+        await asyncio.sleep(0.5)  # it claimed nothing and waits to be kicked
+        assert not loop.done()
+        d._kick.set()
+        loop.cancel()  # in the same tick as the kick
+        await asyncio.wait({loop}, timeout=5)
+        assert loop.cancelled()
+    finally:
+        await cancel_and_wait([loop])
+
+
+async def test_cancel_and_wait_stops_a_task_that_swallows_one_cancellation() -> None:
+    swallowed = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            swallowed.set()  # as wait_for does on 3.11
+        await asyncio.sleep(60)
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await cancel_and_wait([task], every=0.05)
+    assert swallowed.is_set()
+    assert task.cancelled()

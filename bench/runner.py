@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
 
@@ -14,7 +15,6 @@ from bench.postgres import Postgres, open_postgres
 from bench.report import Benchmark, Run, console, markdown
 from bench.service import Service, run_service, setup, verify
 from bench.stats import PhaseResult
-from bench.webhooks import kept_section
 
 CREDITD_DB = "creditd_bench"
 PGBENCH_DB = "bench_pgbench"
@@ -74,6 +74,22 @@ def measure(opts: Options, pg: Postgres) -> Benchmark:
     return Benchmark(opts, runs, pg.version(), where, verified, verify_line)
 
 
+def other_sections(path: Path, report: str) -> str:
+    """The sections of the existing report that other benchmarks wrote (`make bench-prune`,
+    `make bench-webhooks`): every `## ` section whose heading this report does not have."""
+    if not path.exists():
+        return ""
+    own = {line for line in report.splitlines() if line.startswith("## ")}
+    kept: list[str] = []
+    keeping = False
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            keeping = line not in own
+        if keeping:
+            kept.append(line)
+    return "\n" + "\n".join(kept) + "\n" if kept else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the summary, write the Markdown report."""
     opts = parse_options(argv)
@@ -81,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     with open_postgres(opts.data_dir) as pg:
         bench = measure(opts, pg)
     print(console(bench))
-    kept = kept_section(opts.output)  # `make bench-webhooks` writes a section of its own
-    opts.output.write_text(markdown(bench) + kept)
+    report = markdown(bench)
+    opts.output.write_text(report + other_sections(opts.output, report))
     log(f"wrote {opts.output}")
     return 0 if bench.verified else 1

@@ -332,9 +332,12 @@ def markdown(args: argparse.Namespace, results: list[Result]) -> str:
         "- The machine is shared and noisy (other tenants' work shows up as CPU we do not"
         " use): compare runs of one table, not across days.",
         "",
-        "- `http`: the real `Sender` (httpx) posting to the receiver. `none`: a sender that"
-        " answers every attempt at once without a request, i.e. what the dispatcher itself"
-        " (fan-out, claims, attempt rows) can move through PostgreSQL.",
+        "- `http`: the real `Sender` (httpx on the SSRF-guarded transport) posting to the"
+        " receiver. `none`: a sender that answers every attempt at once without a request, i.e."
+        " what the dispatcher itself (fan-out, claims, attempt rows) moves through PostgreSQL.",
+        "- Reading: `http` is bound by the CPU of the HTTP client in the dispatcher process"
+        " (`none` is several times faster on the same database); a second dispatcher adds"
+        " throughput only where there are cores to spare besides PostgreSQL and the receiver.",
         "",
         "| transport | dispatchers | deliveries/s (median) | runs | requests - deliveries |",
         "|---|---|---:|---|---:|",
@@ -346,17 +349,6 @@ def markdown(args: argparse.Namespace, results: list[Result]) -> str:
         median = statistics.median(r.rate for r in rows)
         lines.append(f"| {transport} | {count} | **{median:.0f}** | {rates} | {extra} |")
     return "\n".join([*lines, "", END])
-
-
-def kept_section(path: Path) -> str:
-    """This benchmark's section of an existing report, for `make bench` to keep when it
-    rewrites the rest ("" when there is none)."""
-    text = path.read_text() if path.exists() else ""
-    start = text.find(SECTION)
-    if start < 0:
-        return ""
-    stop = text.find(END, start)
-    return "\n" + text[start : len(text) if stop < 0 else stop + len(END)] + "\n"
 
 
 def write_section(path: Path, section: str) -> None:

@@ -400,6 +400,13 @@ class WebhookEndpointDisabledData(EventData):
         description="`gone` (it answered 410) or `failing` (every attempt failed for "
         "`CREDITD_WEBHOOKS__DISABLE_AFTER_SECONDS`)"
     )
+    failing_since: datetime | None = Field(
+        description="Since when every attempt to it failed (null when it answered 410 after a"
+        " success)"
+    )
+    last_status_code: int | None = Field(
+        description="The status of the last attempt (null when it got no HTTP response)"
+    )
 
 
 # --- the catalogue -----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from app.core.clock import utcnow
 from app.core.secrets import SecretBox, parse_keys
 from app.db.session import Database, driver
+from app.events import catalogue
 from app.webhooks import dispatch_repository as repo
 from app.webhooks import signing
 from tests.conftest import Project
@@ -185,6 +186,10 @@ async def test_410_disables_the_endpoint_cancels_its_deliveries_and_records_an_e
         data = exact(event["data_text"])
         assert (data["endpoint_id"], data["url"], data["reason"]) == (str(doomed), gone.url, "gone")
         assert data["last_status_code"] == 410
+        # Exactly the catalogue's schema: no key it does not describe, none missing.
+        catalogue.data_model("webhook_endpoint.disabled").model_validate_json(
+            event["data_text"], strict=True, extra="forbid"
+        )
         # The event goes out like any other: to the endpoint that subscribed to it.
         await fanned_out(d, dispatch_db, wh_project.id, 4)
         assert await d.dispatch_once() == 1
@@ -326,7 +331,8 @@ async def test_an_endpoint_failing_longer_than_disable_after_seconds_is_disabled
     assert ep["updated_at"] - ep["failing_since"] > timedelta(seconds=0.6)
     (event,) = await fetch(
         dispatch_db,
-        "SELECT user_id, data->>'reason' AS reason, data->>'endpoint_id' AS endpoint_id"
+        "SELECT user_id, data->>'reason' AS reason, data->>'endpoint_id' AS endpoint_id,"
+        " data::text AS data_text"
         " FROM events WHERE project_id = $1 AND type = 'webhook_endpoint.disabled'",
         uuid.UUID(wh_project.id),
     )
@@ -335,6 +341,10 @@ async def test_an_endpoint_failing_longer_than_disable_after_seconds_is_disabled
         "failing",
         str(endpoint_id),
     )
+    data = catalogue.data_model("webhook_endpoint.disabled").model_validate_json(
+        event["data_text"], strict=True, extra="forbid"
+    )
+    assert data.failing_since == ep["failing_since"]  # type: ignore[attr-defined]
 
 
 async def _endpoint_disabled(db: Database, endpoint_id: uuid.UUID) -> bool:

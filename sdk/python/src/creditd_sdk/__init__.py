@@ -3,6 +3,8 @@
 ``Creditd`` (sync) and ``AsyncCreditd`` (async) cover the whole HTTP API with typed models;
 amounts are exact ``Decimal`` both ways. ``capture_usage`` meters a model call; completions that
 cannot be delivered wait in a durable spool and are replayed until they land.
+``CreditdMiddleware`` (ASGI) and ``@metered`` run a whole request or call in a usage transaction;
+the code inside reports its usage with ``add_usage``/``add_llm_usage``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,15 @@ from creditd_sdk._async_client import AsyncCreditd, AsyncUsageCapture
 from creditd_sdk._compat import current
 from creditd_sdk._sync_client import Creditd, UsageCapture
 from creditd_sdk._version import __version__
+from creditd_sdk.asgi import CreditdMiddleware
+from creditd_sdk.capture import (
+    NoActiveCapture,
+    RequestCapture,
+    add_llm_usage,
+    add_usage,
+    current_transaction,
+    metered,
+)
 from creditd_sdk.errors import (
     APIConnectionError,
     APIStatusError,
@@ -70,6 +81,7 @@ __all__ = [
     "Conflict",
     "Creditd",
     "CreditdError",
+    "CreditdMiddleware",
     "CreditsNotAdmitted",
     "FileSpool",
     "FlushResult",
@@ -78,6 +90,7 @@ __all__ = [
     "IdempotencyKeyReused",
     "InsufficientCredits",
     "MemorySpool",
+    "NoActiveCapture",
     "NotAdmitted",
     "NotFound",
     "OverRefund",
@@ -86,6 +99,7 @@ __all__ = [
     "PromoIneligible",
     "ProviderNotConfigured",
     "RateLimited",
+    "RequestCapture",
     "ServerError",
     "ServiceUnavailable",
     "SpendCapReached",
@@ -104,6 +118,10 @@ __all__ = [
     "UserNotFound",
     "ValidationError",
     "__version__",
+    "add_llm_usage",
+    "add_usage",
     "current_capture",
+    "current_transaction",
     "errors",
+    "metered",
 ]

@@ -313,6 +313,40 @@ async def test_skipped_and_unmatched_paths_are_untouched(
     assert priced.transactions.list().data == []
 
 
+async def test_a_resolver_names_the_user_and_unreported_usage_may_charge_the_hold(
+    priced: Creditd, aclient: AsyncCreditd
+) -> None:
+    _funded(priced, "alice", 10)
+
+    async def resolve_user(scope: Any) -> str | None:
+        for name, value in scope["headers"]:
+            if name == b"authorization" and value.startswith(b"Bearer user:"):
+                return str(value.removeprefix(b"Bearer user:").decode())
+        return None
+
+    options: Any = {
+        "resolve_user": resolve_user,
+        "unreported_usage": "provisional",
+        "metadata": lambda scope: {"path": scope["path"]},
+        "match": lambda scope: scope["method"] == "GET",
+    }
+    calls: list[str] = []
+    async with _served(aclient, calls, **options) as (http, done):
+        auth = {"Authorization": "Bearer user:alice"}
+        assert (await http.get("/api/plain", headers=auth)).status_code == 200
+        capture = await done.next()
+        assert (await http.get("/api/plain", headers=U)).status_code == 401  # header not used
+        # POSTs do not match the predicate: served without a transaction.
+        unmatched = await http.post("/api/chat", json={}, headers=auth)
+    assert unmatched.status_code == 500  # the handler insists on a transaction
+    assert capture.user_id == "alice"
+    assert capture.result is not None
+    assert capture.result.credits_used == Decimal(3)  # the provisional tokens
+    txn = priced.transactions.get(capture.transaction_id or "")
+    assert txn.metadata == {"path": "/api/plain"}
+    assert calls == ["plain", "chat"]
+
+
 async def test_a_streamed_response_is_completed_after_its_last_chunk(
     priced: Creditd, aclient: AsyncCreditd
 ) -> None:

@@ -42,6 +42,30 @@ def add_usage(
     return Write(_ADD_USAGE, (project_id, at, user_id, model, feature or "", credits, transactions))
 
 
+_ADD_TEAM_USAGE = """
+    INSERT INTO usage_team_daily AS u (project_id, team_id, user_id, day, credits, transactions)
+    VALUES ($1, $3, $4, (coalesce($2::timestamptz, now()) AT TIME ZONE 'UTC')::date, $5, $6)
+    ON CONFLICT (project_id, team_id, user_id, day) DO UPDATE
+    SET credits = u.credits + EXCLUDED.credits,
+        transactions = u.transactions + EXCLUDED.transactions
+"""
+
+
+def add_team_usage(
+    *,
+    project_id: uuid.UUID,
+    at: datetime | None,
+    team_id: str,
+    user_id: str,
+    credits: Decimal,
+    transactions: int = 1,
+) -> Write:
+    """Count a charge to a team's account by member ``user_id`` in its UTC day (``at``; None:
+    the database transaction's time). Team rows have no closed-day tables: any day may be
+    written (refunds write the day of their charge)."""
+    return Write(_ADD_TEAM_USAGE, (project_id, at, team_id, user_id, credits, transactions))
+
+
 # Refunds to a past day and the closer exclude each other with this transaction-scoped
 # advisory lock (two int4 keys: apart from the one-bigint keys idempotency uses). Refunds
 # share it; the closer takes it exclusively, and skips a run rather than wait for it.

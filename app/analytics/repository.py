@@ -12,6 +12,7 @@ from sqlalchemy import CompoundSelect, Row, Select, func, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analytics.schemas import GroupBy
+from app.db.models.team import UsageTeamDaily
 from app.db.models.usage_daily import UsageDaily, UsageModelDay, UsageUserDay, UsageUserWeek
 from app.db.scoping import scoped_columns
 from app.db.session import driver
@@ -386,6 +387,33 @@ async def spend(
     stmt = spend_query(
         project_id, group_by=group_by, start=start, end=end, limit=limit, closed=closed
     )
+    return list((await session.execute(stmt)).all())
+
+
+async def team_spend(
+    session: AsyncSession,
+    project_id: uuid.UUID,
+    *,
+    per_member: bool,
+    start: date,
+    end: date,
+    limit: int,
+    team_id: str | None,
+) -> list[Row[Any]]:
+    """Credits charged to team accounts in days [start, end) per team (or per member), top
+    ``limit`` by credits: ``usage_team_daily`` is small (team charges only), read directly."""
+    t = UsageTeamDaily
+    key = (t.user_id if per_member else t.team_id).label("key")
+    credits = func.sum(t.credits).label("credits")
+    stmt = (
+        scoped_columns(t, project_id, key, credits, func.sum(t.transactions).label("transactions"))
+        .where(t.day >= start, t.day < end)
+        .group_by(key)
+        .order_by(credits.desc(), key.asc())
+        .limit(limit)
+    )
+    if team_id is not None:
+        stmt = stmt.where(t.team_id == team_id)
     return list((await session.execute(stmt)).all())
 
 

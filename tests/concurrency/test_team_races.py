@@ -98,9 +98,9 @@ async def test_a_member_cap_is_never_exceeded_by_forty_parallel_starts(
     assert {r["reason"] for r in capped if not r["continue"]} == {"spend_cap_reached"}
     assert all(r["continue"] for r in free)
     # Completing charges count against the cap too: one more start is still refused.
-    for r in admitted:
+    for held in admitted:
         done = await p.post(
-            f"/v1/transactions/{r['transaction_id']}/complete",
+            f"/v1/transactions/{held['transaction_id']}/complete",
             {"success": True, "finalized_tokens": TEN_CREDITS},
         )
         assert done.status_code == 200, done.text

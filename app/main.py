@@ -54,6 +54,7 @@ from app.promos.router import router as promos_router
 from app.providers.router import router as providers_router
 from app.routing import TRANSIENT_ERRORS
 from app.spend_caps.router import router as spend_caps_router
+from app.teams.router import router as teams_router
 from app.tiers.router import router as tiers_router
 from app.transactions.router import router as transactions_router
 from app.users.router import router as users_router
@@ -226,6 +227,7 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         transactions_router,
         users_router,
         credits_router,
+        teams_router,
         models_router,
         tiers_router,
         plans_router,

@@ -12,6 +12,7 @@ from sqlalchemy import CompoundSelect, Row, Select, func, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analytics.schemas import GroupBy
+from app.db.models.team import UsageTeamDaily
 from app.db.models.usage_daily import UsageDaily, UsageModelDay, UsageUserDay, UsageUserWeek
 from app.db.scoping import scoped_columns
 from app.db.session import driver
@@ -40,6 +41,30 @@ def add_usage(
     ``completed_at`` also takes); carried in the statement that makes the charge. Only for
     today's usage: a day the rollup may have closed needs ``add_past_usage``."""
     return Write(_ADD_USAGE, (project_id, at, user_id, model, feature or "", credits, transactions))
+
+
+_ADD_TEAM_USAGE = """
+    INSERT INTO usage_team_daily AS u (project_id, team_id, user_id, day, credits, transactions)
+    VALUES ($1, $3, $4, (coalesce($2::timestamptz, now()) AT TIME ZONE 'UTC')::date, $5, $6)
+    ON CONFLICT (project_id, team_id, user_id, day) DO UPDATE
+    SET credits = u.credits + EXCLUDED.credits,
+        transactions = u.transactions + EXCLUDED.transactions
+"""
+
+
+def add_team_usage(
+    *,
+    project_id: uuid.UUID,
+    at: datetime | None,
+    team_id: str,
+    user_id: str,
+    credits: Decimal,
+    transactions: int = 1,
+) -> Write:
+    """Count a charge to a team's account by member ``user_id`` in its UTC day (``at``; None:
+    the database transaction's time). Team rows have no closed-day tables: any day may be
+    written (refunds write the day of their charge)."""
+    return Write(_ADD_TEAM_USAGE, (project_id, at, team_id, user_id, credits, transactions))
 
 
 # Refunds to a past day and the closer exclude each other with this transaction-scoped
@@ -362,6 +387,33 @@ async def spend(
     stmt = spend_query(
         project_id, group_by=group_by, start=start, end=end, limit=limit, closed=closed
     )
+    return list((await session.execute(stmt)).all())
+
+
+async def team_spend(
+    session: AsyncSession,
+    project_id: uuid.UUID,
+    *,
+    per_member: bool,
+    start: date,
+    end: date,
+    limit: int,
+    team_id: str | None,
+) -> list[Row[Any]]:
+    """Credits charged to team accounts in days [start, end) per team (or per member), top
+    ``limit`` by credits: ``usage_team_daily`` is small (team charges only), read directly."""
+    t = UsageTeamDaily
+    key = (t.user_id if per_member else t.team_id).label("key")
+    credits = func.sum(t.credits).label("credits")
+    stmt = (
+        scoped_columns(t, project_id, key, credits, func.sum(t.transactions).label("transactions"))
+        .where(t.day >= start, t.day < end)
+        .group_by(key)
+        .order_by(credits.desc(), key.asc())
+        .limit(limit)
+    )
+    if team_id is not None:
+        stmt = stmt.where(t.team_id == team_id)
     return list((await session.execute(stmt)).all())
 
 

@@ -37,7 +37,9 @@ End = Annotated[AwareDatetime | None, Query(description="RFC 3339 timestamp; def
     " refunds). Groups are ordered by credits, highest first (ties by key), and the top"
     " `limit` are returned; `group_by=day` returns days in ascending order, the first `limit`"
     " of them. Only groups with usage appear. The `feature` key is null for usage recorded"
-    " without a `feature_identifier`; a `day` key is a UTC date (YYYY-MM-DD)." + _WINDOW,
+    " without a `feature_identifier`; a `day` key is a UTC date (YYYY-MM-DD). `team` and"
+    " `member` count only charges to team accounts (`member`: per member's user id, across"
+    " teams unless `team_id` narrows it); `user` counts a user's charges to any account." + _WINDOW,
     response_model=SpendOut,
     responses=problem_responses(WindowOutOfOrder, WindowTooLong),
 )
@@ -48,9 +50,19 @@ async def spend(
     start: Start = None,
     end: End = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Groups to return (1-1000)")] = 20,
+    team_id: Annotated[
+        str | None,
+        Query(max_length=255, description="Only this team's charges (group_by=team|member)"),
+    ] = None,
 ) -> SpendOut:
     return await service.spend(
-        session, principal, group_by=group_by, start=start, end=end, limit=limit
+        session,
+        principal,
+        group_by=group_by,
+        start=start,
+        end=end,
+        limit=limit,
+        team_id=team_id,
     )
 
 

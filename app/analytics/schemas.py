@@ -7,13 +7,14 @@ from pydantic import BaseModel, Field
 
 from app.core.money import Money
 
-GroupBy = Literal["user", "model", "feature", "day"]
+GroupBy = Literal["user", "model", "feature", "day", "team", "member"]
+TEAM_GROUPS = ("team", "member")
 
 
 class SpendRow(BaseModel):
     key: str | None = Field(
-        description="The user id, model, feature (null: usage without a feature) or UTC day "
-        "(YYYY-MM-DD) of this group"
+        description="The user id, model, feature (null: usage without a feature), UTC day "
+        "(YYYY-MM-DD), team id or member's user id of this group"
     )
     credits: Money = Field(description="Credits charged, net of refunds")
     transactions: int = Field(description="Successful charges")

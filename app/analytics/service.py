@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.analytics import repository as repo
 from app.analytics.exceptions import WindowOutOfOrder, WindowTooLong
 from app.analytics.schemas import (
+    TEAM_GROUPS,
     GroupBy,
     LiabilityOut,
     PaidLiability,
@@ -86,16 +87,28 @@ async def spend(
     start: datetime | None,
     end: datetime | None,
     limit: int,
+    team_id: str | None = None,
 ) -> SpendOut:
     window = resolve_window(start, end, now=utcnow())
-    rows = await repo.spend(
-        session,
-        principal.project_id,
-        group_by=group_by,
-        start=window.start,
-        end=window.end,
-        limit=limit,
-    )
+    if group_by in TEAM_GROUPS:
+        rows = await repo.team_spend(
+            session,
+            principal.project_id,
+            per_member=group_by == "member",
+            start=window.start,
+            end=window.end,
+            limit=limit,
+            team_id=team_id,
+        )
+    else:
+        rows = await repo.spend(
+            session,
+            principal.project_id,
+            group_by=group_by,
+            start=window.start,
+            end=window.end,
+            limit=limit,
+        )
     return SpendOut(
         group_by=group_by,
         start=window.start_at,

@@ -27,7 +27,9 @@ class LockedAccount:
 
     id: uuid.UUID
     project_id: uuid.UUID
-    user_id: str
+    # The user whose account this is; on a team's account the member charging it (recorded on
+    # its ledger entries), None for team-level changes (grants, debits, expiry).
+    user_id: str | None
     total: Decimal
     held: Decimal
     debt: Decimal
@@ -35,6 +37,12 @@ class LockedAccount:
     # cached settings): the balance events are then decided in Python and cost nothing without
     # a crossing. None (workers): a change that may cross one carries the SQL deciding it.
     thresholds: Sequence[Decimal] | None = None
+    team_id: str | None = None  # set when the account is a team's
+
+    @property
+    def owner(self) -> dict[str, str]:
+        """``{"team_id": ...}`` for a team's account (merged into its events' data), else {}."""
+        return {} if self.team_id is None else {"team_id": self.team_id}
 
     @property
     def available(self) -> Decimal:
@@ -51,6 +59,12 @@ _LOCK_FOR_USER = """
     SELECT a.id, a.total, a.held, a.debt
     FROM users u JOIN accounts a ON a.id = u.account_id
     WHERE u.project_id = $1 AND u.id = $2 AND u.deleted_at IS NULL AND a.closed_at IS NULL
+    FOR UPDATE OF a
+"""
+_LOCK_FOR_TEAM = """
+    SELECT a.id, a.total, a.held, a.debt
+    FROM teams t JOIN accounts a ON a.id = t.account_id
+    WHERE t.project_id = $1 AND t.id = $2 AND t.deleted_at IS NULL AND a.closed_at IS NULL
     FOR UPDATE OF a
 """
 _BALANCE = """
@@ -84,8 +98,9 @@ _CHANGE = """
         RETURNING debt
     )
     INSERT INTO ledger_entries (project_id, account_id, user_id, kind, amount, held_amount,
-                                total_after, held_after, transaction_id, grant_id, reason)
-    VALUES ($2, $1, $5, $6, $7, $8, $3, $4, $9, $10, $11)
+                                total_after, held_after, transaction_id, grant_id, reason,
+                                team_id)
+    VALUES ($2, $1, $5, $6, $7, $8, $3, $4, $9, $10, $11, $14)
     RETURNING id, (SELECT debt FROM acc) AS debt
 """
 
@@ -97,6 +112,17 @@ async def lock_for_user(
     if row is None:
         return None
     return LockedAccount(row["id"], project_id, user_id, row["total"], row["held"], row["debt"])
+
+
+async def lock_for_team(
+    session: AsyncSession, project_id: uuid.UUID, team_id: str
+) -> LockedAccount | None:
+    row = await driver(session).fetchrow(_LOCK_FOR_TEAM, project_id, team_id)
+    if row is None:
+        return None
+    return LockedAccount(
+        row["id"], project_id, None, row["total"], row["held"], row["debt"], team_id=team_id
+    )
 
 
 _TRY_LOCK_BY_ID = """
@@ -118,13 +144,25 @@ _TAKE_FROM_GRANT = """
 
 
 async def try_lock_by_id(
-    session: AsyncSession, project_id: uuid.UUID, account_id: uuid.UUID, user_id: str
+    session: AsyncSession,
+    project_id: uuid.UUID,
+    account_id: uuid.UUID,
+    user_id: str | None,
+    team_id: str | None = None,
 ) -> LockedAccount | None:
     """Lock the account unless another transaction holds it (workers retry later)."""
     row = await driver(session).fetchrow(_TRY_LOCK_BY_ID, account_id, project_id)
     if row is None:
         return None
-    return LockedAccount(account_id, project_id, user_id, row["total"], row["held"], row["debt"])
+    return LockedAccount(
+        account_id,
+        project_id,
+        user_id,
+        row["total"],
+        row["held"],
+        row["debt"],
+        team_id=team_id,
+    )
 
 
 async def live_grants(session: AsyncSession, account_id: uuid.UUID, source: str) -> list[Any]:
@@ -140,6 +178,8 @@ _LOW_BALANCE = """
     SELECT $1, $2, 'balance.low', $3,
            jsonb_build_object('thresholds', jsonb_agg(t.v ORDER BY t.v DESC),
                               'previous_balance', $4::numeric, 'balance', $5::numeric)
+           || CASE WHEN $6::text IS NULL THEN '{}'::jsonb
+                   ELSE jsonb_build_object('team_id', $6::text) END
     FROM projects p, jsonb_array_elements_text(p.settings -> 'low_balance_thresholds') AS x(v),
          LATERAL (SELECT x.v::numeric AS v) AS t
     WHERE p.id = $2 AND $4::numeric >= t.v AND $5::numeric < t.v
@@ -154,6 +194,8 @@ _RECOVERED = """
     SELECT $1, $2, 'balance.recovered', $3,
            jsonb_build_object('thresholds', coalesce(jsonb_agg(t.v ORDER BY t.v DESC), '[]'),
                               'previous_balance', $4::numeric, 'balance', $5::numeric)
+           || CASE WHEN $6::text IS NULL THEN '{}'::jsonb
+                   ELSE jsonb_build_object('team_id', $6::text) END
     FROM (SELECT x.v::numeric AS v
           FROM projects p, jsonb_array_elements_text(p.settings -> 'low_balance_thresholds') AS x(v)
           WHERE p.id = $2) AS t
@@ -165,21 +207,24 @@ _RECOVERED = """
 def low_balance(account: LockedAccount, previous: Decimal) -> Write:
     """Carried by a change that lowers ``available``: emits balance.low on a crossing of one
     of the project's thresholds (read in the statement)."""
-    return Write(
-        _LOW_BALANCE, (uuid7(), account.project_id, account.user_id, previous, account.available)
-    )
+    return Write(_LOW_BALANCE, _balance_args(account, previous))
 
 
 def recovered(account: LockedAccount, previous: Decimal) -> Write:
     """Carried by a change that raises ``available``: emits balance.recovered on an upward
     crossing of one of the project's thresholds (read in the statement) or of zero."""
-    return Write(
-        _RECOVERED, (uuid7(), account.project_id, account.user_id, previous, account.available)
-    )
+    return Write(_RECOVERED, _balance_args(account, previous))
+
+
+def _balance_args(account: LockedAccount, previous: Decimal) -> tuple[Any, ...]:
+    # A team's balance events are the team's, not the member's whose charge crossed a line.
+    user_id = None if account.team_id is not None else account.user_id
+    return (uuid7(), account.project_id, user_id, previous, account.available, account.team_id)
 
 
 _DUE_ACCOUNTS = """
-    SELECT DISTINCT g.project_id, g.account_id, g.user_id
+    SELECT DISTINCT g.project_id, g.account_id,
+           CASE WHEN g.team_id IS NULL THEN g.user_id END AS user_id, g.team_id
     FROM grants g JOIN accounts a ON a.id = g.account_id
     WHERE g.expires_at <= $1 AND g.expired_at IS NULL AND a.closed_at IS NULL
     LIMIT $2
@@ -195,7 +240,7 @@ _EXPIRING_SOON = """
                  WHERE expires_at <= $1 AND expired_at IS NULL AND expiry_notified_at IS NULL
                    AND remaining > 0
                  ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-    RETURNING id, project_id, user_id, remaining, expires_at
+    RETURNING id, project_id, user_id, team_id, remaining, expires_at
 """
 
 
@@ -289,6 +334,35 @@ async def insert_user(
     return True
 
 
+async def insert_team(
+    session: AsyncSession,
+    *,
+    project_id: uuid.UUID,
+    team_id: str,
+    account_id: uuid.UUID,
+    name: str | None,
+    metadata: dict[str, Any],
+) -> bool:
+    """Insert a team and its account; False if the id exists (even concurrently inserted)."""
+    conn = driver(session)
+    await conn.execute(
+        "INSERT INTO accounts (id, project_id) VALUES ($1, $2)", account_id, project_id
+    )
+    inserted = await conn.fetchval(
+        "INSERT INTO teams (project_id, id, account_id, name, metadata) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1",
+        project_id,
+        team_id,
+        account_id,
+        name,
+        render_json(metadata).decode(),
+    )
+    if inserted is None:
+        await conn.execute("DELETE FROM accounts WHERE id = $1", account_id)
+        return False
+    return True
+
+
 async def change(
     session: AsyncSession,
     account: LockedAccount,
@@ -319,6 +393,7 @@ async def change(
         reason,
         burn,
         debt_delta,
+        account.team_id,
     )
     sql, params = writes.compose(_CHANGE, args, carry)
     row = await driver(session).fetchrow(sql, *params)
@@ -348,6 +423,7 @@ async def insert_grant(
             project_id=account.project_id,
             account_id=account.id,
             user_id=account.user_id,
+            team_id=account.team_id,
             amount=amount,
             remaining=remaining,
             source=source,
@@ -372,7 +448,8 @@ async def list_grants(
     limit: int,
     after: uuid.UUID | None,
 ) -> list[Grant]:
-    stmt = scoped_select(Grant, project_id).where(Grant.user_id == user_id)
+    # A user's own grants: refunds of their team charges (which name them) are the team's.
+    stmt = scoped_select(Grant, project_id).where(Grant.user_id == user_id, Grant.team_id.is_(None))
     if after is not None:
         stmt = stmt.where(Grant.id > after)
     stmt = stmt.order_by(Grant.id).limit(limit + 1)
@@ -382,7 +459,35 @@ async def list_grants(
 async def list_ledger(
     session: AsyncSession, project_id: uuid.UUID, user_id: str, *, limit: int, after: int | None
 ) -> list[LedgerEntry]:
-    stmt = scoped_select(LedgerEntry, project_id).where(LedgerEntry.user_id == user_id)
+    # The user's own account only: entries of team accounts name the member who charged them.
+    stmt = scoped_select(LedgerEntry, project_id).where(
+        LedgerEntry.user_id == user_id, LedgerEntry.team_id.is_(None)
+    )
+    if after is not None:
+        stmt = stmt.where(LedgerEntry.id > after)
+    stmt = stmt.order_by(LedgerEntry.id).limit(limit + 1)
+    return list((await session.execute(stmt)).scalars())
+
+
+async def list_team_grants(
+    session: AsyncSession,
+    project_id: uuid.UUID,
+    team_id: str,
+    *,
+    limit: int,
+    after: uuid.UUID | None,
+) -> list[Grant]:
+    stmt = scoped_select(Grant, project_id).where(Grant.team_id == team_id)
+    if after is not None:
+        stmt = stmt.where(Grant.id > after)
+    stmt = stmt.order_by(Grant.id).limit(limit + 1)
+    return list((await session.execute(stmt)).scalars())
+
+
+async def list_team_ledger(
+    session: AsyncSession, project_id: uuid.UUID, team_id: str, *, limit: int, after: int | None
+) -> list[LedgerEntry]:
+    stmt = scoped_select(LedgerEntry, project_id).where(LedgerEntry.team_id == team_id)
     if after is not None:
         stmt = stmt.where(LedgerEntry.id > after)
     stmt = stmt.order_by(LedgerEntry.id).limit(limit + 1)

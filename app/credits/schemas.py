@@ -102,6 +102,11 @@ class LedgerEntryOut(BaseModel):
 
     id: int
     kind: str
+    user_id: str | None = Field(
+        default=None,
+        description="The user whose account changed; on a team's ledger the member whose "
+        "usage it was (null: a team-level change such as a grant, debit or expiry)",
+    )
     amount: Money = Field(description="Change of the user's total")
     held_amount: Money = Field(description="Change of the user's held credits")
     balance_after: Money = Field(description="The user's available balance after this entry")

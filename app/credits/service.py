@@ -42,6 +42,38 @@ async def lock_for_user(
         return await repo.lock_for_user(session, project_id, user_id)
 
 
+def team_gate_key(team_id: str) -> str:
+    """The account gate's key for a team's account (a space never occurs in user ids)."""
+    return f"team {team_id}"
+
+
+async def lock_for_team(
+    session: AsyncSession, project_id: uuid.UUID, team_id: str
+) -> LockedAccount | None:
+    """Lock the (live) team's account for a team-level change: no member recorded."""
+    with gate.waiting(session, project_id, team_gate_key(team_id)):
+        return await repo.lock_for_team(session, project_id, team_id)
+
+
+async def create_account_for_team(
+    session: AsyncSession,
+    *,
+    project_id: uuid.UUID,
+    team_id: str,
+    name: str | None,
+    metadata: dict[str, Any],
+) -> bool:
+    """Create a team with an empty account; False if the team id was ever used."""
+    return await repo.insert_team(
+        session,
+        project_id=project_id,
+        team_id=team_id,
+        account_id=uuid7(),
+        name=name,
+        metadata=metadata,
+    )
+
+
 async def create_account_for_user(
     session: AsyncSession,
     *,
@@ -135,8 +167,10 @@ def _balance_event(
     data: dict[str, Any] = {"previous_balance": previous, "balance": account.available}
     if crossed is not None:
         data["thresholds"] = sorted(crossed, reverse=True)
+    # A team's balance events are the team's (data.team_id), not the charging member's.
+    user_id = None if account.team_id is not None else account.user_id
     return events.outbox(
-        project_id=account.project_id, type=type, user_id=account.user_id, data=data
+        project_id=account.project_id, type=type, user_id=user_id, data={**data, **account.owner}
     )
 
 
@@ -370,7 +404,7 @@ async def _grant_state(
 @dataclass(frozen=True)
 class Expired:
     project_id: uuid.UUID
-    user_id: str
+    user_id: str | None
     grant_id: uuid.UUID
     amount: Decimal
     expires_at: datetime
@@ -389,7 +423,7 @@ async def expire_due(
     expired: list[Expired] = []
     for row in await repo.accounts_with_due_grants(session, now, limit):
         account = await repo.try_lock_by_id(
-            session, row["project_id"], row["account_id"], row["user_id"]
+            session, row["project_id"], row["account_id"], row["user_id"], row["team_id"]
         )
         if account is None:
             continue
@@ -421,6 +455,7 @@ async def expire_due(
                             "amount": item.amount,
                             "expires_at": item.expires_at,
                             "balance": account.available - item.amount,
+                            **account.owner,
                         },
                     )
                 ],
@@ -436,9 +471,10 @@ async def announce_expiring(session: AsyncSession, *, now: datetime, days: int, 
             session,
             project_id=row["project_id"],
             type="credits.expiring",
-            user_id=row["user_id"],
+            user_id=row["user_id"] if row["team_id"] is None else None,
             data={"grant_id": row["id"], "remaining": row["remaining"],
-                  "expires_at": row["expires_at"]},
+                  "expires_at": row["expires_at"],
+                  **({} if row["team_id"] is None else {"team_id": row["team_id"]})},
         )  # fmt: skip
     return len(rows)
 
@@ -453,3 +489,5 @@ try_lock_by_id = repo.try_lock_by_id
 live_grants = repo.live_grants
 list_grants = repo.list_grants
 list_ledger = repo.list_ledger
+list_team_grants = repo.list_team_grants
+list_team_ledger = repo.list_team_ledger

@@ -49,10 +49,24 @@ class EventData(BaseModel):
     """The ``data`` of an event. Later versions may add keys: ignore those you do not know."""
 
 
+TeamKey = Annotated[
+    str | None,
+    Field(
+        default=None,
+        description="Present when the account is a team's (`/v1/teams/{id}`): the balance is "
+        "the team's and the event's user_id is the member (null for team-level changes)",
+    ),
+]
+
+
+class _TeamAccount(EventData):
+    team_id: TeamKey
+
+
 # --- transactions ------------------------------------------------------------------------------
 
 
-class _StartData(EventData):
+class _StartData(_TeamAccount):
     """The response of the start, and the model."""
 
     transaction_id: TransactionId
@@ -77,7 +91,7 @@ class TransactionDeniedData(_StartData):
     reason: DenyReason = Field(description="Why the start was refused")
 
 
-class _SettledData(EventData):
+class _SettledData(_TeamAccount):
     """The response of the completion, the model and the hold."""
 
     transaction_id: TransactionId
@@ -100,14 +114,14 @@ class TransactionFailedData(_SettledData):
     status: Literal["failed"]
 
 
-class TransactionExpiredData(EventData):
+class TransactionExpiredData(_TeamAccount):
     transaction_id: TransactionId
     model: ModelName
     hold_amount: Money = Field(description="The credits held, now released")
     balance: Balance
 
 
-class TransactionRefundedData(EventData):
+class TransactionRefundedData(_TeamAccount):
     refund_id: uuid.UUID = Field(description="This refund")
     transaction_id: TransactionId
     amount: Money = Field(description="Credits given back by this refund")
@@ -131,7 +145,7 @@ class SpendCapExceededData(EventData):
 # --- credits -----------------------------------------------------------------------------------
 
 
-class CreditsGrantedData(EventData):
+class CreditsGrantedData(_TeamAccount):
     grant_id: GrantId
     amount: Money = Field(description="Credits granted")
     source: str = Field(
@@ -151,20 +165,20 @@ class CreditsGrantedData(EventData):
     )
 
 
-class CreditsDebitedData(EventData):
+class CreditsDebitedData(_TeamAccount):
     amount: Money = Field(description="Credits removed")
     ledger_entry_id: LedgerEntryId
     balance: Balance
 
 
-class CreditsExpiredData(EventData):
+class CreditsExpiredData(_TeamAccount):
     grant_id: GrantId
     amount: Money = Field(description="The unspent remainder removed (may be 0)")
     expires_at: datetime = Field(description="The grant's expiry")
     balance: Balance
 
 
-class CreditsExpiringData(EventData):
+class CreditsExpiringData(_TeamAccount):
     grant_id: GrantId
     remaining: Money = Field(description="Credits left on the grant")
     expires_at: datetime = Field(description="When the remainder expires")
@@ -191,18 +205,18 @@ class CreditsRestoredData(EventData):
 # --- balance -----------------------------------------------------------------------------------
 
 
-class BalanceLowData(EventData):
+class BalanceLowData(_TeamAccount):
     thresholds: Thresholds
     previous_balance: PreviousBalance
     balance: Balance
 
 
-class BalanceDepletedData(EventData):
+class BalanceDepletedData(_TeamAccount):
     previous_balance: PreviousBalance
     balance: Balance
 
 
-class BalanceRecoveredData(EventData):
+class BalanceRecoveredData(_TeamAccount):
     thresholds: Annotated[
         list[Money],
         Field(
@@ -212,6 +226,39 @@ class BalanceRecoveredData(EventData):
     ]
     previous_balance: PreviousBalance
     balance: Balance
+
+
+# --- teams -------------------------------------------------------------------------------------
+
+
+class TeamData(EventData):
+    team_id: str = Field(description="The team")
+    name: str | None = Field(description="Its name")
+
+
+class TeamDeletedData(EventData):
+    team_id: str = Field(description="The team")
+    balance: Balance
+
+
+class MemberCap(BaseModel):
+    period: Literal["day", "month"]
+    limit: Money
+
+
+class TeamMemberData(EventData):
+    team_id: str = Field(description="The team")
+    user_id: str = Field(description="The member")
+    role: Literal["owner", "member"]
+    spend_caps: list[MemberCap] = Field(description="The member's caps on the team's account")
+
+
+class TeamMemberRemovedData(EventData):
+    team_id: str = Field(description="The team")
+    user_id: str = Field(description="The former member")
+    reason: Literal["removed", "user_deleted"] = Field(
+        description="`removed` (the API) or `user_deleted` (a deleted user leaves every team)"
+    )
 
 
 # --- promos, tiers -----------------------------------------------------------------------------
@@ -497,6 +544,20 @@ _ENTRIES = (
         BalanceRecoveredData,
         "The available balance rose from below a low-balance threshold to at or above it, or "
         "from 0 or below to above 0.",
+    ),
+    EventType("team.created", TeamData, "A team was created (`POST /v1/teams`)."),
+    EventType("team.updated", TeamData, "A team's name or metadata changed."),
+    EventType(
+        "team.deleted",
+        TeamDeletedData,
+        "A team was deleted: its account is closed and its members left.",
+    ),
+    EventType("team.member_added", TeamMemberData, "A user joined a team."),
+    EventType("team.member_updated", TeamMemberData, "A member's role or team caps changed."),
+    EventType(
+        "team.member_removed",
+        TeamMemberRemovedData,
+        "A user left a team (removed, or deleted as a user).",
     ),
     EventType("promo.claimed", PromoClaimedData, "A user redeemed a promo code."),
     EventType(

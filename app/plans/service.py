@@ -595,6 +595,7 @@ async def _restore_tier(
     if plan_tier is None:
         return  # the subscription did not move the user
     project_id, user_id = account.project_id, account.user_id
+    assert user_id is not None  # subscriptions belong to users' own accounts
     if await _user_tier(session, project_id, user_id) != plan_tier:
         return  # moved to another tier meanwhile: that choice stands
     target: str | None = metadata.get("previous_tier_id")

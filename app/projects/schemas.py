@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.core.money import Money, PositiveAmount
 from app.payments import currency
+
+TeamUsageDefault = Literal["user", "only_team"]
 
 
 def _rates(value: dict[str, PositiveAmount]) -> dict[str, PositiveAmount]:
@@ -43,6 +45,11 @@ class ProjectSettings(BaseModel):
     default_hold_ttl_seconds: int = Field(default=600, ge=1, le=7 * 86400)
     low_balance_thresholds: list[PositiveAmount] = Field(default_factory=list, max_length=20)
     credits_per_unit: CreditsPerUnit = Field(default_factory=dict)
+    team_usage_default: TeamUsageDefault = Field(
+        default="user",
+        description="Which account a usage call without `team_id` charges: `user` (the user's "
+        "own) or `only_team` (the user's team when they belong to exactly one, else their own)",
+    )
 
 
 class ProjectSettingsPatch(BaseModel):
@@ -54,6 +61,7 @@ class ProjectSettingsPatch(BaseModel):
     credits_per_unit: CreditsPerUnit | None = Field(
         default=None, description="Replaces the whole map; {} removes every rate"
     )
+    team_usage_default: TeamUsageDefault | None = None
 
 
 class ProjectSettingsOut(BaseModel):
@@ -63,6 +71,7 @@ class ProjectSettingsOut(BaseModel):
     default_hold_ttl_seconds: int
     low_balance_thresholds: list[Money]
     credits_per_unit: dict[str, Money]
+    team_usage_default: TeamUsageDefault
 
 
 class ProjectOut(BaseModel):

@@ -31,6 +31,8 @@ class Rules:
     model_overrides: Mapping[str, Any] | None = None
     max_concurrent: int | None = None
     has_spend_caps: bool = False
+    # A charge to a team's account by a member with team spend caps (checked under its lock).
+    has_member_caps: bool = False
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any], *, has_spend_caps: bool = False) -> Rules:

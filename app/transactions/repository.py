@@ -7,7 +7,7 @@ status, expiry and refunds change only under its row lock; balances only under t
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -32,6 +32,7 @@ class LockedTransaction:
     id: uuid.UUID
     account_id: uuid.UUID
     user_id: str
+    team_id: str | None
     model: str
     feature_identifier: str | None
     status: str
@@ -68,6 +69,48 @@ _LOCK_ACCOUNT = f"""
 """
 # /v1/check reads the same without locking anything.
 _READ_ACCOUNT = _LOCK_ACCOUNT.replace("FOR UPDATE OF a", "")
+# Start on a team's account ($4): the team's account locked, with the member's tier rules and
+# spend caps flag, the member's team caps flag and the price, in one statement. No row: no
+# such (live) team, or the user is no (live) member; ``team_refusal`` then tells which.
+_LOCK_TEAM_ACCOUNT = f"""
+    SELECT a.id, a.total, a.held, a.debt, {PRICE_COLUMNS}, {TIER_COLUMNS},
+           EXISTS (SELECT 1 FROM spend_caps c WHERE c.project_id = $1 AND c.user_id = $2)
+               AS has_spend_caps,
+           EXISTS (SELECT 1 FROM team_member_spend_caps mc
+                   WHERE mc.project_id = $1 AND mc.team_id = $4 AND mc.user_id = $2)
+               AS has_member_caps
+    FROM teams tm JOIN accounts a ON a.id = tm.account_id
+    JOIN team_members m ON m.project_id = tm.project_id AND m.team_id = tm.id AND m.user_id = $2
+    JOIN users u ON u.project_id = m.project_id AND u.id = m.user_id AND u.deleted_at IS NULL
+    {tier_join("u")}
+    {price_lateral("$1", "$3")}
+    WHERE tm.project_id = $1 AND tm.id = $4 AND tm.deleted_at IS NULL AND a.closed_at IS NULL
+    FOR UPDATE OF a
+"""
+_READ_TEAM_ACCOUNT = _LOCK_TEAM_ACCOUNT.replace("FOR UPDATE OF a", "")
+_TEAM_LIVE = "SELECT 1 FROM teams WHERE project_id = $1 AND id = $2 AND deleted_at IS NULL"
+# The user's team when they belong to exactly one live team (else NULL).
+_ONLY_TEAM = """
+    SELECT min(m.team_id) FROM team_members m
+    JOIN teams tm ON tm.project_id = m.project_id AND tm.id = m.team_id
+    WHERE m.project_id = $1 AND m.user_id = $2 AND tm.deleted_at IS NULL
+    HAVING count(*) = 1
+"""
+# Per member cap: what the member charged the team in its UTC window and holds on it now.
+_MEMBER_CAP_USAGE = """
+    SELECT c.period, c."limit",
+           coalesce((SELECT sum(d.credits) FROM usage_team_daily d
+                     WHERE d.project_id = $1 AND d.team_id = $2 AND d.user_id = $3
+                       AND d.day >= CASE WHEN c.period = 'day' THEN $4::date
+                                         ELSE date_trunc('month', $4::date)::date END), 0)
+               AS spent,
+           coalesce((SELECT sum(t.hold_amount) FROM transactions t
+                     WHERE t.project_id = $1 AND t.user_id = $3 AND t.status = 'pending'
+                       AND t.team_id = $2), 0) AS held
+    FROM team_member_spend_caps c
+    WHERE c.project_id = $1 AND c.team_id = $2 AND c.user_id = $3
+    ORDER BY c.period
+"""
 # What a user auto-created now would start with: the default tier's allocation and rules.
 _DEFAULT_TIER = f"""
     SELECT tr.credits AS tier_credits, {TIER_COLUMNS}, false AS has_spend_caps,
@@ -111,8 +154,8 @@ _LOCK_WITH_ACCOUNT = f"""
 _INSERT = """
     INSERT INTO transactions (id, project_id, account_id, user_id, model, feature_identifier,
         status, reason, hold_amount, credits_used, provisional_tokens, finalized_tokens,
-        metadata, expires_at, completed_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+        metadata, expires_at, completed_at, team_id)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 """
 _COMPLETE = """
     UPDATE transactions
@@ -125,7 +168,7 @@ _COMPLETE = """
 # only the rows locked, so one locked account never hides other tenants' due holds; the skipped
 # ones are picked up by a later sweep. Nothing waits, so the lock order cannot deadlock.
 _LOCK_DUE = """
-    SELECT t.id, t.project_id, t.account_id, t.user_id, t.hold_amount, t.model,
+    SELECT t.id, t.project_id, t.account_id, t.user_id, t.team_id, t.hold_amount, t.model,
            a.total, a.held, a.debt
     FROM transactions t JOIN accounts a ON a.id = t.account_id
     WHERE t.status = 'pending' AND t.expires_at <= $1
@@ -159,7 +202,13 @@ async def lock_with_account(
         return None
     txn = _locked(row)
     account = LockedAccount(
-        txn.account_id, project_id, txn.user_id, row["total"], row["held"], row["debt"]
+        txn.account_id,
+        project_id,
+        txn.user_id,
+        row["total"],
+        row["held"],
+        row["debt"],
+        team_id=txn.team_id,
     )
     return txn, account, Rules.from_row(row)
 
@@ -183,6 +232,52 @@ async def lock_account(
     account = LockedAccount(row["id"], project_id, user_id, row["total"], row["held"], row["debt"])
     rules = Rules.from_row(row, has_spend_caps=row["has_spend_caps"])
     return LockedForStart(account, optional_price(row), rules)
+
+
+async def lock_team_account(
+    session: AsyncSession, project_id: uuid.UUID, user_id: str, model: str, team_id: str
+) -> LockedForStart | None:
+    """Lock the team's account for a charge by member ``user_id``, reading the member's tier
+    rules and caps flags and the model's price, in one trip (None: see ``team_refusal``)."""
+    row = await driver(session).fetchrow(_LOCK_TEAM_ACCOUNT, project_id, user_id, model, team_id)
+    if row is None:
+        return None
+    account = LockedAccount(
+        row["id"], project_id, user_id, row["total"], row["held"], row["debt"], team_id=team_id
+    )
+    return LockedForStart(account, optional_price(row), _team_rules(row))
+
+
+def _team_rules(row: Any) -> Rules:
+    rules = Rules.from_row(row, has_spend_caps=row["has_spend_caps"])
+    return replace(rules, has_member_caps=row["has_member_caps"])
+
+
+async def read_team_for_check(
+    session: AsyncSession, project_id: uuid.UUID, user_id: str, model: str, team_id: str
+) -> tuple[Decimal, Price | None, Rules] | None:
+    """(available, price, rules) of a team charge for /v1/check, without locks."""
+    row = await driver(session).fetchrow(_READ_TEAM_ACCOUNT, project_id, user_id, model, team_id)
+    if row is None:
+        return None
+    return row["total"] - row["held"], optional_price(row), _team_rules(row)
+
+
+async def team_is_live(session: AsyncSession, project_id: uuid.UUID, team_id: str) -> bool:
+    return await driver(session).fetchval(_TEAM_LIVE, project_id, team_id) is not None
+
+
+async def only_team(session: AsyncSession, project_id: uuid.UUID, user_id: str) -> str | None:
+    """The user's team if they belong to exactly one live team."""
+    team_id: str | None = await driver(session).fetchval(_ONLY_TEAM, project_id, user_id)
+    return team_id
+
+
+async def member_cap_usage(
+    session: AsyncSession, project_id: uuid.UUID, team_id: str, user_id: str, today: date
+) -> list[Any]:
+    """The member's team caps, each with what its window has charged and holds."""
+    return list(await driver(session).fetch(_MEMBER_CAP_USAGE, project_id, team_id, user_id, today))
 
 
 async def read_for_check(
@@ -237,6 +332,7 @@ def insert(
     metadata: dict[str, Any],
     expires_at: datetime | None,
     completed_at: datetime | None,
+    team_id: str | None = None,
 ) -> Write:
     """The insert of a new transaction, as a write to carry with its balance change."""
     args = (
@@ -255,6 +351,7 @@ def insert(
         _json(metadata),
         expires_at,
         completed_at,
+        team_id,
     )
     return Write(_INSERT, args)
 
@@ -363,6 +460,8 @@ async def list_transactions(
     stmt = scoped_select(Transaction, project_id)
     if filters.user_id is not None:
         stmt = stmt.where(Transaction.user_id == filters.user_id)
+    if filters.team_id is not None:
+        stmt = stmt.where(Transaction.team_id == filters.team_id)
     if filters.status is not None:
         stmt = stmt.where(Transaction.status == filters.status)
     if filters.model is not None:

@@ -5,12 +5,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from app.auth.dependencies import ReadKey, UsageKey, WriteKey
+from app.auth.exceptions import InsufficientScope, ProjectMismatch
 from app.core.cursors import parse_id, uuid_cursor
 from app.core.errors import problem_responses
 from app.core.pagination import Page, PageParams, make_page, uuid_page_params
 from app.db.session import Session
 from app.pricing.exceptions import UnknownModel
 from app.routing import TransactionalRoute
+from app.teams.exceptions import NotATeamMember, TeamNotFound
 from app.transactions import service
 from app.transactions.exceptions import (
     OverRefund,
@@ -37,6 +39,17 @@ from app.transactions.schemas import (
 )
 from app.users.exceptions import UserNotFound
 
+# A route's 403 replaces the router's: the scope and project errors are listed again with
+# not_a_team_member (a charge to a team the user is no member of).
+_USAGE_ERRORS = (
+    UnknownModel,
+    UserNotFound,
+    TeamNotFound,
+    NotATeamMember,
+    InsufficientScope,
+    ProjectMismatch,
+)
+
 router = APIRouter(prefix="/v1", tags=["usage"], route_class=TransactionalRoute)
 
 
@@ -46,7 +59,7 @@ router = APIRouter(prefix="/v1", tags=["usage"], route_class=TransactionalRoute)
     summary="Start a usage transaction: admit it and hold its provisional price",
     status_code=201,
     response_model=StartOut,
-    responses=problem_responses(UnknownModel, UserNotFound),
+    responses=problem_responses(*_USAGE_ERRORS),
 )
 async def start(session: Session, principal: UsageKey, body: StartIn) -> StartOut:
     return await service.start(session, principal, body)
@@ -135,7 +148,7 @@ async def get_transaction(
     summary="Record usage in one call (charged in full; send an Idempotency-Key)",
     status_code=201,
     response_model=UsageOut,
-    responses=problem_responses(UnknownModel, UserNotFound),
+    responses=problem_responses(*_USAGE_ERRORS),
 )
 async def record_usage(session: Session, principal: UsageKey, body: UsageIn) -> UsageOut:
     return await service.record_usage(session, principal, body)
@@ -146,7 +159,7 @@ async def record_usage(session: Session, principal: UsageKey, body: UsageIn) -> 
     operation_id="usage_check",
     summary="Would this usage be admitted? No side effect",
     response_model=CheckOut,
-    responses=problem_responses(UnknownModel, UserNotFound),
+    responses=problem_responses(*_USAGE_ERRORS),
 )
 async def check(session: Session, principal: UsageKey, body: CheckIn) -> CheckOut:
     return await service.check(session, principal, body)

@@ -9,6 +9,7 @@ from typing_extensions import TypeAliasType
 
 from app.core.money import Money, NonNegativeAmount, PositiveAmount, UtcDatetime
 from app.pricing.schemas import TokenUsage
+from app.teams.schemas import TeamId
 from app.users.schemas import Metadata, UserId
 
 ModelName = Annotated[str, Field(min_length=1, max_length=200, examples=["gpt-4o"])]
@@ -28,11 +29,19 @@ StoredTokens = Annotated[
 ]
 
 
+TEAM_USAGE_DOC = (
+    "Charge this team's account (the user must be a member; the member's tier, spend caps and "
+    "team spend caps apply). Absent: the user's own account, or with the project setting "
+    "`team_usage_default: only_team` the user's only team when they belong to exactly one."
+)
+
+
 class StartIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     user_id: UserId
     model: ModelName
+    team_id: TeamId | None = Field(default=None, description=TEAM_USAGE_DOC)
     provisional_tokens: TokenUsage | None = Field(
         default=None, description="Expected usage; its price is held. Absent: nothing is held."
     )
@@ -105,6 +114,7 @@ class TransactionOut(BaseModel):
 
     id: uuid.UUID
     user_id: str
+    team_id: str | None = Field(description="The team whose account paid; null: the user's own")
     model: str
     feature_identifier: str | None
     status: TransactionStatus
@@ -126,6 +136,7 @@ class UsageIn(BaseModel):
 
     user_id: UserId
     model: ModelName
+    team_id: TeamId | None = Field(default=None, description=TEAM_USAGE_DOC)
     tokens: TokenUsage
     feature_identifier: Feature | None = None
     metadata: Metadata = Field(default_factory=dict)
@@ -143,6 +154,7 @@ class CheckIn(BaseModel):
 
     user_id: UserId
     model: ModelName | None = None
+    team_id: TeamId | None = Field(default=None, description=TEAM_USAGE_DOC)
     provisional_tokens: TokenUsage | None = None
     amount: NonNegativeAmount | None = Field(
         default=None, description="Credits needed; instead of model + provisional_tokens"
@@ -158,6 +170,7 @@ class CheckOut(BaseModel):
 
 class TransactionFilters(BaseModel):
     user_id: str | None = None
+    team_id: str | None = None
     status: TransactionStatus | None = None
     model: str | None = None
     feature_identifier: str | None = None

@@ -20,16 +20,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.analytics import repository as analytics
 from app.auth.service import Principal
 from app.core.clock import utcnow
+from app.core.errors import AppError
 from app.core.freeform import require_freeform
 from app.core.ids import uuid7
 from app.core.money import ZERO
 from app.credits import gate
 from app.credits import service as credits
 from app.credits.repository import LockedAccount
+from app.db import writes
 from app.db.models import Transaction
 from app.events import service as events
 from app.pricing import service as pricing
 from app.pricing.schemas import TokenUsage
+from app.teams.exceptions import NotATeamMember, TeamNotFound
 from app.tiers.rules import Rules
 from app.transactions import repository as repo
 from app.transactions.exceptions import (
@@ -84,11 +87,14 @@ async def _admission(
     rules: Rules,
     model: str,
     need: Decimal,
+    team_id: str | None = None,
 ) -> Admission:
     """May a start needing ``need`` go ahead? Checked in this order, first failure wins:
     balance (``insufficient_credits``, against the tier's overage floor), spend caps
-    (``spend_cap_reached`` for a deny cap; a warn cap only yields a warning), the tier's
-    concurrency limit (``concurrency_limit``). Callers that change anything hold the lock."""
+    (``spend_cap_reached`` for a deny cap; a warn cap only yields a warning), on a team's
+    account the member's team caps (``spend_cap_reached``), the tier's concurrency limit
+    (``concurrency_limit``). Callers that change anything hold the lock (a team's account lock
+    serializes every charge of the team, so the member caps are race-free too)."""
     if not _admits(available, need, rules.floor):
         return Admission("insufficient_credits", [])
     warnings: list[dict[str, Any]] = []
@@ -105,6 +111,14 @@ async def _admission(
                 {"period": cap["period"], "model": cap["model"] or None, "limit": cap["limit"],
                  "spent": cap["spent"], "held": cap["held"], "requested": need}
             )  # fmt: skip
+    if rules.has_member_caps and team_id is not None:
+        today = utcnow().date()
+        for cap in await repo.member_cap_usage(
+            session, principal.project_id, team_id, user_id, today
+        ):
+            used = cap["spent"] + cap["held"]
+            if used + need > cap["limit"] if need > 0 else used >= cap["limit"]:
+                return Admission("spend_cap_reached", [])
     if rules.max_concurrent is not None:
         pending = await repo.pending_count(session, principal.project_id, user_id)
         if pending >= rules.max_concurrent:
@@ -130,12 +144,55 @@ class TierPrice:
     multiplier: Decimal
 
 
+async def _team_for(
+    session: AsyncSession, principal: Principal, user_id: str, team_id: str | None
+) -> str | None:
+    """The team a usage call charges: the one named, else with ``team_usage_default:
+    only_team`` the user's only team (one extra query), else none (the user's own account)."""
+    if team_id is not None or principal.settings.team_usage_default == "user":
+        return team_id
+    return await repo.only_team(session, principal.project_id, user_id)
+
+
+async def _team_refused(session: AsyncSession, principal: Principal, team_id: str) -> AppError:
+    """Why a team charge found no row: no such team (404), else not a member (403)."""
+    if not await repo.team_is_live(session, principal.project_id, team_id):
+        return TeamNotFound(f"Team '{team_id}' does not exist.")
+    return NotATeamMember()
+
+
+async def _lock_team_for_usage(
+    session: AsyncSession, principal: Principal, user_id: str, model: str, team_id: str
+) -> tuple[LockedAccount, Rules, TierPrice]:
+    """Lock the team's account for member ``user_id``: the member's tier decides price,
+    overage floor and concurrency. Members are existing users: nobody is auto-created."""
+    with gate.waiting(session, principal.project_id, credits.team_gate_key(team_id)):
+        locked = await repo.lock_team_account(
+            session, principal.project_id, user_id, model, team_id
+        )
+    if locked is None:
+        raise await _team_refused(session, principal, team_id)
+    rules = locked.rules
+    price, multiplier = pricing.for_tier(
+        locked.price, rules.price_multiplier, rules.override(model)
+    )
+    locked.account.thresholds = principal.settings.low_balance_thresholds
+    return locked.account, rules, TierPrice(pricing.require(price, model), multiplier)
+
+
 async def _lock_for_usage(
-    session: AsyncSession, principal: Principal, user_id: str, model: str
+    session: AsyncSession,
+    principal: Principal,
+    user_id: str,
+    model: str,
+    team_id: str | None = None,
 ) -> tuple[LockedAccount, Rules, TierPrice]:
     """Lock the user's account with its tier rules and the model's price for its tier; on a
     first usage, check the price before auto-creating the user (an unknown model creates
-    nobody)."""
+    nobody). With a team (named, or the only_team default): the team's account instead."""
+    team_id = await _team_for(session, principal, user_id, team_id)
+    if team_id is not None:
+        return await _lock_team_for_usage(session, principal, user_id, model, team_id)
     with gate.waiting(session, principal.project_id, user_id):
         locked = await repo.lock_account(session, principal.project_id, user_id, model)
     if locked is None:
@@ -153,10 +210,13 @@ async def _lock_for_usage(
 
 
 async def start(session: AsyncSession, principal: Principal, body: StartIn) -> StartOut:
-    account, rules, price = await _lock_for_usage(session, principal, body.user_id, body.model)
+    account, rules, price = await _lock_for_usage(
+        session, principal, body.user_id, body.model, body.team_id
+    )
+    user_id = body.user_id
     hold = pricing.cost(price.price, body.provisional_tokens, price.multiplier)
     admission = await _admission(
-        session, principal, account.user_id, account.available, rules, body.model, hold
+        session, principal, user_id, account.available, rules, body.model, hold, account.team_id
     )
     admitted = admission.reason is None
     txn_id = uuid7()
@@ -183,7 +243,7 @@ async def start(session: AsyncSession, principal: Principal, body: StartIn) -> S
             transaction_id=txn_id,
             project_id=principal.project_id,
             account_id=account.id,
-            user_id=account.user_id,
+            user_id=user_id,
             model=body.model,
             feature_identifier=body.feature_identifier,
             status=status,
@@ -195,18 +255,23 @@ async def start(session: AsyncSession, principal: Principal, body: StartIn) -> S
             metadata=body.metadata,
             expires_at=expires_at,
             completed_at=None,
+            team_id=account.team_id,
         ),
         events.outbox(
             project_id=principal.project_id,
             type="transaction.started" if admitted else "transaction.denied",
-            user_id=account.user_id,
-            data={**out.model_dump(mode="python", by_alias=True), "model": body.model},
+            user_id=user_id,
+            data={
+                **out.model_dump(mode="python", by_alias=True),
+                "model": body.model,
+                **account.owner,
+            },
         ),
         *(
             events.outbox(
                 project_id=principal.project_id,
                 type="spend_cap.exceeded",
-                user_id=account.user_id,
+                user_id=user_id,
                 data={**warning, "action": "warn", "transaction_id": txn_id},
             )
             for warning in admission.warnings
@@ -299,7 +364,12 @@ async def complete(
             project_id=principal.project_id,
             type=f"transaction.{status}",
             user_id=txn.user_id,
-            data={**result, "model": txn.model, "hold_amount": txn.hold_amount},
+            data={
+                **result,
+                "model": txn.model,
+                "hold_amount": txn.hold_amount,
+                **account.owner,
+            },
         ),
     ]
     if body.success:
@@ -313,6 +383,16 @@ async def complete(
                 credits=charge,
             )
         )
+        if txn.team_id is not None:
+            carry.append(
+                analytics.add_team_usage(
+                    project_id=principal.project_id,
+                    at=None,
+                    team_id=txn.team_id,
+                    user_id=txn.user_id,
+                    credits=charge,
+                )
+            )
     # One statement: release and charge, the transaction's new state and its event.
     await credits.settle(
         session,
@@ -379,6 +459,20 @@ async def refund(
             feature=txn.feature_identifier,
             credits=-amount,
         )
+        if txn.team_id is not None:
+            await writes.run(
+                session,
+                [
+                    analytics.add_team_usage(
+                        project_id=principal.project_id,
+                        at=txn.completed_at,
+                        team_id=txn.team_id,
+                        user_id=txn.user_id,
+                        credits=-amount,
+                        transactions=0,
+                    )
+                ],
+            )
     out = RefundOut(
         refund_id=refund_id,
         amount=amount,
@@ -390,14 +484,17 @@ async def refund(
         project_id=principal.project_id,
         type="transaction.refunded",
         user_id=txn.user_id,
-        data={**out.model_dump(mode="python"), "transaction_id": txn.id},
+        data={**out.model_dump(mode="python"), "transaction_id": txn.id, **account.owner},
     )
     return out
 
 
 async def record_usage(session: AsyncSession, principal: Principal, body: UsageIn) -> UsageOut:
     """One-shot usage: charged in full (the usage already happened), no admission check."""
-    account, _, price = await _lock_for_usage(session, principal, body.user_id, body.model)
+    account, _, price = await _lock_for_usage(
+        session, principal, body.user_id, body.model, body.team_id
+    )
+    user_id = body.user_id
     charge = pricing.cost(price.price, body.tokens, price.multiplier)
     txn_id = uuid7()
     now = utcnow()
@@ -412,7 +509,7 @@ async def record_usage(session: AsyncSession, principal: Principal, body: UsageI
             transaction_id=txn_id,
             project_id=principal.project_id,
             account_id=account.id,
-            user_id=account.user_id,
+            user_id=user_id,
             model=body.model,
             feature_identifier=body.feature_identifier,
             status="completed",
@@ -424,11 +521,12 @@ async def record_usage(session: AsyncSession, principal: Principal, body: UsageI
             metadata=body.metadata,
             expires_at=None,
             completed_at=now,
+            team_id=account.team_id,
         ),
         events.outbox(
             project_id=principal.project_id,
             type="transaction.completed",
-            user_id=account.user_id,
+            user_id=user_id,
             # The keys of a completion's event: no hold, so all of the charge is the adjustment.
             data={
                 **out.model_dump(mode="python"),
@@ -436,17 +534,28 @@ async def record_usage(session: AsyncSession, principal: Principal, body: UsageI
                 "hold_amount": ZERO,
                 "balance_adjustment": ZERO - charge,
                 "late": False,
+                **account.owner,
             },
         ),
         analytics.add_usage(
             project_id=principal.project_id,
             at=now,
-            user_id=account.user_id,
+            user_id=user_id,
             model=body.model,
             feature=body.feature_identifier,
             credits=charge,
         ),
     ]
+    if account.team_id is not None:
+        carry.append(
+            analytics.add_team_usage(
+                project_id=principal.project_id,
+                at=now,
+                team_id=account.team_id,
+                user_id=user_id,
+                credits=charge,
+            )
+        )
     await credits.settle(
         session,
         account,
@@ -465,13 +574,22 @@ async def check(session: AsyncSession, principal: Principal, body: CheckIn) -> C
     The same rules as a start, read without locks: a concurrent request may change the answer.
     """
     model = body.model or ""
-    available, price, rules = await repo.read_for_check(
-        session, principal.project_id, body.user_id, model
-    )
-    if not principal.settings.auto_create_users and not await repo.user_exists(
-        session, principal.project_id, body.user_id
-    ):
-        raise UserNotFound()
+    team_id = await _team_for(session, principal, body.user_id, body.team_id)
+    if team_id is not None:
+        found = await repo.read_team_for_check(
+            session, principal.project_id, body.user_id, model, team_id
+        )
+        if found is None:
+            raise await _team_refused(session, principal, team_id)
+        available, price, rules = found
+    else:
+        available, price, rules = await repo.read_for_check(
+            session, principal.project_id, body.user_id, model
+        )
+        if not principal.settings.auto_create_users and not await repo.user_exists(
+            session, principal.project_id, body.user_id
+        ):
+            raise UserNotFound()
     if body.amount is not None:
         required = body.amount
     elif body.model is not None:
@@ -480,7 +598,7 @@ async def check(session: AsyncSession, principal: Principal, body: CheckIn) -> C
     else:
         required = ZERO
     admission = await _admission(
-        session, principal, body.user_id, available, rules, model, required
+        session, principal, body.user_id, available, rules, model, required, team_id
     )
     return CheckOut(
         allowed=admission.reason is None,
@@ -528,8 +646,10 @@ async def sweep_expired_holds(session: AsyncSession, *, now: datetime, limit: in
                 txn["total"],
                 txn["held"],
                 txn["debt"],
+                team_id=txn["team_id"],
             ),
         )
+        account.user_id = txn["user_id"]  # a team's holds belong to several members
         await credits.settle(
             session,
             account,
@@ -548,6 +668,7 @@ async def sweep_expired_holds(session: AsyncSession, *, now: datetime, limit: in
                 "model": txn["model"],
                 "hold_amount": txn["hold_amount"],
                 "balance": account.available,
+                **account.owner,
             },
         )
     return len(due)

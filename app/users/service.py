@@ -13,6 +13,7 @@ from app.auth.service import Principal
 from app.core.freeform import require_freeform
 from app.credits import service as credits
 from app.credits.repository import LockedAccount
+from app.teams import service as teams
 from app.users import repository as repo
 from app.users.exceptions import UserExists, UserHasOpenTransactions, UserNotFound
 from app.users.schemas import USER_ID_PATTERN, Balance, UserCreate, UserOut, UserPatch
@@ -104,6 +105,7 @@ async def delete(session: AsyncSession, project_id: uuid.UUID, user_id: str) -> 
         raise UserHasOpenTransactions()
     await credits.close(session, account)
     await repo.soft_delete(session, project_id, user_id)
+    await teams.leave_all(session, project_id, user_id)
 
 
 async def lock_existing(

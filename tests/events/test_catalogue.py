@@ -111,6 +111,48 @@ async def usage_flows(project: Project, db: Database) -> None:
     await _ok(await project.post("/v1/users/u/tier", {"tier_id": "gold"}), 200)
 
 
+async def team_flows(project: Project, db: Database) -> None:
+    """team.*, and transaction.*, credits.* and balance.* of a team's account (team_id)."""
+    for user_id in ("tm1", "tm2"):
+        await project.user(user_id)
+    await _ok(await project.post("/v1/teams", {"id": "t1", "name": "Acme"}))  # team.created
+    await _ok(await project.patch("/v1/teams/t1", {"name": "Acme Inc"}), 200)  # team.updated
+    await _ok(await project.put("/v1/teams/t1/members/tm1", {"role": "owner"}), 200)  # added
+    caps = {"role": "owner", "spend_caps": [{"period": "day", "limit": 1000}]}
+    await _ok(await project.put("/v1/teams/t1/members/tm1", caps), 200)  # .member_updated
+    await _ok(await project.put("/v1/teams/t1/members/tm2", {}), 200)
+    await _ok(await project.post("/v1/teams/t1/credits", {"amount": 100}))  # granted, recovered
+    first = await start(project, "tm1", inp=30, team_id="t1")
+    await _ok(await complete(project, first["transaction_id"], inp=20), 200)
+    failed = await start(project, "tm2", inp=5, team_id="t1")
+    await _ok(await complete(project, failed["transaction_id"], success=False), 200)
+    await _ok(
+        await project.post(f"/v1/transactions/{first['transaction_id']}/refund", {"amount": 5})
+    )
+    usage = {"user_id": "tm2", "model": "m", "team_id": "t1", "tokens": {"input_tokens": 10}}
+    await _ok(await project.post("/v1/usage", usage))
+    lapsed = await start(project, "tm2", inp=5, team_id="t1")
+    async with db.transaction() as session:
+        await session.execute(
+            text("UPDATE transactions SET expires_at = now() - interval '1 second' WHERE id = :t"),
+            {"t": lapsed["transaction_id"]},
+        )
+    assert await sweep_holds_once(db, batch_size=100) >= 1
+    left = body(await project.get("/v1/teams/t1"))["balance"]["available"]
+    await _ok(await project.post("/v1/teams/t1/debits", {"amount": left}))  # low, depleted
+    denied = await start(project, "tm1", inp=10, team_id="t1")
+    assert denied["continue"] is False
+    soon = (utcnow() + timedelta(hours=1)).isoformat()
+    await _ok(await project.post("/v1/teams/t1/credits", {"amount": 5, "expires_at": soon}))
+    async with db.transaction() as session:
+        await credits.announce_expiring(session, now=utcnow(), days=7, limit=1000)
+    async with db.transaction() as session:
+        await credits.expire_due(session, now=utcnow() + timedelta(hours=2), limit=1000)
+    await _ok(await project.delete("/v1/teams/t1/members/tm2"), 204)  # .member_removed
+    await _ok(await project.delete("/v1/users/tm1"), 204)  # .member_removed (user_deleted)
+    await _ok(await project.delete("/v1/teams/t1"), 204)  # team.deleted
+
+
 async def subscription_flows(project: Project, db: Database) -> None:
     """subscription.* (manual and provider) and their credits.granted."""
     await make_plan(project, "pro", stripe_price_id="price_pro")
@@ -201,6 +243,7 @@ async def test_every_event_the_flows_store_is_catalogued_and_matches_its_schema(
     project: Project, db: Database, spec: dict[str, Any]
 ) -> None:
     await usage_flows(project, db)
+    await team_flows(project, db)
     await subscription_flows(project, db)
     await payment_flows(project, db)
     await webhook_flows(project)

@@ -315,6 +315,55 @@ async def _walk_transactions(w: Walk, keys: Keys) -> None:
     await w("PATCH", "/v1/project", 200, {"settings": {"auto_create_users": True}})
 
 
+async def _walk_teams(w: Walk, keys: Keys) -> None:
+    await w("POST", "/v1/teams", 201, {"id": "acme", "name": "Acme", "metadata": {"a": 1}})
+    await w("POST", "/v1/teams", 409, {"id": "acme"})
+    await w("POST", "/v1/teams", 422, {"id": "has space"})
+    await w("POST", "/v1/teams", 403, {"id": "other"}, key=keys.read)
+    await w("GET", "/v1/teams", 200, params={"limit": 1}, key=keys.read)
+    await w("GET", "/v1/teams", 422, params={"limit": 0})
+    await w("GET", "/v1/teams/acme", 200)
+    await w("GET", "/v1/teams/nope", 404)
+    await w("PATCH", "/v1/teams/acme", 200, {"name": "Acme Inc", "metadata": {"a": None}})
+    await w("PATCH", "/v1/teams/nope", 404, {"name": "x"})
+    member = {"role": "owner", "spend_caps": [{"period": "day", "limit": "500"}]}
+    await w("PUT", "/v1/teams/acme/members/alice", 200, member)
+    await w("PUT", "/v1/teams/acme/members/bob", 200, {})
+    await w("PUT", "/v1/teams/acme/members/nobody", 404, {})
+    await w("PUT", "/v1/teams/nope/members/alice", 404, {})
+    await w("PUT", "/v1/teams/acme/members/alice", 422, {"role": "boss"})
+    members = await w("GET", "/v1/teams/acme/members", 200, params={"limit": 1})
+    assert members["has_more"]
+    await w("GET", "/v1/teams/nope/members", 404)
+    await w("POST", "/v1/teams/acme/credits", 201, {"amount": "50", "reason": "pool"})
+    await w("POST", "/v1/teams/nope/credits", 404, {"amount": 1})
+    await w("POST", "/v1/teams/acme/credits", 422, {"amount": 1, "expires_at": PAST})
+    await w("POST", "/v1/teams/acme/debits", 201, {"amount": "0.5"})
+    await w("POST", "/v1/teams/acme/debits", 402, {"amount": 1_000_000})
+    await w("POST", "/v1/teams/nope/debits", 404, {"amount": 1})
+    start = {"user_id": "alice", "team_id": "acme", "model": "gpt-4o",
+             "provisional_tokens": {"input_tokens": 100}}  # fmt: skip
+    txn = await w("POST", "/v1/transactions/start", 201, start, key=keys.usage)
+    await w("POST", f"/v1/transactions/{txn['transaction_id']}/complete", 200, {"success": True})
+    await w("POST", "/v1/transactions/start", 404, {**start, "team_id": "nope"}, key=keys.usage)
+    await w("POST", "/v1/transactions/start", 403, {**start, "user_id": "carol"}, key=keys.usage)
+    usage = {"user_id": "bob", "team_id": "acme", "model": "gpt-4o",
+             "tokens": {"input_tokens": 10}}  # fmt: skip
+    await w("POST", "/v1/usage", 201, usage, key=keys.usage)
+    await w("POST", "/v1/check", 200, {"user_id": "bob", "team_id": "acme", "amount": 1})
+    await w("GET", "/v1/teams/acme/grants", 200)
+    await w("GET", "/v1/teams/nope/grants", 404)
+    await w("GET", "/v1/teams/acme/ledger", 200, params={"limit": 2})
+    await w("GET", "/v1/teams/nope/ledger", 404)
+    await w("GET", "/v1/analytics/spend", 200, params={"group_by": "member", "team_id": "acme"})
+    await w("DELETE", "/v1/teams/acme/members/bob", 204)
+    await w("DELETE", "/v1/teams/acme/members/bob", 404)
+    await w("POST", "/v1/teams", 201, {"id": "gone"})
+    await w("DELETE", "/v1/teams/gone", 204)
+    await w("DELETE", "/v1/teams/gone", 404)
+    await w("DELETE", "/v1/teams/acme", 403, key=keys.usage)
+
+
 async def _walk_tiers_and_plans(w: Walk, keys: Keys) -> None:
     pro = {
         "id": "pro",
@@ -606,6 +655,7 @@ async def test_every_response_of_a_walk_of_the_api_matches_the_spec(
     await _walk_users_and_credits(w, keys)
     await _walk_models(w, keys)
     await _walk_transactions(w, keys)
+    await _walk_teams(w, keys)
     await _walk_tiers_and_plans(w, keys)
     await _walk_promos_and_caps(w, keys)
     await _walk_payments(w, keys, project, fake_stripe, fake_razorpay)

@@ -17,6 +17,7 @@ from app.db.models.provider_event import ProviderEvent
 from app.db.models.refund import Refund
 from app.db.models.spend_cap import SpendCap
 from app.db.models.subscription import Subscription
+from app.db.models.team import Team, TeamMember, TeamMemberSpendCap, UsageTeamDaily
 from app.db.models.tier import Tier
 from app.db.models.transaction import Transaction
 from app.db.models.usage_daily import (
@@ -53,11 +54,15 @@ __all__ = [
     "Refund",
     "SpendCap",
     "Subscription",
+    "Team",
+    "TeamMember",
+    "TeamMemberSpendCap",
     "Tier",
     "Transaction",
     "UsageDaily",
     "UsageModelDay",
     "UsageRollup",
+    "UsageTeamDaily",
     "UsageUserDay",
     "UsageUserWeek",
     "User",

@@ -29,6 +29,13 @@ class Grant(CreatedAt, Base):
         ),
         Index("ix_grants_project_id_user_id_id", "project_id", "user_id", "id"),
         Index(
+            "ix_grants_project_id_team_id_id",
+            "project_id",
+            "team_id",
+            "id",
+            postgresql_where=text("team_id IS NOT NULL"),
+        ),
+        Index(
             "ix_grants_due_expiry",
             "expires_at",
             postgresql_where=text("expires_at IS NOT NULL AND expired_at IS NULL"),
@@ -46,7 +53,9 @@ class Grant(CreatedAt, Base):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"))
-    user_id: Mapped[str] = mapped_column(Text)
+    # Null for a team's grants, except refunds of a member's charge (which name the member).
+    user_id: Mapped[str | None] = mapped_column(Text)
+    team_id: Mapped[str | None] = mapped_column(Text)  # set on a team account's grants
     amount: Mapped[Decimal]
     remaining: Mapped[Decimal]
     source: Mapped[str] = mapped_column(Text)

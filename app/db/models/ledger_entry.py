@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, ForeignKey, Identity, Index, Text
+from sqlalchemy import BigInteger, ForeignKey, Identity, Index, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, CreatedAt
@@ -19,12 +19,22 @@ class LedgerEntry(CreatedAt, Base):
     __tablename__ = "ledger_entries"
     __table_args__ = (
         Index("ix_ledger_entries_project_id_user_id_id", "project_id", "user_id", "id"),
+        Index(
+            "ix_ledger_entries_project_id_team_id_id",
+            "project_id",
+            "team_id",
+            "id",
+            postgresql_where=text("team_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"))
-    user_id: Mapped[str] = mapped_column(Text)
+    # The user whose account changed; on a team account the member who charged it (null for
+    # team-level changes: grants, debits, expiry).
+    user_id: Mapped[str | None] = mapped_column(Text)
+    team_id: Mapped[str | None] = mapped_column(Text)  # set on a team account's entries
     kind: Mapped[str] = mapped_column(Text)
     amount: Mapped[Decimal]
     held_amount: Mapped[Decimal]

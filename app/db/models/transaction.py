@@ -39,7 +39,8 @@ class Transaction(Timestamps, Base):
     id: Mapped[uuid.UUID]
     project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"))
-    user_id: Mapped[str] = mapped_column(Text)
+    user_id: Mapped[str] = mapped_column(Text)  # on a team's account: the member
+    team_id: Mapped[str | None] = mapped_column(Text)  # set when a team's account paid
     model: Mapped[str] = mapped_column(Text)
     feature_identifier: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(Text)

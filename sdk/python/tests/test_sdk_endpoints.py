@@ -120,6 +120,8 @@ def _tour(
     listed = c.transactions.list(user_id="u1", status="completed")
     assert [t.id for t in listed.data] == [start.transaction_id]
 
+    _tour_teams(c)
+
     used = c.usage.record(user_id="u1", model="m", tokens={"output_tokens": 500})
     assert used.credits_used == Decimal(1)
     check = c.usage.check(user_id="u1", amount=Decimal(1000))
@@ -177,6 +179,38 @@ def _tour(
     c.users.create("u2")
     c.users.delete("u2")
     c.close()
+
+
+def _tour_teams(c: Creditd) -> None:
+    team = c.teams.create("t1", name="Acme", metadata={"a": 1})
+    assert team.balance.total == Decimal(0)
+    assert [t.id for t in c.teams.list().data] == ["t1"]
+    assert c.teams.update("t1", name="Acme Inc").name == "Acme Inc"
+    member = c.teams.put_member(
+        "t1", "u1", role="owner", spend_caps=[{"period": "day", "limit": 50}]
+    )
+    assert member.spend_caps[0].limit == Decimal(50)
+    assert [m.user_id for m in c.teams.list_members("t1").data] == ["u1"]
+    assert c.teams.grant("t1", 20).balance == Decimal(20)
+    assert c.teams.debit("t1", 1).balance == Decimal(19)
+    assert len(c.teams.list_grants("t1").data) == 1
+    started = c.transactions.start(
+        user_id="u1", model="m", team_id="t1", provisional_tokens={"input_tokens": 1000}
+    )
+    assert started.hold_amount == Decimal(1)
+    c.transactions.complete(started.transaction_id, success=True)
+    assert c.transactions.get(started.transaction_id).team_id == "t1"
+    assert (
+        c.usage.record(user_id="u1", model="m", team_id="t1", tokens={"input_tokens": 1000}).balance
+        == 17
+    )
+    assert c.usage.check(user_id="u1", team_id="t1", amount=1).allowed
+    ledger = c.teams.list_ledger("t1").data
+    assert [e.user_id for e in ledger if e.kind == "usage"] == ["u1", "u1"]
+    assert c.analytics.spend(group_by="member", team_id="t1").data[0].key == "u1"
+    assert c.teams.get("t1").balance.held == Decimal(0)
+    c.teams.remove_member("t1", "u1")
+    c.teams.delete("t1")
 
 
 def _tour_payments(
@@ -303,7 +337,7 @@ def test_both_clients_expose_the_same_methods() -> None:
     sync = Creditd("ck_x", base_url="http://127.0.0.1:9", spool=None)
     async_ = AsyncCreditd("ck_x", base_url="http://127.0.0.1:9", spool=None)
     resources = [n for n, v in vars(sync).items() if not n.startswith("_") and hasattr(v, "_c")]
-    assert len(resources) == 19
+    assert len(resources) == 20
     for name in resources:
         methods = {m for m in dir(getattr(sync, name)) if not m.startswith("_")}
         assert methods == {m for m in dir(getattr(async_, name)) if not m.startswith("_")}, name

@@ -406,6 +406,44 @@ export class Creditd<M extends AmountsMode = "string"> {
       }),
   };
 
+  /** Teams: a shared balance its members charge (`team_id` on start, usage and check). */
+  readonly teams = {
+    create: (body: T.TeamCreate, o?: RequestOptions) =>
+      this.request<T.Team<AmountOf<M>>>({ method: "POST", path: "/v1/teams", body, options: o }),
+    list: (page?: T.PageParams, o?: RequestOptions) =>
+      this.request<T.Page<T.Team<AmountOf<M>>>>({ method: "GET", path: "/v1/teams", query: page, options: o }),
+    get: (teamId: string, o?: RequestOptions) =>
+      this.request<T.Team<AmountOf<M>>>({ method: "GET", path: `/v1/teams/${enc(teamId)}`, options: o }),
+    update: (teamId: string, body: T.TeamUpdate, o?: RequestOptions) =>
+      this.request<T.Team<AmountOf<M>>>({ method: "PATCH", path: `/v1/teams/${enc(teamId)}`, body, options: o }),
+    /** Close the team's account and remove its members (the id is not reused). */
+    delete: (teamId: string, o?: RequestOptions) =>
+      this.request<void>({ method: "DELETE", path: `/v1/teams/${enc(teamId)}`, options: o }),
+    putMember: (teamId: string, userId: string, body: T.TeamMemberInput = {}, o?: RequestOptions) =>
+      this.request<T.TeamMember<AmountOf<M>>>({
+        method: "PUT", path: `/v1/teams/${enc(teamId)}/members/${enc(userId)}`, body, options: o,
+      }),
+    members: (teamId: string, page?: T.PageParams, o?: RequestOptions) =>
+      this.request<T.Page<T.TeamMember<AmountOf<M>>>>({
+        method: "GET", path: `/v1/teams/${enc(teamId)}/members`, query: page, options: o,
+      }),
+    removeMember: (teamId: string, userId: string, o?: RequestOptions) =>
+      this.request<void>({ method: "DELETE", path: `/v1/teams/${enc(teamId)}/members/${enc(userId)}`, options: o }),
+    grantCredits: (teamId: string, body: T.CreditGrantInput, o?: RequestOptions) =>
+      this.request<T.GrantCreated<AmountOf<M>>>({ method: "POST", path: `/v1/teams/${enc(teamId)}/credits`, body, options: o }),
+    debit: (teamId: string, body: T.DebitInput, o?: RequestOptions) =>
+      this.request<T.Debit<AmountOf<M>>>({ method: "POST", path: `/v1/teams/${enc(teamId)}/debits`, body, options: o }),
+    grants: (teamId: string, page?: T.PageParams, o?: RequestOptions) =>
+      this.request<T.Page<T.Grant<AmountOf<M>>>>({
+        method: "GET", path: `/v1/teams/${enc(teamId)}/grants`, query: page, options: o,
+      }),
+    /** The team account's ledger, oldest first (`user_id`: the member who charged). */
+    ledger: (teamId: string, page?: T.PageParams, o?: RequestOptions) =>
+      this.request<T.Page<T.LedgerEntry<AmountOf<M>>>>({
+        method: "GET", path: `/v1/teams/${enc(teamId)}/ledger`, query: page, options: o,
+      }),
+  };
+
   /** Usage transactions: hold before the model call, settle after it. */
   readonly transactions = {
     start: (body: T.StartTransactionInput, o?: RequestOptions) =>

@@ -210,6 +210,51 @@ export interface LedgerEntry<A = string> {
   grant_id: string | null;
   reason: string | null;
   created_at: Timestamp;
+  /** The user whose account changed; on a team's ledger the member (null: team-level change). */
+  user_id?: string | null;
+}
+
+// ---- teams ---------------------------------------------------------------------------------
+
+export interface Team<A = string> {
+  id: string;
+  name: string | null;
+  metadata: Metadata;
+  created_at: Timestamp;
+  balance: Balance<A>;
+}
+
+export interface TeamCreate {
+  id: string;
+  name?: string | null;
+  metadata?: Metadata;
+}
+
+export interface TeamUpdate {
+  name?: string | null;
+  metadata?: Metadata | null;
+}
+
+export type TeamRole = "owner" | "member";
+
+export interface MemberSpendCapInput {
+  period: "day" | "month";
+  limit: AmountInput;
+}
+
+export interface TeamMemberInput {
+  role?: TeamRole;
+  /** Replaces the member's caps on the team's account (deny), at most one per period. */
+  spend_caps?: MemberSpendCapInput[];
+}
+
+export interface TeamMember<A = string> {
+  team_id: string;
+  user_id: string;
+  role: TeamRole;
+  spend_caps: { period: "day" | "month"; limit: A }[];
+  created_at: Timestamp;
+  updated_at: Timestamp;
 }
 
 // ---- transactions and usage ----------------------------------------------------------------
@@ -217,6 +262,8 @@ export interface LedgerEntry<A = string> {
 export interface StartTransactionInput {
   user_id: string;
   model: string;
+  /** Charge this team's account (the user must be a member). */
+  team_id?: string | null;
   provisional_tokens?: TokenUsage | null;
   feature_identifier?: string | null;
   metadata?: Metadata;
@@ -271,6 +318,8 @@ export interface Refund<A = string> {
 export interface Transaction<A = string> {
   id: string;
   user_id: string;
+  /** The team whose account paid; null: the user's own. */
+  team_id?: string | null;
   model: string;
   feature_identifier: string | null;
   status: TransactionStatus;
@@ -289,6 +338,7 @@ export interface Transaction<A = string> {
 
 export interface TransactionFilters extends PageParams {
   user_id?: string;
+  team_id?: string;
   status?: TransactionStatus;
   model?: string;
   feature_identifier?: string;
@@ -299,6 +349,7 @@ export interface TransactionFilters extends PageParams {
 export interface UsageInput {
   user_id: string;
   model: string;
+  team_id?: string | null;
   tokens: TokenUsage;
   feature_identifier?: string | null;
   metadata?: Metadata;
@@ -313,6 +364,7 @@ export interface UsageResult<A = string> {
 
 export interface CheckInput {
   user_id: string;
+  team_id?: string | null;
   model?: string | null;
   provisional_tokens?: TokenUsage | null;
   amount?: AmountInput | null;
@@ -734,10 +786,12 @@ export interface EventFilters extends PageParams {
   created_after?: TimestampInput;
 }
 
-export type SpendGroupBy = "user" | "model" | "feature" | "day";
+export type SpendGroupBy = "user" | "model" | "feature" | "day" | "team" | "member";
 
 export interface SpendParams {
   group_by: SpendGroupBy;
+  /** Only this team's charges (group_by team or member). */
+  team_id?: string;
   start?: TimestampInput;
   end?: TimestampInput;
   /** 1-1000, default 20. */

@@ -59,6 +59,7 @@ from creditd_sdk.models import (
     Health,
     LedgerEntry,
     Liability,
+    MemberSpendCapIn,
     ModelOverride,
     ModelPrice,
     Page,
@@ -86,6 +87,9 @@ from creditd_sdk.models import (
     Subscription,
     SubscriptionCreated,
     Summary,
+    Team,
+    TeamMember,
+    TeamRole,
     Tier,
     Tokens,
     Transaction,
@@ -246,6 +250,7 @@ class AsyncCreditd:
         self.models = AsyncModels(self)
         self.users = AsyncUsers(self)
         self.credits = AsyncCredits(self)
+        self.teams = AsyncTeams(self)
         self.transactions = AsyncTransactions(self)
         self.usage = AsyncUsage(self)
         self.tiers = AsyncTiers(self)
@@ -798,6 +803,126 @@ class AsyncCredits(_AsyncResource):
         return parse_page(LedgerEntry, data)
 
 
+class AsyncTeams(_AsyncResource):
+    """Teams: a shared balance its members charge (``team_id`` on start, record, check)."""
+
+    async def create(
+        self,
+        id: str,
+        *,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Team:
+        body = _present(id=id, name=name, metadata=metadata)
+        data = await self._c.request(
+            "POST", "/v1/teams", body=body, idempotency_key=idempotency_key
+        )
+        return parse(Team, data)
+
+    async def get(self, team_id: str) -> Team:
+        return parse(Team, await self._c.request("GET", f"/v1/teams/{_seg(team_id)}"))
+
+    async def list(
+        self, *, limit: int | None = None, starting_after: str | None = None
+    ) -> Page[Team]:
+        params = {"limit": limit, "starting_after": starting_after}
+        return parse_page(Team, await self._c.request("GET", "/v1/teams", params=params))
+
+    async def update(
+        self,
+        team_id: str,
+        *,
+        name: str | None = NOT_GIVEN,
+        metadata: Mapping[str, Any] | None = NOT_GIVEN,
+    ) -> Team:
+        """Set the name and/or merge ``metadata`` (a None value removes that key)."""
+        body = _given(name=name, metadata=metadata)
+        data = await self._c.request("PATCH", f"/v1/teams/{_seg(team_id)}", body=body)
+        return parse(Team, data)
+
+    async def delete(self, team_id: str) -> None:
+        """Close the team's account and remove its members (its id is not reused)."""
+        await self._c.request("DELETE", f"/v1/teams/{_seg(team_id)}")
+
+    async def put_member(
+        self,
+        team_id: str,
+        user_id: str,
+        *,
+        role: TeamRole = "member",
+        spend_caps: Sequence[MemberSpendCapIn] = (),
+    ) -> TeamMember:
+        """Add an existing user to the team, or replace its role and team spend caps."""
+        caps = [{"period": c["period"], "limit": to_amount(c["limit"])} for c in spend_caps]
+        body = {"role": role, "spend_caps": caps}
+        path = f"/v1/teams/{_seg(team_id)}/members/{_seg(user_id)}"
+        return parse(TeamMember, await self._c.request("PUT", path, body=body))
+
+    async def list_members(
+        self, team_id: str, *, limit: int | None = None, starting_after: str | None = None
+    ) -> Page[TeamMember]:
+        params = {"limit": limit, "starting_after": starting_after}
+        data = await self._c.request("GET", f"/v1/teams/{_seg(team_id)}/members", params=params)
+        return parse_page(TeamMember, data)
+
+    async def remove_member(self, team_id: str, user_id: str) -> None:
+        await self._c.request("DELETE", f"/v1/teams/{_seg(team_id)}/members/{_seg(user_id)}")
+
+    async def grant(
+        self,
+        team_id: str,
+        amount: Amount,
+        *,
+        reason: str | None = None,
+        expires_at: datetime | None = None,
+        source: GrantSource | None = None,
+        category: GrantCategory | None = None,
+        idempotency_key: str | None = None,
+    ) -> Grant:
+        """Grant credits to the team's account; ``balance``: its available balance after."""
+        body = _present(
+            amount=to_amount(amount),
+            reason=reason,
+            expires_at=expires_at,
+            source=source,
+            category=category,
+        )
+        data = await self._c.request(
+            "POST", f"/v1/teams/{_seg(team_id)}/credits", body=body, idempotency_key=idempotency_key
+        )
+        return parse(Grant, data)
+
+    async def debit(
+        self,
+        team_id: str,
+        amount: Amount,
+        *,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Debit:
+        body = _present(amount=to_amount(amount), reason=reason)
+        data = await self._c.request(
+            "POST", f"/v1/teams/{_seg(team_id)}/debits", body=body, idempotency_key=idempotency_key
+        )
+        return parse(Debit, data)
+
+    async def list_grants(
+        self, team_id: str, *, limit: int | None = None, starting_after: str | None = None
+    ) -> Page[Grant]:
+        params = {"limit": limit, "starting_after": starting_after}
+        data = await self._c.request("GET", f"/v1/teams/{_seg(team_id)}/grants", params=params)
+        return parse_page(Grant, data)
+
+    async def list_ledger(
+        self, team_id: str, *, limit: int | None = None, starting_after: str | None = None
+    ) -> Page[LedgerEntry]:
+        """The team account's ledger, oldest first (``user_id``: the member who charged)."""
+        params = {"limit": limit, "starting_after": starting_after}
+        data = await self._c.request("GET", f"/v1/teams/{_seg(team_id)}/ledger", params=params)
+        return parse_page(LedgerEntry, data)
+
+
 class AsyncTransactions(_AsyncResource):
     """Usage transactions: start (hold), complete (charge or release), extend, refund."""
 
@@ -811,11 +936,14 @@ class AsyncTransactions(_AsyncResource):
         metadata: Mapping[str, Any] | None = None,
         hold_ttl_seconds: int | None = None,
         idempotency_key: str | None = None,
+        team_id: str | None = None,
     ) -> StartResult:
-        """Admit the call and hold its provisional price. Check ``admitted`` before calling."""
+        """Admit the call and hold its provisional price. Check ``admitted`` before calling.
+        With ``team_id`` the team's account is charged (the user must be a member)."""
         body = _present(
             user_id=user_id,
             model=model,
+            team_id=team_id,
             provisional_tokens=_token_dict(provisional_tokens),
             feature_identifier=feature_identifier,
             metadata=metadata,
@@ -918,11 +1046,13 @@ class AsyncUsage(_AsyncResource):
         feature_identifier: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        team_id: str | None = None,
     ) -> UsageResult:
         """Charge usage that already happened, in one call (never refused for the balance)."""
         body = _present(
             user_id=user_id,
             model=model,
+            team_id=team_id,
             tokens=_token_dict(tokens),
             feature_identifier=feature_identifier,
             metadata=metadata,
@@ -939,6 +1069,7 @@ class AsyncUsage(_AsyncResource):
         model: str | None = None,
         provisional_tokens: Tokens | None = None,
         amount: Amount | None = None,
+        team_id: str | None = None,
     ) -> CheckResult:
         """Would this usage be admitted? No side effect.
 
@@ -950,6 +1081,7 @@ class AsyncUsage(_AsyncResource):
             model=model,
             provisional_tokens=_token_dict(provisional_tokens),
             amount=_amount(amount),
+            team_id=team_id,
         )
         data = await self._c.request("POST", "/v1/check", body=body, keyed=False)
         return parse(CheckResult, data)
@@ -1465,9 +1597,17 @@ class AsyncAnalytics(_AsyncResource):
         start: datetime | None = None,
         end: datetime | None = None,
         limit: int | None = None,
+        team_id: str | None = None,
     ) -> SpendReport:
-        """Credits spent per user, model, feature or UTC day over a window of whole UTC days."""
-        params = {"group_by": group_by, "start": start, "end": end, "limit": limit}
+        """Credits spent per user, model, feature, UTC day, team or team member over a window
+        of whole UTC days (``team_id``: one team's charges, with group_by team or member)."""
+        params = {
+            "group_by": group_by,
+            "start": start,
+            "end": end,
+            "limit": limit,
+            "team_id": team_id,
+        }
         data = await self._c.request("GET", "/v1/analytics/spend", params=params)
         return parse(SpendReport, data)
 

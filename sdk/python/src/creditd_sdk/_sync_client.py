@@ -57,6 +57,7 @@ from creditd_sdk.models import (
     Health,
     LedgerEntry,
     Liability,
+    MemberSpendCapIn,
     ModelOverride,
     ModelPrice,
     Page,
@@ -84,6 +85,9 @@ from creditd_sdk.models import (
     Subscription,
     SubscriptionCreated,
     Summary,
+    Team,
+    TeamMember,
+    TeamRole,
     Tier,
     Tokens,
     Transaction,
@@ -244,6 +248,7 @@ class Creditd:
         self.models = Models(self)
         self.users = Users(self)
         self.credits = Credits(self)
+        self.teams = Teams(self)
         self.transactions = Transactions(self)
         self.usage = Usage(self)
         self.tiers = Tiers(self)
@@ -784,6 +789,122 @@ class Credits(_Resource):
         return parse_page(LedgerEntry, data)
 
 
+class Teams(_Resource):
+    """Teams: a shared balance its members charge (``team_id`` on start, record, check)."""
+
+    def create(
+        self,
+        id: str,
+        *,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Team:
+        body = _present(id=id, name=name, metadata=metadata)
+        data = self._c.request("POST", "/v1/teams", body=body, idempotency_key=idempotency_key)
+        return parse(Team, data)
+
+    def get(self, team_id: str) -> Team:
+        return parse(Team, self._c.request("GET", f"/v1/teams/{_seg(team_id)}"))
+
+    def list(self, *, limit: int | None = None, starting_after: str | None = None) -> Page[Team]:
+        params = {"limit": limit, "starting_after": starting_after}
+        return parse_page(Team, self._c.request("GET", "/v1/teams", params=params))
+
+    def update(
+        self,
+        team_id: str,
+        *,
+        name: str | None = NOT_GIVEN,
+        metadata: Mapping[str, Any] | None = NOT_GIVEN,
+    ) -> Team:
+        """Set the name and/or merge ``metadata`` (a None value removes that key)."""
+        body = _given(name=name, metadata=metadata)
+        data = self._c.request("PATCH", f"/v1/teams/{_seg(team_id)}", body=body)
+        return parse(Team, data)
+
+    def delete(self, team_id: str) -> None:
+        """Close the team's account and remove its members (its id is not reused)."""
+        self._c.request("DELETE", f"/v1/teams/{_seg(team_id)}")
+
+    def put_member(
+        self,
+        team_id: str,
+        user_id: str,
+        *,
+        role: TeamRole = "member",
+        spend_caps: Sequence[MemberSpendCapIn] = (),
+    ) -> TeamMember:
+        """Add an existing user to the team, or replace its role and team spend caps."""
+        caps = [{"period": c["period"], "limit": to_amount(c["limit"])} for c in spend_caps]
+        body = {"role": role, "spend_caps": caps}
+        path = f"/v1/teams/{_seg(team_id)}/members/{_seg(user_id)}"
+        return parse(TeamMember, self._c.request("PUT", path, body=body))
+
+    def list_members(
+        self, team_id: str, *, limit: int | None = None, starting_after: str | None = None
+    ) -> Page[TeamMember]:
+        params = {"limit": limit, "starting_after": starting_after}
+        data = self._c.request("GET", f"/v1/teams/{_seg(team_id)}/members", params=params)
+        return parse_page(TeamMember, data)
+
+    def remove_member(self, team_id: str, user_id: str) -> None:
+        self._c.request("DELETE", f"/v1/teams/{_seg(team_id)}/members/{_seg(user_id)}")
+
+    def grant(
+        self,
+        team_id: str,
+        amount: Amount,
+        *,
+        reason: str | None = None,
+        expires_at: datetime | None = None,
+        source: GrantSource | None = None,
+        category: GrantCategory | None = None,
+        idempotency_key: str | None = None,
+    ) -> Grant:
+        """Grant credits to the team's account; ``balance``: its available balance after."""
+        body = _present(
+            amount=to_amount(amount),
+            reason=reason,
+            expires_at=expires_at,
+            source=source,
+            category=category,
+        )
+        data = self._c.request(
+            "POST", f"/v1/teams/{_seg(team_id)}/credits", body=body, idempotency_key=idempotency_key
+        )
+        return parse(Grant, data)
+
+    def debit(
+        self,
+        team_id: str,
+        amount: Amount,
+        *,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Debit:
+        body = _present(amount=to_amount(amount), reason=reason)
+        data = self._c.request(
+            "POST", f"/v1/teams/{_seg(team_id)}/debits", body=body, idempotency_key=idempotency_key
+        )
+        return parse(Debit, data)
+
+    def list_grants(
+        self, team_id: str, *, limit: int | None = None, starting_after: str | None = None
+    ) -> Page[Grant]:
+        params = {"limit": limit, "starting_after": starting_after}
+        data = self._c.request("GET", f"/v1/teams/{_seg(team_id)}/grants", params=params)
+        return parse_page(Grant, data)
+
+    def list_ledger(
+        self, team_id: str, *, limit: int | None = None, starting_after: str | None = None
+    ) -> Page[LedgerEntry]:
+        """The team account's ledger, oldest first (``user_id``: the member who charged)."""
+        params = {"limit": limit, "starting_after": starting_after}
+        data = self._c.request("GET", f"/v1/teams/{_seg(team_id)}/ledger", params=params)
+        return parse_page(LedgerEntry, data)
+
+
 class Transactions(_Resource):
     """Usage transactions: start (hold), complete (charge or release), extend, refund."""
 
@@ -797,11 +918,14 @@ class Transactions(_Resource):
         metadata: Mapping[str, Any] | None = None,
         hold_ttl_seconds: int | None = None,
         idempotency_key: str | None = None,
+        team_id: str | None = None,
     ) -> StartResult:
-        """Admit the call and hold its provisional price. Check ``admitted`` before calling."""
+        """Admit the call and hold its provisional price. Check ``admitted`` before calling.
+        With ``team_id`` the team's account is charged (the user must be a member)."""
         body = _present(
             user_id=user_id,
             model=model,
+            team_id=team_id,
             provisional_tokens=_token_dict(provisional_tokens),
             feature_identifier=feature_identifier,
             metadata=metadata,
@@ -900,11 +1024,13 @@ class Usage(_Resource):
         feature_identifier: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        team_id: str | None = None,
     ) -> UsageResult:
         """Charge usage that already happened, in one call (never refused for the balance)."""
         body = _present(
             user_id=user_id,
             model=model,
+            team_id=team_id,
             tokens=_token_dict(tokens),
             feature_identifier=feature_identifier,
             metadata=metadata,
@@ -919,6 +1045,7 @@ class Usage(_Resource):
         model: str | None = None,
         provisional_tokens: Tokens | None = None,
         amount: Amount | None = None,
+        team_id: str | None = None,
     ) -> CheckResult:
         """Would this usage be admitted? No side effect.
 
@@ -930,6 +1057,7 @@ class Usage(_Resource):
             model=model,
             provisional_tokens=_token_dict(provisional_tokens),
             amount=_amount(amount),
+            team_id=team_id,
         )
         data = self._c.request("POST", "/v1/check", body=body, keyed=False)
         return parse(CheckResult, data)
@@ -1429,9 +1557,17 @@ class Analytics(_Resource):
         start: datetime | None = None,
         end: datetime | None = None,
         limit: int | None = None,
+        team_id: str | None = None,
     ) -> SpendReport:
-        """Credits spent per user, model, feature or UTC day over a window of whole UTC days."""
-        params = {"group_by": group_by, "start": start, "end": end, "limit": limit}
+        """Credits spent per user, model, feature, UTC day, team or team member over a window
+        of whole UTC days (``team_id``: one team's charges, with group_by team or member)."""
+        params = {
+            "group_by": group_by,
+            "start": start,
+            "end": end,
+            "limit": limit,
+            "team_id": team_id,
+        }
         data = self._c.request("GET", "/v1/analytics/spend", params=params)
         return parse(SpendReport, data)
 

@@ -39,7 +39,8 @@ PlanInterval = Literal["day", "month", "year"]
 Provider = Literal["stripe", "razorpay", "manual"]
 CapPeriod = Literal["day", "month"]
 CapAction = Literal["deny", "warn"]
-GroupBy = Literal["user", "model", "feature", "day"]
+GroupBy = Literal["user", "model", "feature", "day", "team", "member"]
+TeamRole = Literal["owner", "member"]
 GrantSource = Literal["adjustment", "purchase", "promo", "bonus"]
 GrantCategory = Literal["paid", "promotional"]
 PaymentProvider = Literal["stripe", "razorpay"]
@@ -77,6 +78,13 @@ class ProjectSettingsPatch(TypedDict, total=False):
     low_balance_thresholds: list[Amount]
     # Credits per major unit of each currency ({"USD": 100}); replaces the whole map.
     credits_per_unit: dict[str, Amount]
+    # "user" | "only_team": the account a usage call without team_id charges.
+    team_usage_default: str
+
+
+class MemberSpendCapIn(TypedDict):
+    period: CapPeriod
+    limit: Amount
 
 
 class ModelOverride(TypedDict, total=False):
@@ -245,6 +253,35 @@ class LedgerEntry(_Model):
     grant_id: str | None
     reason: str | None
     created_at: datetime
+    # The user whose account changed; on a team's ledger the member (None: a team-level change).
+    user_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Team(_Model):
+    """A shared balance its members charge (``team_id`` on usage calls)."""
+
+    id: str
+    name: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    balance: Balance
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemberSpendCap(_Model):
+    period: str
+    limit: Decimal
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeamMember(_Model):
+    team_id: str
+    user_id: str
+    role: str
+    spend_caps: list[MemberSpendCap]
+    created_at: datetime
+    updated_at: datetime
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -301,6 +338,7 @@ class Transaction(_Model):
     expires_at: datetime | None
     completed_at: datetime | None
     created_at: datetime
+    team_id: str | None = None  # the team whose account paid (None: the user's own)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -669,6 +707,8 @@ __all__ = [
     "Health",
     "LedgerEntry",
     "Liability",
+    "MemberSpendCap",
+    "MemberSpendCapIn",
     "ModelOverride",
     "ModelPrice",
     "Page",
@@ -696,6 +736,9 @@ __all__ = [
     "Subscription",
     "SubscriptionCreated",
     "Summary",
+    "Team",
+    "TeamMember",
+    "TeamRole",
     "Tier",
     "Tokens",
     "Transaction",

@@ -11,7 +11,7 @@ RUN := $(UV) run --frozen
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help install run test check lint format typecheck openapi openapi-check sdk-sync contract fuzz bench bench-prune bench-webhooks migrate worker verify clean
+.PHONY: help install run test check lint format typecheck openapi openapi-check sdk-sync contract fuzz bench bench-prune bench-webhooks bench-export migrate worker verify clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ bench-prune: install ## Prune a 10 M-event table with the retention job, measure
 
 bench-webhooks: install ## Benchmark webhook dispatch: deliveries per second to a local receiver
 	$(RUN) python -m bench.webhooks $(BENCH_ARGS)
+
+bench-export: install ## Export 1 M seeded ledger entries over HTTP and the CLI: peak RSS, rate (bench/RESULTS.md)
+	$(RUN) python -m bench.ledger_export $(BENCH_EXPORT_ARGS)
 
 migrate: install ## Apply migrations (DATABASE_URL, or the embedded database)
 	$(RUN) creditd migrate

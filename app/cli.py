@@ -1,4 +1,5 @@
-"""The `creditd` command: serve, worker, migrate, bootstrap, verify, rotate-secrets, openapi."""
+"""The `creditd` command: serve, worker, migrate, bootstrap, verify, rotate-secrets, ledger,
+openapi."""
 
 from __future__ import annotations
 
@@ -377,6 +378,154 @@ def cmd_prune_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def _utc(text: str) -> Any:
+    from datetime import UTC, datetime
+
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError("needs a zone, e.g. 2026-01-01T00:00:00Z")
+    return value.astimezone(UTC)
+
+
+def cmd_ledger_export(args: argparse.Namespace) -> int:
+    """Write the project's ledger export (the HTTP endpoint's format) to a file or stdout.
+
+    With --append the file's chain is verified, a line cut short is dropped, and the export
+    resumes after its last entry, chained on its last hash: rerun it after a failure, or later
+    to extend the file."""
+    import uuid
+
+    from app.db.engine import create_engine
+    from app.db.session import Database
+    from app.ledger import chain, service
+
+    settings = load_settings()
+    project_id = uuid.UUID(args.project)
+    since, prev_hash, after = args.since, chain.GENESIS, None
+    out = Path(args.output) if args.output else None
+    if out is not None and out.exists() and out.stat().st_size:
+        if not args.append:
+            print(f"creditd: {out} exists: --append resumes it", file=sys.stderr)
+            return 2
+        _drop_partial_line(out)
+        with out.open("rb") as f:
+            try:
+                summary = chain.summarize(f)
+            except chain.ChainBroken as broken:
+                print(f"creditd: {out}: {broken}: not appending", file=sys.stderr)
+                return 1
+        if summary.project_id not in (None, str(project_id)):
+            print(f"creditd: {out} is an export of project {summary.project_id}", file=sys.stderr)
+            return 2
+        prev_hash, after = summary.last_hash, summary.next_after
+        if since is None and summary.since is not None:
+            since = chain.parse_timestamp(summary.since)
+
+    async def main() -> tuple[int, bool]:
+        db = Database(create_engine(settings.database, pool_size=2))
+        entries, complete = 0, False
+        try:
+            async with db.transaction() as session:
+                plan = await service.plan(
+                    session,
+                    project_id,
+                    since=since,
+                    until=args.until,
+                    after=after,
+                    prev_hash=prev_hash,
+                )
+            sink = out.open("ab") if out is not None else sys.stdout.buffer
+            try:
+                async for chunk in service.stream(db, plan):
+                    sink.write(chunk)
+                    entries += chunk.count(b'{"object":"ledger_entry",')
+                    complete = b'{"object":"ledger_export_end",' in chunk
+            finally:
+                sink.flush()
+                if out is not None:
+                    os.fsync(sink.fileno())
+                    sink.close()
+        finally:
+            await db.dispose()
+        return entries, complete
+
+    with _database(settings, migrate=False):
+        try:
+            entries, _ = asyncio.run(main())
+        except Exception as exc:
+            print(f"creditd: export cut short ({exc}): rerun with --append", file=sys.stderr)
+            return 1
+    print(f"exported {entries} ledger entries", file=sys.stderr)
+    return 0
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Truncate a last line without its newline (a write that was cut short)."""
+    with path.open("rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        pos = size
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            block = f.read(step)
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                pos = pos - step + nl + 1
+                break
+            pos -= step
+        if pos != size:
+            f.truncate(pos)
+
+
+def cmd_ledger_verify_export(args: argparse.Namespace) -> int:
+    """Verify an export's chain offline; with --against-db, also against the stored ledger."""
+    import uuid
+
+    from app.ledger import chain
+
+    prev_hash = args.prev_hash or chain.GENESIS
+    try:
+        with open(args.file, "rb") as f:
+            summary = chain.summarize(f, prev_hash)
+    except chain.ChainBroken as broken:
+        print(f"{args.file}: line {broken.line}: {broken.reason}")
+        return 1
+    state = "complete" if summary.complete else "INCOMPLETE (no trailer after the last entry)"
+    print(
+        f"{args.file}: chain intact: {summary.lines} lines, {summary.entries} entries, "
+        f"{summary.segments} export(s), {state}, last hash {summary.last_hash}"
+    )
+    if not args.against_db:
+        return 0 if summary.complete or args.allow_incomplete else 1
+    from app.db.engine import create_engine
+    from app.db.session import Database
+    from app.ledger import service
+
+    settings = load_settings()
+
+    async def main() -> list[Any]:
+        db = Database(create_engine(settings.database, pool_size=1))
+        try:
+            return await service.verify_against_db(
+                db,
+                args.file,
+                summary,
+                prev_hash=prev_hash,
+                project_id=uuid.UUID(args.project) if args.project else None,
+                since=args.since,
+            )
+        finally:
+            await db.dispose()
+
+    with _database(settings, migrate=False):
+        problems = asyncio.run(main())
+    for p in problems:
+        print(f"{args.file}: line {p.line}: {p.reason}" if p.line else f"{args.file}: {p.reason}")
+    if not problems:
+        print(f"{args.file}: every entry equals the stored one, none missing in its range")
+    return 1 if problems or not (summary.complete or args.allow_incomplete) else 0
+
+
 def openapi_document() -> str:
     from app.core.settings import DatabaseSettings
     from app.main import create_app
@@ -442,6 +591,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--dry-run", action="store_true", help="Only count what would go")
     prune.set_defaults(func=cmd_prune_events)
+
+    ledger = sub.add_parser("ledger", help="Export the ledger, verify an export")
+    lsub = ledger.add_subparsers(dest="ledger_command", required=True)
+    lexp = lsub.add_parser("export", help="Export a project's ledger as hash-chained JSON lines")
+    lexp.add_argument("--project", required=True, help="Project id")
+    lexp.add_argument("--since", type=_utc, help="Entries created at or after (RFC 3339)")
+    lexp.add_argument("--until", type=_utc, help="Entries created before (RFC 3339)")
+    lexp.add_argument("--output", "-o", help="File (default stdout)")
+    lexp.add_argument("--append", action="store_true", help="Resume/extend an existing export file")
+    lexp.set_defaults(func=cmd_ledger_export)
+    lver = lsub.add_parser("verify-export", help="Check an export's chain (and the database)")
+    lver.add_argument("file")
+    lver.add_argument("--against-db", action="store_true", help="Compare with the stored ledger")
+    lver.add_argument("--prev-hash", help="The hash the file chains on (default 64 zeros)")
+    lver.add_argument("--project", help="With --against-db, for a file without a trailer")
+    lver.add_argument("--since", type=_utc, help="With --project: the export's since")
+    lver.add_argument("--allow-incomplete", action="store_true", help="Exit 0 for a file cut short")
+    lver.set_defaults(func=cmd_ledger_verify_export)
 
     spec = sub.add_parser("openapi", help="Print the OpenAPI document")
     spec.add_argument("--output", "-o")

@@ -45,6 +45,7 @@ from app.events import openapi as event_webhooks
 from app.events.router import router as events_router
 from app.health.router import expected_revision
 from app.health.router import router as health_router
+from app.ledger.router import router as ledger_router
 from app.payments.router import router as payments_router
 from app.payments.router import webhooks as webhooks_router
 from app.plans.router import router as plans_router
@@ -240,6 +241,7 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         providers_router,
         events_router,
         event_redelivery_router,
+        ledger_router,
         webhook_endpoints_router,
     ):
         app.include_router(router, responses=api_errors)

@@ -108,6 +108,20 @@ def _optional_bodies_without_null(document: dict[str, Any]) -> None:
                     media["schema"] = refs[0]
 
 
+def _json_lines_schemas(document: dict[str, Any]) -> None:
+    """A JSON-lines response (``application/x-ndjson``) publishes the schema of one line.
+    FastAPI types every non-JSON response body as a string and merges the line's schema into
+    it; drop that ``type`` so the schema says what each line is."""
+    for item in document.get("paths", {}).values():
+        for operation in item.values():
+            if not isinstance(operation, dict):
+                continue
+            for response in operation.get("responses", {}).values():
+                media = response.get("content", {}).get("application/x-ndjson")
+                if media and ("oneOf" in media.get("schema", {}) or "$ref" in media["schema"]):
+                    media["schema"].pop("type", None)
+
+
 def build_openapi(app: FastAPI) -> dict[str, Any]:
     """The OpenAPI document of ``app``, cached on it (FastAPI's ``app.openapi`` hook)."""
     if app.openapi_schema is None:
@@ -123,6 +137,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             license_info=app.license_info,
         )
         _optional_bodies_without_null(document)
+        _json_lines_schemas(document)
         components = document.setdefault("components", {})
         components.setdefault("schemas", {}).update(_problem_schemas())
         components["schemas"] = dict(sorted(components["schemas"].items()))

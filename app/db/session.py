@@ -50,8 +50,13 @@ class Database:
         self.engine = engine
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
+    async def transaction(
+        self, *, isolation: str | None = None, readonly: bool = False
+    ) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on error.
+
+        ``isolation``/``readonly`` as asyncpg takes them (e.g. "repeatable_read", True for one
+        read-only snapshot); the default is the server's (READ COMMITTED).
 
         Raises a ``DatabaseFault`` for transient failures; ``CommitOutcomeUnknown`` only when
         the connection broke while COMMIT was in flight.
@@ -67,7 +72,7 @@ class Database:
         try:
             raw = (await conn.get_raw_connection()).driver_connection
             assert raw is not None
-            tx = raw.transaction()
+            tx = raw.transaction(isolation=isolation, readonly=readonly)
             try:
                 await tx.start()
             except BaseException as exc:

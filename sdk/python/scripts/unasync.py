@@ -37,6 +37,7 @@ RULES: list[tuple[str, str]] = [
     (r"\b__aenter__\b", "__enter__"),
     (r"\b__aexit__\b", "__exit__"),
     (r"\baclose\b", "close"),
+    (r"\.a(read|iter_lines|iter_bytes)\(", r".\1("),  # httpx streaming responses
     (r"\bAwaitable\[(\w+(?:\[\w+\])?)\]", r"\1"),
     (r"\bAsync([A-Z]\w*)", r"\1"),
     (r"_Async([A-Z]\w*)", r"_\1"),

@@ -802,6 +802,42 @@ class AsyncCredits(_AsyncResource):
         data = await self._c.request("GET", f"/v1/users/{_seg(user_id)}/ledger", params=params)
         return parse_page(LedgerEntry, data)
 
+    async def export_ledger(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after: int | None = None,
+        prev_hash: str | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The project's ledger export (``GET /v1/ledger/export``), one dict per JSON line
+        (amounts as ``Decimal``), the ``ledger_export_end`` trailer last. A stream cut short
+        raises ``CreditdError`` (code ``export_incomplete``): resume with ``after`` = the last
+        entry's ``id`` and ``prev_hash`` = the last line's ``hash``. Check the chain with
+        ``creditd ledger verify-export`` on the saved lines."""
+        params = {"since": since, "until": until, "after": after, "prev_hash": prev_hash}
+        ended = False
+        async with self._c._http.stream(
+            "GET", "/v1/ledger/export", params=_query(params)
+        ) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise from_response(response.status_code, response.headers, _decode_error(response))
+            try:
+                async for line in response.aiter_lines():
+                    if line:
+                        obj = _json.loads(line)
+                        ended = obj.get("object") == "ledger_export_end"
+                        yield obj
+            except httpx.HTTPError as exc:
+                raise CreditdError(
+                    f"the ledger export was cut short: {exc!r}", code="export_incomplete"
+                ) from exc
+        if not ended:
+            raise CreditdError(
+                "the ledger export ended without its trailer", code="export_incomplete"
+            )
+
 
 class AsyncTeams(_AsyncResource):
     """Teams: a shared balance its members charge (``team_id`` on start, record, check)."""

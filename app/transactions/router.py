@@ -9,7 +9,8 @@ from app.core.cursors import parse_id, uuid_cursor
 from app.core.errors import problem_responses
 from app.core.pagination import Page, PageParams, make_page, uuid_page_params
 from app.db.session import Session
-from app.pricing.exceptions import UnknownModel
+from app.jobs.exceptions import UnknownJob
+from app.pricing.exceptions import ExpressionFailed, UnknownModel
 from app.routing import TransactionalRoute
 from app.transactions import service
 from app.transactions.exceptions import (
@@ -46,7 +47,7 @@ router = APIRouter(prefix="/v1", tags=["usage"], route_class=TransactionalRoute)
     summary="Start a usage transaction: admit it and hold its provisional price",
     status_code=201,
     response_model=StartOut,
-    responses=problem_responses(UnknownModel, UserNotFound),
+    responses=problem_responses(UnknownModel, ExpressionFailed, UserNotFound),
 )
 async def start(session: Session, principal: UsageKey, body: StartIn) -> StartOut:
     return await service.start(session, principal, body)
@@ -58,7 +59,11 @@ async def start(session: Session, principal: UsageKey, body: StartIn) -> StartOu
     summary="Complete a transaction: charge the real usage or release the hold",
     response_model=CompleteOut,
     responses=problem_responses(
-        TransactionNotFound, TransactionAlreadyCompleted, TransactionDenied, UnknownModel
+        TransactionNotFound,
+        TransactionAlreadyCompleted,
+        TransactionDenied,
+        UnknownModel,
+        ExpressionFailed,
     ),
 )
 async def complete(
@@ -135,7 +140,7 @@ async def get_transaction(
     summary="Record usage in one call (charged in full; send an Idempotency-Key)",
     status_code=201,
     response_model=UsageOut,
-    responses=problem_responses(UnknownModel, UserNotFound),
+    responses=problem_responses(UnknownModel, UnknownJob, ExpressionFailed, UserNotFound),
 )
 async def record_usage(session: Session, principal: UsageKey, body: UsageIn) -> UsageOut:
     return await service.record_usage(session, principal, body)
@@ -146,7 +151,7 @@ async def record_usage(session: Session, principal: UsageKey, body: UsageIn) -> 
     operation_id="usage_check",
     summary="Would this usage be admitted? No side effect",
     response_model=CheckOut,
-    responses=problem_responses(UnknownModel, UserNotFound),
+    responses=problem_responses(UnknownModel, ExpressionFailed, UserNotFound),
 )
 async def check(session: Session, principal: UsageKey, body: CheckIn) -> CheckOut:
     return await service.check(session, principal, body)

@@ -4,10 +4,11 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from typing_extensions import TypeAliasType
 
 from app.core.money import Money, NonNegativeAmount, PositiveAmount, UtcDatetime
+from app.jobs.schemas import JobName
 from app.pricing.schemas import TokenUsage
 from app.users.schemas import Metadata, UserId
 
@@ -116,19 +117,40 @@ class TransactionOut(BaseModel):
     finalized_tokens: StoredTokens | None
     metadata: dict[str, Any] = Field(validation_alias="metadata_")
     late: bool
+    job: bool = Field(description="A fixed-cost job's charge: model holds the job's name")
     expires_at: datetime | None
     completed_at: datetime | None
     created_at: datetime
 
 
 class UsageIn(BaseModel):
+    """Either ``model`` with ``tokens``, or a fixed-cost ``job`` (``quantity`` runs)."""
+
     model_config = ConfigDict(extra="forbid")
 
     user_id: UserId
-    model: ModelName
-    tokens: TokenUsage
+    model: ModelName | None = None
+    tokens: TokenUsage | None = Field(default=None, description="Required with model")
+    job: JobName | None = Field(
+        default=None, description="A job priced by PUT /v1/jobs/{name}, instead of model"
+    )
+    quantity: int | None = Field(
+        default=None, ge=1, le=1_000_000, strict=True, description="With job: runs; 1"
+    )
     feature_identifier: Feature | None = None
     metadata: Metadata = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _model_or_job(self) -> UsageIn:
+        if (self.model is None) == (self.job is None):
+            raise ValueError("give exactly one of model and job")
+        if self.model is not None and self.tokens is None:
+            raise ValueError("tokens are required with model")
+        if self.job is not None and self.tokens is not None:
+            raise ValueError("a job has a fixed price: send quantity, not tokens")
+        if self.model is not None and self.quantity is not None:
+            raise ValueError("quantity goes with job")
+        return self
 
 
 class UsageOut(BaseModel):

@@ -28,8 +28,10 @@ from app.credits import service as credits
 from app.credits.repository import LockedAccount
 from app.db.models import Transaction
 from app.events import service as events
+from app.jobs import service as jobs
+from app.jobs.exceptions import UnknownJob
 from app.pricing import service as pricing
-from app.pricing.schemas import TokenUsage
+from app.pricing.schemas import EvaluateIn, EvaluateOut, TokenUsage
 from app.tiers.rules import Rules
 from app.transactions import repository as repo
 from app.transactions.exceptions import (
@@ -121,7 +123,7 @@ _MESSAGES = {
 
 
 def _tokens_json(tokens: TokenUsage | None) -> dict[str, Any] | None:
-    return tokens.model_dump() if tokens is not None else None
+    return tokens.dump() if tokens is not None else None
 
 
 @dataclass(frozen=True)
@@ -131,24 +133,31 @@ class TierPrice:
 
 
 async def _lock_for_usage(
-    session: AsyncSession, principal: Principal, user_id: str, model: str
+    session: AsyncSession, principal: Principal, user_id: str, model: str, *, job: bool = False
 ) -> tuple[LockedAccount, Rules, TierPrice]:
-    """Lock the user's account with its tier rules and the model's price for its tier; on a
-    first usage, check the price before auto-creating the user (an unknown model creates
-    nobody)."""
+    """Lock the user's account with its tier rules and the model's price for its tier (or a
+    job's price, times the tier's multiplier); on a first usage, check the price before
+    auto-creating the user (an unknown model or job creates nobody)."""
     with gate.waiting(session, principal.project_id, user_id):
-        locked = await repo.lock_account(session, principal.project_id, user_id, model)
+        locked = await repo.lock_account(session, principal.project_id, user_id, model, job=job)
     if locked is None:
-        await pricing.price_for(session, principal.project_id, model)
+        if job:
+            await jobs.require(session, principal.project_id, model)
+        else:
+            await pricing.price_for(session, principal.project_id, model)
         await users.lock_account(session, principal, user_id, auto_create=True)
-        locked = await repo.lock_account(session, principal.project_id, user_id, model)
+        locked = await repo.lock_account(session, principal.project_id, user_id, model, job=job)
         if locked is None:  # pragma: no cover - the user was created under our lock
             raise UserNotFound()
     rules = locked.rules
+    locked.account.thresholds = principal.settings.low_balance_thresholds
+    if job:  # a job has no per-model override; the tier's multiplier applies
+        if locked.price is None:
+            raise UnknownJob(f"Job '{model}' has no price: PUT /v1/jobs/{model} first.")
+        return locked.account, rules, TierPrice(locked.price, rules.price_multiplier)
     price, multiplier = pricing.for_tier(
         locked.price, rules.price_multiplier, rules.override(model)
     )
-    locked.account.thresholds = principal.settings.low_balance_thresholds
     return locked.account, rules, TierPrice(pricing.require(price, model), multiplier)
 
 
@@ -195,6 +204,7 @@ async def start(session: AsyncSession, principal: Principal, body: StartIn) -> S
             metadata=body.metadata,
             expires_at=expires_at,
             completed_at=None,
+            price_snapshot=price.price.snapshot(price.multiplier) if admitted else None,
         ),
         events.outbox(
             project_id=principal.project_id,
@@ -237,7 +247,10 @@ async def _lock_with_account(
 
 
 def _completion_hash(body: CompleteIn) -> str:
-    canonical = orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    data = body.model_dump(mode="json")
+    if body.finalized_tokens is not None:  # metrics at 0 are left out, as before they existed
+        data["finalized_tokens"] = body.finalized_tokens.dump(mode="json")
+    canonical = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()
 
 
@@ -267,10 +280,8 @@ async def complete(
         tokens = TokenUsage()  # no counts at all: the usage still costs the request price
     charge = ZERO
     if body.success:
-        price, multiplier = pricing.for_tier(
-            txn.price, rules.price_multiplier, rules.override(txn.model)
-        )
-        charge = pricing.cost(pricing.require(price, txn.model), tokens, multiplier)
+        price, multiplier = _completion_price(txn, rules)
+        charge = pricing.cost(price, tokens, multiplier)
     late = txn.status == "expired"  # the sweeper already released the hold
     release = ZERO if late else txn.hold_amount
     status = "completed" if body.success else "failed"
@@ -324,6 +335,17 @@ async def complete(
         carry=carry,
     )
     return out
+
+
+def _completion_price(txn: LockedTransaction, rules: Rules) -> tuple[pricing.Price, Decimal]:
+    """The price recorded at start; for a transaction started before snapshots existed, the
+    model's current price for the user's tier."""
+    if txn.price_snapshot is not None:
+        return pricing.Price.from_snapshot(txn.price_snapshot)
+    price, multiplier = pricing.for_tier(
+        txn.price, rules.price_multiplier, rules.override(txn.model)
+    )
+    return pricing.require(price, txn.model), multiplier
 
 
 async def extend(
@@ -396,9 +418,13 @@ async def refund(
 
 
 async def record_usage(session: AsyncSession, principal: Principal, body: UsageIn) -> UsageOut:
-    """One-shot usage: charged in full (the usage already happened), no admission check."""
-    account, _, price = await _lock_for_usage(session, principal, body.user_id, body.model)
-    charge = pricing.cost(price.price, body.tokens, price.multiplier)
+    """One-shot usage: charged in full (the usage already happened), no admission check.
+    A job is charged its price times ``quantity`` (and the tier's multiplier)."""
+    name = body.job if body.job is not None else body.model
+    assert name is not None  # the schema asks for one of them
+    is_job = body.job is not None
+    account, _, price = await _lock_for_usage(session, principal, body.user_id, name, job=is_job)
+    charge = pricing.cost(price.price, body.tokens, price.multiplier, quantity=body.quantity or 1)
     txn_id = uuid7()
     now = utcnow()
     out = UsageOut(
@@ -413,7 +439,7 @@ async def record_usage(session: AsyncSession, principal: Principal, body: UsageI
             project_id=principal.project_id,
             account_id=account.id,
             user_id=account.user_id,
-            model=body.model,
+            model=name,
             feature_identifier=body.feature_identifier,
             status="completed",
             reason=None,
@@ -424,6 +450,8 @@ async def record_usage(session: AsyncSession, principal: Principal, body: UsageI
             metadata=body.metadata,
             expires_at=None,
             completed_at=now,
+            price_snapshot=price.price.snapshot(price.multiplier),
+            job=is_job,
         ),
         events.outbox(
             project_id=principal.project_id,
@@ -432,7 +460,7 @@ async def record_usage(session: AsyncSession, principal: Principal, body: UsageI
             # The keys of a completion's event: no hold, so all of the charge is the adjustment.
             data={
                 **out.model_dump(mode="python"),
-                "model": body.model,
+                "model": name,
                 "hold_amount": ZERO,
                 "balance_adjustment": ZERO - charge,
                 "late": False,
@@ -442,7 +470,7 @@ async def record_usage(session: AsyncSession, principal: Principal, body: UsageI
             project_id=principal.project_id,
             at=now,
             user_id=account.user_id,
-            model=body.model,
+            model=name,
             feature=body.feature_identifier,
             credits=charge,
         ),
@@ -488,6 +516,28 @@ async def check(session: AsyncSession, principal: Principal, body: CheckIn) -> C
         available=available,
         required=required,
     )
+
+
+async def evaluate(session: AsyncSession, principal: Principal, body: EvaluateIn) -> EvaluateOut:
+    """What ``tokens`` of ``model`` would cost (for ``user_id``: at their tier, read as /v1/check
+    reads it), and how; changes nothing."""
+    multiplier = Decimal(1)
+    if body.user_id is None:
+        price = await pricing.price_for(session, principal.project_id, body.model)
+    else:
+        _, found, rules = await repo.read_for_check(
+            session, principal.project_id, body.user_id, body.model
+        )
+        if not principal.settings.auto_create_users and not await repo.user_exists(
+            session, principal.project_id, body.user_id
+        ):
+            raise UserNotFound()
+        tier_price, multiplier = pricing.for_tier(
+            found, rules.price_multiplier, rules.override(body.model)
+        )
+        price = pricing.require(tier_price, body.model)
+    detail = pricing.breakdown(price, body.tokens, multiplier)
+    return EvaluateOut.model_validate({"credits": detail["credits"], "breakdown": detail})
 
 
 async def get(session: AsyncSession, principal: Principal, txn_id: uuid.UUID) -> Transaction:

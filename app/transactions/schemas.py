@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from typing_extensions import TypeAliasType
 
 from app.core.money import Money, NonNegativeAmount, PositiveAmount, UtcDatetime
@@ -24,8 +24,12 @@ DenyReason = TypeAliasType(
 )
 # Token counts as stored: TokenUsage.model_dump(), returned as they are (no re-validation of
 # stored rows); published as TokenUsage so generated clients type the counts.
+# Metrics stored as 0 are left out of the row (TokenUsage.dump); they are shown as 0.
+_NO_TOKENS = TokenUsage().model_dump()
 StoredTokens = Annotated[
-    dict[str, Any], WithJsonSchema({"$ref": f"#/components/schemas/{TokenUsage.__name__}"})
+    dict[str, Any],
+    AfterValidator(lambda stored: {**_NO_TOKENS, **stored}),
+    WithJsonSchema({"$ref": f"#/components/schemas/{TokenUsage.__name__}"}),
 ]
 
 

@@ -45,10 +45,12 @@ from app.events import openapi as event_webhooks
 from app.events.router import router as events_router
 from app.health.router import expected_revision
 from app.health.router import router as health_router
+from app.jobs.router import router as jobs_router
 from app.ledger.router import router as ledger_router
 from app.payments.router import router as payments_router
 from app.payments.router import webhooks as webhooks_router
 from app.plans.router import router as plans_router
+from app.pricing.router import evaluate_router
 from app.pricing.router import router as models_router
 from app.projects.router import router as project_router
 from app.promos.router import router as promos_router
@@ -230,6 +232,8 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         credits_router,
         teams_router,
         models_router,
+        evaluate_router,
+        jobs_router,
         tiers_router,
         plans_router,
         payments_router,

@@ -56,7 +56,8 @@ def entry_content(row: Any) -> str:
     tid, gid = row["transaction_id"], row["grant_id"]
     return (
         f'{{"object":"ledger_entry","id":{row["id"]},"created_at":"{row["ts"]}",'
-        f'"user_id":{_str(row["user_id"])},"kind":{_str(row["kind"])},'
+        f'"user_id":{_str(row["user_id"])},"team_id":{_str(row["team_id"])},'
+        f'"kind":{_str(row["kind"])},'
         f'"amount":{row["amount"]},"held_amount":{row["held_amount"]},'
         f'"total_after":{row["total_after"]},"held_after":{row["held_after"]},'
         f'"transaction_id":{"null" if tid is None else chr(34) + tid + chr(34)},'

@@ -31,7 +31,7 @@ ENTRY_KEY = """
 # PostgreSQL's work_mem (spilling to disk), once per export -- see README "Ledger export".
 EXPORT = """
     SELECT id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS ts,
-           user_id, kind, amount::text AS amount, held_amount::text AS held_amount,
+           user_id, team_id, kind, amount::text AS amount, held_amount::text AS held_amount,
            total_after::text AS total_after, held_after::text AS held_after,
            transaction_id::text AS transaction_id, grant_id::text AS grant_id, reason
     FROM ledger_entries

@@ -23,7 +23,11 @@ class LedgerExportEntry(BaseModel):
     created_at: str = Field(
         description="RFC 3339 UTC with microseconds: YYYY-MM-DDTHH:MM:SS.ffffffZ"
     )
-    user_id: str | None = Field(description="The account's owner")
+    user_id: str | None = Field(
+        description="The user: the account's owner, or the member whose usage charged a team"
+        " (null for a team's own grants, debits and expiries)"
+    )
+    team_id: str | None = Field(description="The team, when the entry is on a team's account")
     kind: str
     amount: Money = Field(description="Change of the account's total")
     held_amount: Money = Field(description="Change of the account's held credits")

@@ -16,3 +16,12 @@ class CostTooLarge(InvalidRequest):
 class ModelNotFound(NotFound):
     slug = "model_not_found"
     title = "No such model"
+
+
+class ExpressionFailed(InvalidRequest):
+    """The usage sent cannot be priced by the model's expression (e.g. a division by zero for
+    these counts): nothing was changed."""
+
+    slug = "expression_evaluation_failed"
+    title = "The model's price expression cannot price this usage"
+    loc = ("body",)

@@ -4,16 +4,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Response
 
-from app.auth.dependencies import ReadKey, WriteKey
+from app.auth.dependencies import ReadKey, UserReadKey, WriteKey
 from app.core.errors import problem_responses
 from app.core.pagination import Page, PageParams, make_page, page_params
 from app.db.session import Session
 from app.pricing import service
-from app.pricing.exceptions import ModelNotFound
-from app.pricing.schemas import ModelPriceIn, ModelPriceOut
+from app.pricing.exceptions import CostTooLarge, ExpressionFailed, ModelNotFound, UnknownModel
+from app.pricing.schemas import EvaluateIn, EvaluateOut, ModelPriceIn, ModelPriceOut
 from app.routing import TransactionalRoute
+from app.transactions import service as transactions
+from app.users.exceptions import UserNotFound
 
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=TransactionalRoute)
+evaluate_router = APIRouter(prefix="/v1/pricing", tags=["models"], route_class=TransactionalRoute)
 ModelId = Annotated[str, Path(min_length=1, max_length=200, description="e.g. gpt-4o, _default")]
 
 
@@ -64,3 +67,14 @@ async def get_model(session: Session, principal: ReadKey, model_id: ModelId) -> 
 async def delete_model(session: Session, principal: WriteKey, model_id: ModelId) -> Response:
     await service.delete(session, principal.project_id, model_id)
     return Response(status_code=204)
+
+
+@evaluate_router.post(
+    "/evaluate",
+    operation_id="pricing_evaluate",
+    summary="Price usage without charging it: credits and how they add up",
+    response_model=EvaluateOut,
+    responses=problem_responses(UnknownModel, ExpressionFailed, CostTooLarge, UserNotFound),
+)
+async def evaluate(session: Session, principal: UserReadKey, body: EvaluateIn) -> EvaluateOut:
+    return await transactions.evaluate(session, principal, body)

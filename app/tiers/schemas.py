@@ -4,10 +4,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.core.freeform import FREEFORM_DOC, FREEFORM_RULE
 from app.core.money import Money, NonNegativeAmount, PositiveAmount
+from app.pricing.schemas import PricingExpression, one_price_form
 
 TierId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,100}$", examples=["free", "pro"])]
 Interval = Literal["none", "day", "week", "month", "year"]
@@ -17,7 +18,11 @@ Features = Annotated[dict[str, Any], Field(max_length=100), FREEFORM_RULE, FREEF
 
 
 class ModelOverride(BaseModel):
-    """Per-model pricing for a tier: prices replace the project's, the multiplier the tier's."""
+    """Per-model pricing for a tier: prices replace the project's, the multiplier the tier's.
+
+    An ``expression`` replaces the model's price (the multiplier applies to its result);
+    per-1K prices replace those of a per-1K price, and replace an expression price only when
+    both input and output prices are given. An expression and per-1K prices together → 422."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -26,6 +31,12 @@ class ModelOverride(BaseModel):
     cached_input_price_per_1k: NonNegativeAmount | None = None
     request_price: NonNegativeAmount | None = None
     price_multiplier: NonNegativeAmount | None = None
+    expression: PricingExpression | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ModelOverride:
+        one_price_form(self.__dict__, partial=True)
+        return self
 
 
 class _TierFields(BaseModel):

@@ -20,7 +20,14 @@ from app.db.models import Transaction
 from app.db.scoping import scoped_select
 from app.db.session import driver
 from app.db.writes import Write
-from app.pricing.service import PRICE_COLUMNS, Price, optional_price, price_lateral
+from app.pricing.service import (
+    JOB_PRICE_COLUMNS,
+    PRICE_COLUMNS,
+    Price,
+    job_lateral,
+    optional_price,
+    price_lateral,
+)
 from app.tiers.rules import TIER_COLUMNS, Rules, tier_join
 from app.transactions.schemas import TransactionFilters
 
@@ -45,6 +52,7 @@ class LockedTransaction:
     completed_at: datetime | None
     completion_hash: str | None
     completion_result: dict[str, Any] | None
+    price_snapshot: dict[str, Any] | None  # the effective price at start (NULL: legacy rows)
     price: Price | None  # the model's current price (read in the same statement)
 
 
@@ -67,6 +75,10 @@ _LOCK_ACCOUNT = f"""
     WHERE u.project_id = $1 AND u.id = $2 AND u.deleted_at IS NULL AND a.closed_at IS NULL
     FOR UPDATE OF a
 """
+# A fixed-cost job's usage: the same, with the job's price instead of a model's.
+_LOCK_ACCOUNT_FOR_JOB = _LOCK_ACCOUNT.replace(
+    price_lateral("$1", "$3"), job_lateral("$1", "$3")
+).replace(PRICE_COLUMNS, JOB_PRICE_COLUMNS)
 # /v1/check reads the same without locking anything.
 _READ_ACCOUNT = _LOCK_ACCOUNT.replace("FOR UPDATE OF a", "")
 # Start on a team's account ($4): the team's account locked, with the member's tier rules and
@@ -88,6 +100,9 @@ _LOCK_TEAM_ACCOUNT = f"""
     FOR UPDATE OF a
 """
 _READ_TEAM_ACCOUNT = _LOCK_TEAM_ACCOUNT.replace("FOR UPDATE OF a", "")
+_LOCK_TEAM_ACCOUNT_FOR_JOB = _LOCK_TEAM_ACCOUNT.replace(
+    price_lateral("$1", "$3"), job_lateral("$1", "$3")
+).replace(PRICE_COLUMNS, JOB_PRICE_COLUMNS)
 _TEAM_LIVE = "SELECT 1 FROM teams WHERE project_id = $1 AND id = $2 AND deleted_at IS NULL"
 # The user's team when they belong to exactly one live team (else NULL).
 _ONLY_TEAM = """
@@ -154,8 +169,8 @@ _LOCK_WITH_ACCOUNT = f"""
 _INSERT = """
     INSERT INTO transactions (id, project_id, account_id, user_id, model, feature_identifier,
         status, reason, hold_amount, credits_used, provisional_tokens, finalized_tokens,
-        metadata, expires_at, completed_at, team_id)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+        metadata, expires_at, completed_at, team_id, price_snapshot, job)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
 """
 _COMPLETE = """
     UPDATE transactions
@@ -221,12 +236,14 @@ class LockedForStart:
 
 
 async def lock_account(
-    session: AsyncSession, project_id: uuid.UUID, user_id: str, model: str
+    session: AsyncSession, project_id: uuid.UUID, user_id: str, model: str, *, job: bool = False
 ) -> LockedForStart | None:
-    """Lock the user's account (if the user exists) and read the model's price and the tier's
-    rules, in one trip. Reading and locking only: credits makes every change to the account.
+    """Lock the user's account (if the user exists) and read the model's (or with ``job``, the
+    job's) price and the tier's rules, in one trip. Reading and locking only: credits makes
+    every change to the account.
     """
-    row = await driver(session).fetchrow(_LOCK_ACCOUNT, project_id, user_id, model)
+    sql = _LOCK_ACCOUNT_FOR_JOB if job else _LOCK_ACCOUNT
+    row = await driver(session).fetchrow(sql, project_id, user_id, model)
     if row is None:
         return None
     account = LockedAccount(row["id"], project_id, user_id, row["total"], row["held"], row["debt"])
@@ -235,11 +252,19 @@ async def lock_account(
 
 
 async def lock_team_account(
-    session: AsyncSession, project_id: uuid.UUID, user_id: str, model: str, team_id: str
+    session: AsyncSession,
+    project_id: uuid.UUID,
+    user_id: str,
+    model: str,
+    team_id: str,
+    *,
+    job: bool = False,
 ) -> LockedForStart | None:
     """Lock the team's account for a charge by member ``user_id``, reading the member's tier
-    rules and caps flags and the model's price, in one trip (None: see ``team_refusal``)."""
-    row = await driver(session).fetchrow(_LOCK_TEAM_ACCOUNT, project_id, user_id, model, team_id)
+    rules and caps flags and the model's (or job's) price, in one trip (None: see
+    ``team_refusal``)."""
+    sql = _LOCK_TEAM_ACCOUNT_FOR_JOB if job else _LOCK_TEAM_ACCOUNT
+    row = await driver(session).fetchrow(sql, project_id, user_id, model, team_id)
     if row is None:
         return None
     account = LockedAccount(
@@ -333,6 +358,8 @@ def insert(
     expires_at: datetime | None,
     completed_at: datetime | None,
     team_id: str | None = None,
+    price_snapshot: dict[str, Any] | None = None,
+    job: bool = False,
 ) -> Write:
     """The insert of a new transaction, as a write to carry with its balance change."""
     args = (
@@ -352,6 +379,8 @@ def insert(
         expires_at,
         completed_at,
         team_id,
+        _json(price_snapshot),
+        job,
     )
     return Write(_INSERT, args)
 

@@ -10,7 +10,8 @@ from app.core.cursors import parse_id, uuid_cursor
 from app.core.errors import problem_responses
 from app.core.pagination import Page, PageParams, make_page, uuid_page_params
 from app.db.session import Session
-from app.pricing.exceptions import UnknownModel
+from app.jobs.exceptions import UnknownJob
+from app.pricing.exceptions import ExpressionFailed, UnknownModel
 from app.routing import TransactionalRoute
 from app.teams.exceptions import NotATeamMember, TeamNotFound
 from app.transactions import service
@@ -59,7 +60,7 @@ router = APIRouter(prefix="/v1", tags=["usage"], route_class=TransactionalRoute)
     summary="Start a usage transaction: admit it and hold its provisional price",
     status_code=201,
     response_model=StartOut,
-    responses=problem_responses(*_USAGE_ERRORS),
+    responses=problem_responses(*_USAGE_ERRORS, ExpressionFailed),
 )
 async def start(session: Session, principal: UsageKey, body: StartIn) -> StartOut:
     return await service.start(session, principal, body)
@@ -71,7 +72,11 @@ async def start(session: Session, principal: UsageKey, body: StartIn) -> StartOu
     summary="Complete a transaction: charge the real usage or release the hold",
     response_model=CompleteOut,
     responses=problem_responses(
-        TransactionNotFound, TransactionAlreadyCompleted, TransactionDenied, UnknownModel
+        TransactionNotFound,
+        TransactionAlreadyCompleted,
+        TransactionDenied,
+        UnknownModel,
+        ExpressionFailed,
     ),
 )
 async def complete(
@@ -148,7 +153,7 @@ async def get_transaction(
     summary="Record usage in one call (charged in full; send an Idempotency-Key)",
     status_code=201,
     response_model=UsageOut,
-    responses=problem_responses(*_USAGE_ERRORS),
+    responses=problem_responses(*_USAGE_ERRORS, UnknownJob, ExpressionFailed),
 )
 async def record_usage(session: Session, principal: UsageKey, body: UsageIn) -> UsageOut:
     return await service.record_usage(session, principal, body)
@@ -159,7 +164,7 @@ async def record_usage(session: Session, principal: UsageKey, body: UsageIn) -> 
     operation_id="usage_check",
     summary="Would this usage be admitted? No side effect",
     response_model=CheckOut,
-    responses=problem_responses(*_USAGE_ERRORS),
+    responses=problem_responses(*_USAGE_ERRORS, ExpressionFailed),
 )
 async def check(session: Session, principal: UsageKey, body: CheckIn) -> CheckOut:
     return await service.check(session, principal, body)

@@ -4,10 +4,11 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from typing_extensions import TypeAliasType
 
 from app.core.money import Money, NonNegativeAmount, PositiveAmount, UtcDatetime
+from app.jobs.schemas import JobName
 from app.pricing.schemas import TokenUsage
 from app.teams.schemas import TeamId
 from app.users.schemas import Metadata, UserId
@@ -24,8 +25,12 @@ DenyReason = TypeAliasType(
 )
 # Token counts as stored: TokenUsage.model_dump(), returned as they are (no re-validation of
 # stored rows); published as TokenUsage so generated clients type the counts.
+# Metrics stored as 0 are left out of the row (TokenUsage.dump); they are shown as 0.
+_NO_TOKENS = TokenUsage().model_dump()
 StoredTokens = Annotated[
-    dict[str, Any], WithJsonSchema({"$ref": f"#/components/schemas/{TokenUsage.__name__}"})
+    dict[str, Any],
+    AfterValidator(lambda stored: {**_NO_TOKENS, **stored}),
+    WithJsonSchema({"$ref": f"#/components/schemas/{TokenUsage.__name__}"}),
 ]
 
 
@@ -126,20 +131,41 @@ class TransactionOut(BaseModel):
     finalized_tokens: StoredTokens | None
     metadata: dict[str, Any] = Field(validation_alias="metadata_")
     late: bool
+    job: bool = Field(description="A fixed-cost job's charge: model holds the job's name")
     expires_at: datetime | None
     completed_at: datetime | None
     created_at: datetime
 
 
 class UsageIn(BaseModel):
+    """Either ``model`` with ``tokens``, or a fixed-cost ``job`` (``quantity`` runs)."""
+
     model_config = ConfigDict(extra="forbid")
 
     user_id: UserId
-    model: ModelName
+    model: ModelName | None = None
     team_id: TeamId | None = Field(default=None, description=TEAM_USAGE_DOC)
-    tokens: TokenUsage
+    tokens: TokenUsage | None = Field(default=None, description="Required with model")
+    job: JobName | None = Field(
+        default=None, description="A job priced by PUT /v1/jobs/{name}, instead of model"
+    )
+    quantity: int | None = Field(
+        default=None, ge=1, le=1_000_000, strict=True, description="With job: runs; 1"
+    )
     feature_identifier: Feature | None = None
     metadata: Metadata = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _model_or_job(self) -> UsageIn:
+        if (self.model is None) == (self.job is None):
+            raise ValueError("give exactly one of model and job")
+        if self.model is not None and self.tokens is None:
+            raise ValueError("tokens are required with model")
+        if self.job is not None and self.tokens is not None:
+            raise ValueError("a job has a fixed price: send quantity, not tokens")
+        if self.model is not None and self.quantity is not None:
+            raise ValueError("quantity goes with job")
+        return self
 
 
 class UsageOut(BaseModel):

@@ -30,8 +30,10 @@ from app.credits.repository import LockedAccount
 from app.db import writes
 from app.db.models import Transaction
 from app.events import service as events
+from app.jobs import service as jobs
+from app.jobs.exceptions import UnknownJob
 from app.pricing import service as pricing
-from app.pricing.schemas import TokenUsage
+from app.pricing.schemas import EvaluateIn, EvaluateOut, TokenUsage
 from app.teams.exceptions import NotATeamMember, TeamNotFound
 from app.tiers.rules import Rules
 from app.transactions import repository as repo
@@ -135,7 +137,7 @@ _MESSAGES = {
 
 
 def _tokens_json(tokens: TokenUsage | None) -> dict[str, Any] | None:
-    return tokens.model_dump() if tokens is not None else None
+    return tokens.dump() if tokens is not None else None
 
 
 @dataclass(frozen=True)
@@ -162,21 +164,39 @@ async def _team_refused(session: AsyncSession, principal: Principal, team_id: st
 
 
 async def _lock_team_for_usage(
-    session: AsyncSession, principal: Principal, user_id: str, model: str, team_id: str
+    session: AsyncSession,
+    principal: Principal,
+    user_id: str,
+    model: str,
+    team_id: str,
+    *,
+    job: bool,
 ) -> tuple[LockedAccount, Rules, TierPrice]:
     """Lock the team's account for member ``user_id``: the member's tier decides price,
     overage floor and concurrency. Members are existing users: nobody is auto-created."""
     with gate.waiting(session, principal.project_id, credits.team_gate_key(team_id)):
         locked = await repo.lock_team_account(
-            session, principal.project_id, user_id, model, team_id
+            session, principal.project_id, user_id, model, team_id, job=job
         )
     if locked is None:
         raise await _team_refused(session, principal, team_id)
+    return _priced(principal, locked, model, job=job)
+
+
+def _priced(
+    principal: Principal, locked: repo.LockedForStart, model: str, *, job: bool
+) -> tuple[LockedAccount, Rules, TierPrice]:
+    """The locked account, its rules and the price for its tier (a job: its price times the
+    tier's multiplier; a job has no per-model override)."""
     rules = locked.rules
+    locked.account.thresholds = principal.settings.low_balance_thresholds
+    if job:
+        if locked.price is None:
+            raise UnknownJob(f"Job '{model}' has no price: PUT /v1/jobs/{model} first.")
+        return locked.account, rules, TierPrice(locked.price, rules.price_multiplier)
     price, multiplier = pricing.for_tier(
         locked.price, rules.price_multiplier, rules.override(model)
     )
-    locked.account.thresholds = principal.settings.low_balance_thresholds
     return locked.account, rules, TierPrice(pricing.require(price, model), multiplier)
 
 
@@ -186,27 +206,28 @@ async def _lock_for_usage(
     user_id: str,
     model: str,
     team_id: str | None = None,
+    *,
+    job: bool = False,
 ) -> tuple[LockedAccount, Rules, TierPrice]:
-    """Lock the user's account with its tier rules and the model's price for its tier; on a
-    first usage, check the price before auto-creating the user (an unknown model creates
-    nobody). With a team (named, or the only_team default): the team's account instead."""
+    """Lock the user's account with its tier rules and the model's price for its tier (or a
+    job's price, times the tier's multiplier); on a first usage, check the price before
+    auto-creating the user (an unknown model or job creates nobody). With a team (named, or
+    the only_team default): the team's account instead."""
     team_id = await _team_for(session, principal, user_id, team_id)
     if team_id is not None:
-        return await _lock_team_for_usage(session, principal, user_id, model, team_id)
+        return await _lock_team_for_usage(session, principal, user_id, model, team_id, job=job)
     with gate.waiting(session, principal.project_id, user_id):
-        locked = await repo.lock_account(session, principal.project_id, user_id, model)
+        locked = await repo.lock_account(session, principal.project_id, user_id, model, job=job)
     if locked is None:
-        await pricing.price_for(session, principal.project_id, model)
+        if job:
+            await jobs.require(session, principal.project_id, model)
+        else:
+            await pricing.price_for(session, principal.project_id, model)
         await users.lock_account(session, principal, user_id, auto_create=True)
-        locked = await repo.lock_account(session, principal.project_id, user_id, model)
+        locked = await repo.lock_account(session, principal.project_id, user_id, model, job=job)
         if locked is None:  # pragma: no cover - the user was created under our lock
             raise UserNotFound()
-    rules = locked.rules
-    price, multiplier = pricing.for_tier(
-        locked.price, rules.price_multiplier, rules.override(model)
-    )
-    locked.account.thresholds = principal.settings.low_balance_thresholds
-    return locked.account, rules, TierPrice(pricing.require(price, model), multiplier)
+    return _priced(principal, locked, model, job=job)
 
 
 async def start(session: AsyncSession, principal: Principal, body: StartIn) -> StartOut:
@@ -256,6 +277,7 @@ async def start(session: AsyncSession, principal: Principal, body: StartIn) -> S
             expires_at=expires_at,
             completed_at=None,
             team_id=account.team_id,
+            price_snapshot=price.price.snapshot(price.multiplier) if admitted else None,
         ),
         events.outbox(
             project_id=principal.project_id,
@@ -302,7 +324,10 @@ async def _lock_with_account(
 
 
 def _completion_hash(body: CompleteIn) -> str:
-    canonical = orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    data = body.model_dump(mode="json")
+    if body.finalized_tokens is not None:  # metrics at 0 are left out, as before they existed
+        data["finalized_tokens"] = body.finalized_tokens.dump(mode="json")
+    canonical = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()
 
 
@@ -332,10 +357,8 @@ async def complete(
         tokens = TokenUsage()  # no counts at all: the usage still costs the request price
     charge = ZERO
     if body.success:
-        price, multiplier = pricing.for_tier(
-            txn.price, rules.price_multiplier, rules.override(txn.model)
-        )
-        charge = pricing.cost(pricing.require(price, txn.model), tokens, multiplier)
+        price, multiplier = _completion_price(txn, rules)
+        charge = pricing.cost(price, tokens, multiplier)
     late = txn.status == "expired"  # the sweeper already released the hold
     release = ZERO if late else txn.hold_amount
     status = "completed" if body.success else "failed"
@@ -404,6 +427,17 @@ async def complete(
         carry=carry,
     )
     return out
+
+
+def _completion_price(txn: LockedTransaction, rules: Rules) -> tuple[pricing.Price, Decimal]:
+    """The price recorded at start; for a transaction started before snapshots existed, the
+    model's current price for the user's tier."""
+    if txn.price_snapshot is not None:
+        return pricing.Price.from_snapshot(txn.price_snapshot)
+    price, multiplier = pricing.for_tier(
+        txn.price, rules.price_multiplier, rules.override(txn.model)
+    )
+    return pricing.require(price, txn.model), multiplier
 
 
 async def extend(
@@ -490,12 +524,16 @@ async def refund(
 
 
 async def record_usage(session: AsyncSession, principal: Principal, body: UsageIn) -> UsageOut:
-    """One-shot usage: charged in full (the usage already happened), no admission check."""
+    """One-shot usage: charged in full (the usage already happened), no admission check.
+    A job is charged its price times ``quantity`` (and the tier's multiplier)."""
+    name = body.job if body.job is not None else body.model
+    assert name is not None  # the schema asks for one of them
+    is_job = body.job is not None
     account, _, price = await _lock_for_usage(
-        session, principal, body.user_id, body.model, body.team_id
+        session, principal, body.user_id, name, body.team_id, job=is_job
     )
     user_id = body.user_id
-    charge = pricing.cost(price.price, body.tokens, price.multiplier)
+    charge = pricing.cost(price.price, body.tokens, price.multiplier, quantity=body.quantity or 1)
     txn_id = uuid7()
     now = utcnow()
     out = UsageOut(
@@ -510,7 +548,7 @@ async def record_usage(session: AsyncSession, principal: Principal, body: UsageI
             project_id=principal.project_id,
             account_id=account.id,
             user_id=user_id,
-            model=body.model,
+            model=name,
             feature_identifier=body.feature_identifier,
             status="completed",
             reason=None,
@@ -522,6 +560,8 @@ async def record_usage(session: AsyncSession, principal: Principal, body: UsageI
             expires_at=None,
             completed_at=now,
             team_id=account.team_id,
+            price_snapshot=price.price.snapshot(price.multiplier),
+            job=is_job,
         ),
         events.outbox(
             project_id=principal.project_id,
@@ -530,7 +570,7 @@ async def record_usage(session: AsyncSession, principal: Principal, body: UsageI
             # The keys of a completion's event: no hold, so all of the charge is the adjustment.
             data={
                 **out.model_dump(mode="python"),
-                "model": body.model,
+                "model": name,
                 "hold_amount": ZERO,
                 "balance_adjustment": ZERO - charge,
                 "late": False,
@@ -541,7 +581,7 @@ async def record_usage(session: AsyncSession, principal: Principal, body: UsageI
             project_id=principal.project_id,
             at=now,
             user_id=user_id,
-            model=body.model,
+            model=name,
             feature=body.feature_identifier,
             credits=charge,
         ),
@@ -606,6 +646,28 @@ async def check(session: AsyncSession, principal: Principal, body: CheckIn) -> C
         available=available,
         required=required,
     )
+
+
+async def evaluate(session: AsyncSession, principal: Principal, body: EvaluateIn) -> EvaluateOut:
+    """What ``tokens`` of ``model`` would cost (for ``user_id``: at their tier, read as /v1/check
+    reads it), and how; changes nothing."""
+    multiplier = Decimal(1)
+    if body.user_id is None:
+        price = await pricing.price_for(session, principal.project_id, body.model)
+    else:
+        _, found, rules = await repo.read_for_check(
+            session, principal.project_id, body.user_id, body.model
+        )
+        if not principal.settings.auto_create_users and not await repo.user_exists(
+            session, principal.project_id, body.user_id
+        ):
+            raise UserNotFound()
+        tier_price, multiplier = pricing.for_tier(
+            found, rules.price_multiplier, rules.override(body.model)
+        )
+        price = pricing.require(tier_price, body.model)
+    detail = pricing.breakdown(price, body.tokens, multiplier)
+    return EvaluateOut.model_validate({"credits": detail["credits"], "breakdown": detail})
 
 
 async def get(session: AsyncSession, principal: Principal, txn_id: uuid.UUID) -> Transaction:

@@ -226,6 +226,28 @@ async def _walk_models(w: Walk, keys: Keys) -> None:
     await w("DELETE", "/v1/models/doomed", 404)
 
 
+async def _walk_pricing_and_jobs(w: Walk, keys: Keys) -> None:
+    expression = {"expression": "input_tokens * 0.01 + search_queries * 0.5"}
+    await w("PUT", "/v1/models/search-model", 200, expression)
+    await w("PUT", "/v1/models/bad", 422, {"expression": "input_tokens.__class__"})
+    tokens = {"input_tokens": 10, "search_queries": 1}
+    await w("POST", "/v1/pricing/evaluate", 200, {"model": "search-model", "tokens": tokens})
+    await w("POST", "/v1/pricing/evaluate", 200, {"model": "gpt-4o", "tokens": tokens},
+            key=keys.usage)  # fmt: skip
+    await w("POST", "/v1/pricing/evaluate", 422, {"model": "search-model"})
+    await w("PUT", "/v1/jobs/batch_job", 200, {"price": 20})
+    await w("PUT", "/v1/jobs/doomed", 200, {"price": "0.5"})
+    await w("PUT", "/v1/jobs/bad", 422, {"price": -1})
+    await w("PUT", "/v1/jobs/bad", 403, {"price": 1}, key=keys.read)
+    await w("GET", "/v1/jobs", 200, params={"limit": 1})
+    await w("GET", "/v1/jobs", 200, key=keys.read)
+    await w("GET", "/v1/jobs", 422, params={"limit": 0})
+    await w("GET", "/v1/jobs/batch_job", 200, key=keys.read)
+    await w("GET", "/v1/jobs/nope", 404)
+    await w("DELETE", "/v1/jobs/doomed", 204)
+    await w("DELETE", "/v1/jobs/doomed", 404)
+
+
 async def _walk_transactions(w: Walk, keys: Keys) -> None:
     start = {
         "user_id": "alice",
@@ -303,6 +325,9 @@ async def _walk_transactions(w: Walk, keys: Keys) -> None:
     await w("POST", "/v1/usage", 201, usage, key=keys.usage)
     await w("POST", "/v1/usage", 422, {**usage, "tokens": {"input_tokens": -1}})
     await w("POST", "/v1/usage", 403, usage, key=keys.read)
+    job = {"user_id": usage["user_id"], "job": "batch_job", "quantity": 2}
+    await w("POST", "/v1/usage", 201, job, key=keys.usage)
+    await w("POST", "/v1/usage", 422, {**job, "job": "no_such_job"})  # unknown_job
     check = {"user_id": "alice", "model": "gpt-4o", "provisional_tokens": {"input_tokens": 10}}
     await w("POST", "/v1/check", 200, check, key=keys.usage)
     await w("POST", "/v1/check", 200, {"user_id": "alice", "amount": "1000000"})
@@ -664,6 +689,7 @@ async def test_every_response_of_a_walk_of_the_api_matches_the_spec(
     keys = await _walk_keys_and_project(w, project)
     await _walk_users_and_credits(w, keys)
     await _walk_models(w, keys)
+    await _walk_pricing_and_jobs(w, keys)
     await _walk_transactions(w, keys)
     await _walk_teams(w, keys)
     await _walk_tiers_and_plans(w, keys)

@@ -6,6 +6,7 @@ from app.db.models.api_key import ApiKey
 from app.db.models.event import Event
 from app.db.models.grant import Grant
 from app.db.models.idempotency_key import IdempotencyKey
+from app.db.models.job import Job
 from app.db.models.ledger_entry import LedgerEntry
 from app.db.models.model_price import ModelPrice
 from app.db.models.payment import Payment
@@ -42,6 +43,7 @@ __all__ = [
     "Event",
     "Grant",
     "IdempotencyKey",
+    "Job",
     "LedgerEntry",
     "ModelPrice",
     "Payment",

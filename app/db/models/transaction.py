@@ -57,3 +57,9 @@ class Transaction(Timestamps, Base):
     # SHA-256 of the canonical completion body: a re-completion is a replay only if it matches.
     completion_hash: Mapped[str | None] = mapped_column(Text)
     completion_result: Mapped[dict[str, Any] | None]
+    # The effective price at start (after the tier's override and multiplier), which the
+    # completion charges: a price changed or deleted meanwhile does not apply. NULL on rows
+    # started before it existed (they are priced as of completion).
+    price_snapshot: Mapped[dict[str, Any] | None]
+    # A fixed-cost job's charge (POST /v1/usage with ``job``): ``model`` holds the job's name.
+    job: Mapped[bool] = mapped_column(server_default="false")

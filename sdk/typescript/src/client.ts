@@ -376,6 +376,24 @@ export class Creditd<M extends AmountsMode = "string"> {
       this.request<void>({ method: "DELETE", path: `/v1/models/${enc(modelId)}`, options: o }),
   };
 
+  /** Fixed-cost jobs, charged by `usage.record({ user_id, job, quantity })`. */
+  readonly jobs = {
+    put: (name: string, body: { price: T.AmountInput }, o?: RequestOptions) =>
+      this.request<T.Job<AmountOf<M>>>({ method: "PUT", path: `/v1/jobs/${enc(name)}`, body, options: o }),
+    get: (name: string, o?: RequestOptions) =>
+      this.request<T.Job<AmountOf<M>>>({ method: "GET", path: `/v1/jobs/${enc(name)}`, options: o }),
+    list: (page?: T.PageParams, o?: RequestOptions) =>
+      this.request<T.Page<T.Job<AmountOf<M>>>>({ method: "GET", path: "/v1/jobs", query: page, options: o }),
+    delete: (name: string, o?: RequestOptions) =>
+      this.request<void>({ method: "DELETE", path: `/v1/jobs/${enc(name)}`, options: o }),
+  };
+
+  /** Price usage without charging it. */
+  readonly pricing = {
+    evaluate: (body: T.EvaluateInput, o?: RequestOptions) =>
+      this.request<T.PriceEvaluation<AmountOf<M>>>({ method: "POST", path: "/v1/pricing/evaluate", body, options: o }),
+  };
+
   /** Users (your end customers, by your own ids), their credits, grants and ledger. */
   readonly users = {
     create: (body: T.UserCreate, o?: RequestOptions) =>

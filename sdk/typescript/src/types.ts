@@ -39,6 +39,17 @@ export interface TokenUsage {
   input_tokens?: number;
   output_tokens?: number;
   cached_input_tokens?: number;
+  /** Another name for cached_input_tokens. The metrics below are priced only by expressions. */
+  cache_read_tokens?: number;
+  cache_write_tokens?: number;
+  reasoning_tokens?: number;
+  tool_calls?: number;
+  search_queries?: number;
+  search_results?: number;
+  web_search_calls?: number;
+  code_exec_calls?: number;
+  images?: number;
+  audio_seconds?: number | string;
 }
 
 /** Token counts in either spelling; the client sends them as {@link TokenUsage}. */
@@ -104,21 +115,45 @@ export interface ApiKeyCreated extends ApiKey {
 
 // ---- models (prices) -----------------------------------------------------------------------
 
-export interface ModelPriceInput {
-  input_price_per_1k: AmountInput;
-  output_price_per_1k: AmountInput;
-  cached_input_price_per_1k?: AmountInput | null;
-  request_price?: AmountInput | null;
-}
+/** Per-1K prices (input and output), or an `expression` over the usage metrics: one form. */
+export type ModelPriceInput =
+  | {
+      input_price_per_1k: AmountInput;
+      output_price_per_1k: AmountInput;
+      cached_input_price_per_1k?: AmountInput | null;
+      request_price?: AmountInput | null;
+    }
+  | { expression: string };
 
 export interface ModelPrice<A = string> {
   id: string;
-  input_price_per_1k: A;
-  output_price_per_1k: A;
+  /** null when an expression prices the model */
+  input_price_per_1k: A | null;
+  output_price_per_1k: A | null;
   cached_input_price_per_1k: A | null;
   request_price: A;
+  expression: string | null;
   created_at: Timestamp;
   updated_at: Timestamp;
+}
+
+export interface Job<A = string> {
+  name: string;
+  price: A;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+}
+
+export interface EvaluateInput {
+  model: string;
+  tokens: TokenUsage;
+  user_id?: string | null;
+}
+
+export interface PriceEvaluation<A = string> {
+  credits: A;
+  /** kind "per_1k" (prices and parts) or "expression" (expression, variables, value) */
+  breakdown: { kind: "per_1k" | "expression"; multiplier: A; credits: A; [key: string]: unknown };
 }
 
 // ---- users, credits, ledger ----------------------------------------------------------------
@@ -346,11 +381,14 @@ export interface TransactionFilters extends PageParams {
   created_before?: TimestampInput;
 }
 
+/** `model` with `tokens`, or a fixed-cost `job` (`quantity` runs, default 1). */
 export interface UsageInput {
   user_id: string;
-  model: string;
+  model?: string;
   team_id?: string | null;
-  tokens: TokenUsage;
+  tokens?: TokenUsage;
+  job?: string;
+  quantity?: number;
   feature_identifier?: string | null;
   metadata?: Metadata;
 }

@@ -57,6 +57,7 @@ from creditd_sdk.models import (
     GrantSource,
     GroupBy,
     Health,
+    Job,
     LedgerEntry,
     Liability,
     MemberSpendCapIn,
@@ -68,6 +69,7 @@ from creditd_sdk.models import (
     PaymentStatus,
     Plan,
     PlanInterval,
+    PriceEvaluation,
     PriceIn,
     Project,
     ProjectCreated,
@@ -248,6 +250,8 @@ class AsyncCreditd:
         self.project = AsyncProjectResource(self)
         self.api_keys = AsyncApiKeys(self)
         self.models = AsyncModels(self)
+        self.jobs = AsyncJobs(self)
+        self.pricing = AsyncPricing(self)
         self.users = AsyncUsers(self)
         self.credits = AsyncCredits(self)
         self.teams = AsyncTeams(self)
@@ -662,22 +666,26 @@ class AsyncApiKeys(_AsyncResource):
 
 
 class AsyncModels(_AsyncResource):
-    """Model prices, in credits per 1,000 tokens (``_default`` prices every other model)."""
+    """Model prices: credits per 1,000 tokens (``_default`` prices every other model), or a
+    pricing ``expression`` over the usage metrics."""
 
     async def put(
         self,
         model_id: str,
         *,
-        input_price_per_1k: Amount,
-        output_price_per_1k: Amount,
+        input_price_per_1k: Amount | None = None,
+        output_price_per_1k: Amount | None = None,
         cached_input_price_per_1k: Amount | None = None,
         request_price: Amount | None = None,
+        expression: str | None = None,
     ) -> ModelPrice:
+        """Per-1K prices (input and output), or ``expression`` instead (exactly one form)."""
         body = _present(
             input_price_per_1k=_amount(input_price_per_1k),
             output_price_per_1k=_amount(output_price_per_1k),
             cached_input_price_per_1k=_amount(cached_input_price_per_1k),
             request_price=_amount(request_price),
+            expression=expression,
         )
         data = await self._c.request("PUT", f"/v1/models/{_seg(model_id)}", body=body)
         return parse(ModelPrice, data)
@@ -693,6 +701,38 @@ class AsyncModels(_AsyncResource):
 
     async def delete(self, model_id: str) -> None:
         await self._c.request("DELETE", f"/v1/models/{_seg(model_id)}")
+
+
+class AsyncJobs(_AsyncResource):
+    """Fixed-cost jobs, charged by ``usage.record(job=...)``."""
+
+    async def put(self, name: str, *, price: Amount) -> Job:
+        data = await self._c.request(
+            "PUT", f"/v1/jobs/{_seg(name)}", body={"price": _amount(price)}
+        )
+        return parse(Job, data)
+
+    async def get(self, name: str) -> Job:
+        return parse(Job, await self._c.request("GET", f"/v1/jobs/{_seg(name)}"))
+
+    async def list(
+        self, *, limit: int | None = None, starting_after: str | None = None
+    ) -> Page[Job]:
+        params = {"limit": limit, "starting_after": starting_after}
+        return parse_page(Job, await self._c.request("GET", "/v1/jobs", params=params))
+
+    async def delete(self, name: str) -> None:
+        await self._c.request("DELETE", f"/v1/jobs/{_seg(name)}")
+
+
+class AsyncPricing(_AsyncResource):
+    async def evaluate(
+        self, *, model: str, tokens: Tokens, user_id: str | None = None
+    ) -> PriceEvaluation:
+        """What this usage would cost (at ``user_id``'s tier), and how. No side effect."""
+        body = _present(model=model, tokens=_token_dict(tokens), user_id=user_id)
+        data = await self._c.request("POST", "/v1/pricing/evaluate", body=body, keyed=False)
+        return parse(PriceEvaluation, data)
 
 
 class AsyncUsers(_AsyncResource):
@@ -1077,19 +1117,24 @@ class AsyncUsage(_AsyncResource):
         self,
         *,
         user_id: str,
-        model: str,
-        tokens: Tokens,
+        model: str | None = None,
+        tokens: Tokens | None = None,
+        job: str | None = None,
+        quantity: int | None = None,
         feature_identifier: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         team_id: str | None = None,
     ) -> UsageResult:
-        """Charge usage that already happened, in one call (never refused for the balance)."""
+        """Charge usage that already happened, in one call (never refused for the balance):
+        ``model`` with ``tokens``, or a fixed-cost ``job`` (``quantity`` runs)."""
         body = _present(
             user_id=user_id,
             model=model,
             team_id=team_id,
             tokens=_token_dict(tokens),
+            job=job,
+            quantity=quantity,
             feature_identifier=feature_identifier,
             metadata=metadata,
         )

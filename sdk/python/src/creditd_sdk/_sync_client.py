@@ -55,6 +55,7 @@ from creditd_sdk.models import (
     GrantSource,
     GroupBy,
     Health,
+    Job,
     LedgerEntry,
     Liability,
     MemberSpendCapIn,
@@ -66,6 +67,7 @@ from creditd_sdk.models import (
     PaymentStatus,
     Plan,
     PlanInterval,
+    PriceEvaluation,
     PriceIn,
     Project,
     ProjectCreated,
@@ -246,6 +248,8 @@ class Creditd:
         self.project = ProjectResource(self)
         self.api_keys = ApiKeys(self)
         self.models = Models(self)
+        self.jobs = Jobs(self)
+        self.pricing = Pricing(self)
         self.users = Users(self)
         self.credits = Credits(self)
         self.teams = Teams(self)
@@ -652,22 +656,26 @@ class ApiKeys(_Resource):
 
 
 class Models(_Resource):
-    """Model prices, in credits per 1,000 tokens (``_default`` prices every other model)."""
+    """Model prices: credits per 1,000 tokens (``_default`` prices every other model), or a
+    pricing ``expression`` over the usage metrics."""
 
     def put(
         self,
         model_id: str,
         *,
-        input_price_per_1k: Amount,
-        output_price_per_1k: Amount,
+        input_price_per_1k: Amount | None = None,
+        output_price_per_1k: Amount | None = None,
         cached_input_price_per_1k: Amount | None = None,
         request_price: Amount | None = None,
+        expression: str | None = None,
     ) -> ModelPrice:
+        """Per-1K prices (input and output), or ``expression`` instead (exactly one form)."""
         body = _present(
             input_price_per_1k=_amount(input_price_per_1k),
             output_price_per_1k=_amount(output_price_per_1k),
             cached_input_price_per_1k=_amount(cached_input_price_per_1k),
             request_price=_amount(request_price),
+            expression=expression,
         )
         data = self._c.request("PUT", f"/v1/models/{_seg(model_id)}", body=body)
         return parse(ModelPrice, data)
@@ -683,6 +691,34 @@ class Models(_Resource):
 
     def delete(self, model_id: str) -> None:
         self._c.request("DELETE", f"/v1/models/{_seg(model_id)}")
+
+
+class Jobs(_Resource):
+    """Fixed-cost jobs, charged by ``usage.record(job=...)``."""
+
+    def put(self, name: str, *, price: Amount) -> Job:
+        data = self._c.request("PUT", f"/v1/jobs/{_seg(name)}", body={"price": _amount(price)})
+        return parse(Job, data)
+
+    def get(self, name: str) -> Job:
+        return parse(Job, self._c.request("GET", f"/v1/jobs/{_seg(name)}"))
+
+    def list(self, *, limit: int | None = None, starting_after: str | None = None) -> Page[Job]:
+        params = {"limit": limit, "starting_after": starting_after}
+        return parse_page(Job, self._c.request("GET", "/v1/jobs", params=params))
+
+    def delete(self, name: str) -> None:
+        self._c.request("DELETE", f"/v1/jobs/{_seg(name)}")
+
+
+class Pricing(_Resource):
+    def evaluate(
+        self, *, model: str, tokens: Tokens, user_id: str | None = None
+    ) -> PriceEvaluation:
+        """What this usage would cost (at ``user_id``'s tier), and how. No side effect."""
+        body = _present(model=model, tokens=_token_dict(tokens), user_id=user_id)
+        data = self._c.request("POST", "/v1/pricing/evaluate", body=body, keyed=False)
+        return parse(PriceEvaluation, data)
 
 
 class Users(_Resource):
@@ -1053,19 +1089,24 @@ class Usage(_Resource):
         self,
         *,
         user_id: str,
-        model: str,
-        tokens: Tokens,
+        model: str | None = None,
+        tokens: Tokens | None = None,
+        job: str | None = None,
+        quantity: int | None = None,
         feature_identifier: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         team_id: str | None = None,
     ) -> UsageResult:
-        """Charge usage that already happened, in one call (never refused for the balance)."""
+        """Charge usage that already happened, in one call (never refused for the balance):
+        ``model`` with ``tokens``, or a fixed-cost ``job`` (``quantity`` runs)."""
         body = _present(
             user_id=user_id,
             model=model,
             team_id=team_id,
             tokens=_token_dict(tokens),
+            job=job,
+            quantity=quantity,
             feature_identifier=feature_identifier,
             metadata=metadata,
         )

@@ -191,12 +191,29 @@ class ApiKey(_Model):
 @dataclass(frozen=True, kw_only=True)
 class ModelPrice(_Model):
     id: str
-    input_price_per_1k: Decimal
-    output_price_per_1k: Decimal
+    input_price_per_1k: Decimal | None  # None when an expression prices the model
+    output_price_per_1k: Decimal | None
     cached_input_price_per_1k: Decimal | None
     request_price: Decimal
     created_at: datetime
     updated_at: datetime
+    expression: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job(_Model):
+    name: str
+    price: Decimal
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class PriceEvaluation(_Model):
+    credits: Decimal
+    # kind "per_1k" (prices and parts) or "expression" (expression, variables, value),
+    # with multiplier and credits
+    breakdown: dict[str, Any]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,1 @@
+"""Fixed-cost jobs: a price per run, charged by ``POST /v1/usage`` with ``job``."""

@@ -97,9 +97,12 @@ _LOCK_TEAM_ACCOUNT = f"""
     {tier_join("u")}
     {price_lateral("$1", "$3")}
     WHERE tm.project_id = $1 AND tm.id = $4 AND tm.deleted_at IS NULL AND a.closed_at IS NULL
-    FOR UPDATE OF a
+    FOR UPDATE OF a FOR KEY SHARE OF m
 """
-_READ_TEAM_ACCOUNT = _LOCK_TEAM_ACCOUNT.replace("FOR UPDATE OF a", "")
+# The membership row is key-share locked too: after waiting for the account's lock PostgreSQL
+# re-checks only the rows it locks, so a removal committed meanwhile (the member's DELETE
+# conflicts with KEY SHARE) is seen and the start refused, or the removal waits for it.
+_READ_TEAM_ACCOUNT = _LOCK_TEAM_ACCOUNT.replace("FOR UPDATE OF a FOR KEY SHARE OF m", "")
 _LOCK_TEAM_ACCOUNT_FOR_JOB = _LOCK_TEAM_ACCOUNT.replace(
     price_lateral("$1", "$3"), job_lateral("$1", "$3")
 ).replace(PRICE_COLUMNS, JOB_PRICE_COLUMNS)

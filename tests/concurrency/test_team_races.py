@@ -5,7 +5,11 @@ caps hold exactly. Each test ends with `creditd verify`'s invariants."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from decimal import Decimal
+
+import asyncpg
+import httpx
 
 from app.db.session import Database
 from tests.conftest import Project, assert_ledger_consistent
@@ -110,4 +114,68 @@ async def test_a_member_cap_is_never_exceeded_by_forty_parallel_starts(
     balance = await _team_balance(p, "t_cap")
     assert balance["held"] == 100  # the free member's 10 holds
     assert balance["total"] == 10_000 - 50
+    await assert_ledger_consistent(db)
+
+
+_START_WAITING = """
+    SELECT count(*) FROM pg_stat_activity
+    WHERE application_name = 'creditd' AND wait_event_type = 'Lock'
+      AND datname = current_database()
+"""
+
+
+async def test_a_member_removed_while_their_start_waits_for_the_lock_is_not_charged(
+    project: Project, database_url: str, db: Database
+) -> None:
+    """A start waiting for the team account's lock sees a removal committed meanwhile (or the
+    removal waits for it): never a hold by someone who was no member when it was taken."""
+    p = project
+    await p.price("_default", 1, 1)
+    await _team_with_members(p, "t_gone", 100, ["leaver"])
+    team = await asyncpg.connect(database_url, server_settings={"application_name": "psql"})
+    try:
+        tx = team.transaction()
+        await tx.start()
+        await team.execute(
+            "SELECT 1 FROM teams tm JOIN accounts a ON a.id = tm.account_id"
+            " WHERE tm.project_id = $1 AND tm.id = 't_gone' FOR UPDATE OF a",
+            uuid.UUID(p.id),
+        )
+        finished: list[str] = []
+
+        async def start() -> httpx.Response:
+            r = await p.post(
+                "/v1/transactions/start",
+                {"user_id": "leaver", "team_id": "t_gone", "model": "m",
+                 "provisional_tokens": TEN_CREDITS},
+            )  # fmt: skip
+            finished.append("start")
+            return r
+
+        async def remove() -> httpx.Response:
+            r = await p.delete("/v1/teams/t_gone/members/leaver")
+            finished.append("remove")
+            return r
+
+        starting = asyncio.create_task(start())
+        for _ in range(200):  # until the start waits for the account's lock
+            if await team.fetchval(_START_WAITING):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the start never waited for the team's lock")
+        removing = asyncio.create_task(remove())
+        await asyncio.sleep(0.3)  # the removal commits now, or waits for the start's lock
+        await tx.rollback()
+        started, removed = await asyncio.gather(starting, removing)
+    finally:
+        await team.close()
+    assert removed.status_code == 204, removed.text
+    if finished[0] == "remove":  # the removal committed first: the start must see it
+        assert started.status_code == 403, started.text
+        assert started.json()["code"] == "not_a_team_member"
+        assert (await _team_balance(p, "t_gone"))["held"] == 0
+    else:  # the start went first (the removal waited for it): an ordinary admitted start
+        assert started.status_code == 201, started.text
+        assert body(started)["continue"] is True
     await assert_ledger_consistent(db)

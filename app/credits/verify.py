@@ -148,6 +148,22 @@ CHECKS: dict[str, str] = {
                      = (c.project_id, c.day, c.model, c.feature)
         WHERE c.credits IS DISTINCT FROM f.credits
            OR c.transactions IS DISTINCT FROM f.transactions""",
+    # A team's usage per member and UTC day is what its completed transactions of that day
+    # charged, less their refunds (which come off the day of the charge).
+    "team_usage_equals_team_transactions": """
+        WITH t AS (SELECT project_id, team_id, user_id,
+                          (completed_at AT TIME ZONE 'UTC')::date AS day,
+                          sum(credits_used - refunded_total) AS credits
+                   FROM transactions WHERE team_id IS NOT NULL AND status = 'completed'
+                   GROUP BY 1, 2, 3, 4)
+        SELECT coalesce(d.project_id, t.project_id),
+               format('%s/%s', coalesce(d.team_id, t.team_id), coalesce(d.user_id, t.user_id)),
+               format('day=%s usage=%s transactions=%s', coalesce(d.day, t.day), d.credits,
+                      t.credits)
+        FROM usage_team_daily d
+        FULL JOIN t ON (t.project_id, t.team_id, t.user_id, t.day)
+                     = (d.project_id, d.team_id, d.user_id, d.day)
+        WHERE coalesce(d.credits, 0) <> coalesce(t.credits, 0)""",
 }
 
 

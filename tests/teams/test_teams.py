@@ -6,6 +6,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import text
+
+from app.credits.verify import CHECKS
 from app.db.session import Database
 from tests.conftest import Project, assert_ledger_consistent
 from tests.helpers import body, complete, start
@@ -264,3 +267,41 @@ async def test_analytics_by_team_and_member(project: Project) -> None:
     assert [(r["key"], r["credits"]) for r in by_member] == [("alice", 10), ("bob", 5)]
     by_user = body(await p.get("/v1/analytics/spend", params={"group_by": "user"}))["data"]
     assert {r["key"]: r["credits"] for r in by_user} == {"alice": 10, "bob": 5, "carol": 3}
+
+
+async def test_verify_checks_team_usage_against_team_transactions(
+    project: Project, db: Database
+) -> None:
+    """`creditd verify`: a member's team usage per day equals what their team transactions
+    charged less refunds; a drifted row is reported."""
+    p = project
+    await p.price("_default", 1000, 0)
+    await _team(p, "t1", 100, "alice")
+    usage = {"user_id": "alice", "model": "m", "team_id": "t1", "tokens": {"input_tokens": 7}}
+    one_shot = body(await p.post("/v1/usage", usage))
+    txn = await start_raw(p, {"user_id": "alice", "model": "m", "team_id": "t1",
+                              "provisional_tokens": {"input_tokens": 5}})  # fmt: skip
+    txn_id = body(txn)["transaction_id"]
+    assert (await complete(p, txn_id, inp=4)).status_code == 200
+    r = await p.post(f"/v1/transactions/{one_shot['transaction_id']}/refund", {"amount": 2})
+    assert r.status_code == 201, r.text
+
+    async def violations() -> list[Any]:
+        async with db.transaction() as session:
+            rows = await session.execute(text(CHECKS["team_usage_equals_team_transactions"]))
+            return [row for row in rows if str(row[0]) == p.id]
+
+    assert await violations() == []
+    async with db.transaction() as session:
+        (credits,) = (
+            await session.execute(
+                text("SELECT credits FROM usage_team_daily WHERE project_id = :p"), {"p": p.id}
+            )
+        ).one()
+        assert credits == Decimal(9)  # 7 + 4 - 2
+        await session.execute(
+            text("UPDATE usage_team_daily SET credits = credits + 1 WHERE project_id = :p"),
+            {"p": p.id},
+        )
+    (found,) = await violations()
+    assert found[1] == "t1/alice"

@@ -60,12 +60,15 @@ npx_ redocly lint "$SPEC" --format=stylish || fail "redocly lint found errors"
 
 step "generate the Python client (openapi-python-client)"
 rm -rf "$BUILD/python" && mkdir -p "$BUILD/python"
+# python/generator.yaml maps the ledger export's application/x-ndjson (bytes in the spec) to
+# application/octet-stream, the generator's documented way to read a media type it does not know.
 # --meta uv writes the project users install (pyproject.toml with the generator's own ruff
 # settings, which its post hooks apply, run by the pinned ruff of its venv). With --meta none,
 # ruff's default rules would rewrite `__exit__(*args: Any)` as `object` (PYI036), which
 # fails mypy --strict against httpx.
 (cd "$HERE" && PATH="$PYENV/bin:$PATH" openapi-python-client generate --path "$SPEC" \
-  --output-path build/python/creditd-client --meta uv --fail-on-warning) \
+  --output-path build/python/creditd-client --meta uv --fail-on-warning \
+  --config python/generator.yaml) \
   > "$BUILD/python-generate.log" 2>&1 || { cat "$BUILD/python-generate.log"; fail "generator"; }
 strip_ansi "$BUILD/python-generate.log"
 only_progress openapi-python-client "$BUILD/python-generate.log" \
@@ -83,7 +86,7 @@ only_progress openapi-ts "$BUILD/ts-generate.log" \
 
 step "type-check: mypy --strict (flow + generated package)"
 (cd "$HERE" && MYPYPATH="$PYCLIENT" "$PYENV/bin/mypy" --config-file python/pyproject.toml \
-  --strict --cache-dir build/.mypy_cache python/flow.py python/outbound.py python/checks.py \
+  --strict --cache-dir build/.mypy_cache python/flow.py python/outbound.py python/checks.py python/teams.py \
   "$PYCLIENT/creditd_client")
 
 step "type-check: tsc --strict --noEmit (flow + generated client)"

@@ -109,17 +109,38 @@ def _optional_bodies_without_null(document: dict[str, Any]) -> None:
 
 
 def _json_lines_schemas(document: dict[str, Any]) -> None:
-    """A JSON-lines response (``application/x-ndjson``) publishes the schema of one line.
-    FastAPI types every non-JSON response body as a string and merges the line's schema into
-    it; drop that ``type`` so the schema says what each line is."""
+    """A JSON-lines response (``application/x-ndjson``) is published as what its body is: bytes
+    (``type: string, format: binary``), one JSON object per line, with the schema of one line
+    as the JSON Schema ``contentSchema`` (and ``contentMediaType``).
+
+    Not the line's schema as the body's ``schema``: the body is not one JSON value, and the
+    generated clients believed it (issue 11, contract): @hey-api/openapi-ts typed the answer as
+    one line object while its fetch client hands back a ``Blob`` for this media type, and
+    openapi-python-client (mapping the media type to bytes) generated a parser that fails on
+    every answer. As bytes, the TypeScript client types it ``Blob | File`` (what it returns)
+    and the Python client ``File`` (the raw body); the line types stay generated from
+    ``components`` (``LedgerExportEntry``, ``LedgerExportEnd``)."""
     for item in document.get("paths", {}).values():
         for operation in item.values():
             if not isinstance(operation, dict):
                 continue
             for response in operation.get("responses", {}).values():
                 media = response.get("content", {}).get("application/x-ndjson")
-                if media and ("oneOf" in media.get("schema", {}) or "$ref" in media["schema"]):
-                    media["schema"].pop("type", None)
+                if not media:
+                    continue
+                line = dict(media.get("schema", {}))
+                line.pop("type", None)  # FastAPI types every non-JSON body as a string
+                line.pop("title", None)
+                media["schema"] = {
+                    "type": "string",
+                    "format": "binary",
+                    "description": (
+                        "JSON lines: one object per line (its schema: `contentSchema`), the"
+                        " entries, then a `ledger_export_end` trailer"
+                    ),
+                    "contentMediaType": "application/x-ndjson",
+                    "contentSchema": line,
+                }
 
 
 def build_openapi(app: FastAPI) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import uuid
 from decimal import Decimal
 
 import outbound
+import teams
 from checks import Mismatch, exact, expect, parsed
 from creditd_client import AuthenticatedClient, Client
 from creditd_client.api.analytics import analytics_liability
@@ -299,12 +300,14 @@ def main() -> int:
     token = os.environ["CREDITD_ADMIN_TOKEN"]
     try:
         requests = run(base_url, token)
+        lines = teams.run(base_url, token)
     except Mismatch as exc:
         print(f"python contract flow: MISMATCH: {exc}", file=sys.stderr)
         return 1
     print(
         "python contract flow: ok (generated openapi-python-client, exact amounts, typed 404,"
-        f" Stripe top-up, {requests} outbound webhook requests verified with standardwebhooks)"
+        f" Stripe top-up, {requests} outbound webhook requests verified with standardwebhooks;"
+        f" teams, expression prices, jobs, evaluate, {lines} ledger export lines chained)"
     )
     return 0
 

@@ -52,6 +52,7 @@ import type {
 
 import { Mismatch, exact, expect, ok } from './checks.js';
 import * as outbound from './outbound.js';
+import * as teams from './teams.js';
 
 /** The exact text is `wanted`, and the generated `number` field holds its nearest float. */
 function sameAmount(typed: number, text: string, wanted: string): boolean {
@@ -360,8 +361,10 @@ async function main(): Promise<number> {
     return 2;
   }
   let requests: number;
+  let lines: number;
   try {
     requests = await run(baseUrl, adminToken);
+    lines = await teams.run(baseUrl, adminToken);
   } catch (error) {
     if (error instanceof Mismatch) {
       console.error(`typescript contract flow: MISMATCH: ${error.message}`);
@@ -372,7 +375,8 @@ async function main(): Promise<number> {
   console.log(
     'typescript contract flow: ok (generated @hey-api client, auth option, exact amounts,' +
       ` typed 404, Stripe top-up, ${requests} outbound webhook requests verified with` +
-      ' standardwebhooks)',
+      ` standardwebhooks; teams, expression prices, jobs, evaluate, ${lines} ledger export` +
+      ' lines chained)',
   );
   return 0;
 }

@@ -68,6 +68,11 @@ def test_every_success_response_has_a_real_schema(spec: dict[str, Any]) -> None:
             media = "application/x-ndjson" if path == "/v1/ledger/export" else "application/json"
             assert list(response["content"]) == [media], (method, path, code)
             schema = response["content"][media]["schema"]
+            if media == "application/x-ndjson":
+                # Bytes, one JSON object per line: the line's schema is the contentSchema.
+                assert (schema["type"], schema["format"]) == ("string", "binary"), schema
+                assert schema["contentMediaType"] == media, schema
+                schema = schema["contentSchema"]
             assert schema != {"type": "string"}, (method, path, code)
             one_of = schema.get("oneOf", [])
             assert (

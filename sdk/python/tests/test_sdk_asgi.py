@@ -508,6 +508,44 @@ async def test_team_id_is_sent_only_when_configured_and_every_post_has_a_key(
     assert teamed[0][1] != start_key  # one start key per request
 
 
+async def test_a_team_id_from_the_middleware_charges_the_team_live(
+    priced: Creditd, aclient: AsyncCreditd
+) -> None:
+    """Live: the middleware's ``team_id`` (resolved from the request) reaches the server, so
+    the team's balance pays, its ledger names the member, and the member's own account (no
+    credits: without the team the start would be refused with 402) is untouched."""
+    priced.users.create("u")
+    priced.teams.create("t_asgi")
+    priced.teams.put_member("t_asgi", "u")
+    priced.teams.grant("t_asgi", 10)
+    team: Any = {"team_id": lambda scope: dict(scope["headers"]).get(b"x-team-id", b"").decode()}
+    async with _served(aclient, [], **team) as (http, done):
+        response = await http.post(
+            "/api/chat", json={"in": 200, "out": 100}, headers={**U, "X-Team-Id": "t_asgi"}
+        )
+        assert response.status_code == 200, response.text
+        capture = await done.next()
+    assert capture.result is not None
+    assert (capture.result.status, capture.result.credits_used) == ("completed", Decimal("0.4"))
+    txn = priced.transactions.get(response.json()["transaction_id"])
+    assert (txn.status, txn.credits_used, txn.user_id) == ("completed", Decimal("0.4"), "u")
+    assert txn.team_id == "t_asgi"
+    balance = priced.teams.get("t_asgi").balance
+    assert (balance.total, balance.held, balance.available) == (
+        Decimal("9.6"),
+        Decimal(0),
+        Decimal("9.6"),
+    )
+    entries = priced.teams.list_ledger("t_asgi").data
+    assert [(e.kind, e.user_id, e.amount, e.held_amount) for e in entries] == [
+        ("grant", None, Decimal(10), Decimal(0)),
+        ("hold", "u", Decimal(0), Decimal(3)),
+        ("usage", "u", Decimal("-0.4"), Decimal(-3)),
+    ]
+    assert _balance(priced, "u") == (Decimal(0), Decimal(0), Decimal(0))
+    assert _ledger(priced, "u") == []
+
+
 # --- the decorator ----------------------------------------------------------------------------
 
 

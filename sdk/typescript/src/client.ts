@@ -5,9 +5,10 @@ import {
   CreditdApiError,
   CreditdConnectionError,
   CreditdError,
+  CreditdExportIncompleteError,
 } from "./errors.js";
 import { randomId, SDK_VERSION, Transport, type Call, type FetchLike, type RequestOptions, type RetryInfo } from "./http.js";
-import { stringifyJson, type AmountsMode } from "./json.js";
+import { parseJson, stringifyJson, type AmountsMode } from "./json.js";
 import { FileSpool, type Spool, type SpoolEntry } from "./spool.js";
 import type * as T from "./types.js";
 
@@ -425,6 +426,80 @@ export class Creditd<M extends AmountsMode = "string"> {
   };
 
   /** Teams: a shared balance its members charge (`team_id` on start, usage and check). */
+  /** The project's ledger export (`GET /v1/ledger/export`, JSON lines with a SHA-256 chain). */
+  readonly ledger = {
+    /**
+     * The export's lines as sent, without their newline, streamed as they arrive: each line's
+     * exact text, for saving or checking the chain (`hash` = SHA-256 of `prev_hash` followed by
+     * `line.slice(0, -154) + "}"`). The trailer (`ledger_export_end`) comes last; a stream that
+     * ends without it throws `CreditdExportIncompleteError` (resume with its `lastEntryId` and
+     * `lastHash`).
+     */
+    exportLines: (params?: T.LedgerExportParams, o?: RequestOptions): AsyncGenerator<string, void, undefined> =>
+      this.exportLines(params, o),
+    /** `exportLines`, each line parsed (amounts as this client's `amounts` mode). */
+    export: (
+      params?: T.LedgerExportParams,
+      o?: RequestOptions,
+    ): AsyncGenerator<T.LedgerExportLine<AmountOf<M>>, void, undefined> => this.exportParsed(params, o),
+  };
+
+  private async *exportLines(params: T.LedgerExportParams = {}, o?: RequestOptions): AsyncGenerator<string, void, undefined> {
+    const query = { since: params.since, until: params.until, after: params.after, prev_hash: params.prevHash, format: "jsonl" };
+    const headers = { accept: "application/x-ndjson, application/problem+json", ...o?.headers };
+    const response = await this.transport.stream({ method: "GET", path: "/v1/ledger/export", query, options: { ...o, headers } });
+    const last: { id: number | null; hash: string | null } = { id: null, hash: null };
+    let ended = false;
+    const body = response.body;
+    if (body === null) throw new CreditdExportIncompleteError("the ledger export has no body", last);
+    const reader = body.getReader();
+    const decoder = new TextDecoder("utf-8", { fatal: true });
+    let pending = "";
+    const take = (line: string): string => {
+      ended = line.startsWith('{"object":"ledger_export_end"');
+      last.hash = line.slice(-66, -2);
+      const id = /^\{"object":"ledger_entry","id":(\d+),/.exec(line);
+      if (id) last.id = Number(id[1]);
+      return line;
+    };
+    try {
+      for (;;) {
+        let chunk: Awaited<ReturnType<typeof reader.read>>;
+        try {
+          chunk = await reader.read();
+        } catch (err) {
+          throw new CreditdExportIncompleteError(`the ledger export was cut short: ${String(err)}`, last, { cause: err });
+        }
+        if (chunk.done) break;
+        pending += decoder.decode(chunk.value, { stream: true });
+        let at: number;
+        while ((at = pending.indexOf("\n")) !== -1) {
+          const line = pending.slice(0, at);
+          pending = pending.slice(at + 1);
+          if (line !== "") yield take(line);
+        }
+      }
+      pending += decoder.decode();
+      if (pending !== "") {
+        // A line without its newline: the stream was cut in the middle of it.
+        throw new CreditdExportIncompleteError("the ledger export ended inside a line", last);
+      }
+    } finally {
+      reader.releaseLock();
+      if (!ended) await body.cancel().catch(() => undefined);
+    }
+    if (!ended) throw new CreditdExportIncompleteError("the ledger export ended without its trailer", last);
+  }
+
+  private async *exportParsed(
+    params?: T.LedgerExportParams,
+    o?: RequestOptions,
+  ): AsyncGenerator<T.LedgerExportLine<AmountOf<M>>, void, undefined> {
+    for await (const line of this.exportLines(params, o)) {
+      yield parseJson(line, this.transport.config.amounts) as T.LedgerExportLine<AmountOf<M>>;
+    }
+  }
+
   readonly teams = {
     create: (body: T.TeamCreate, o?: RequestOptions) =>
       this.request<T.Team<AmountOf<M>>>({ method: "POST", path: "/v1/teams", body, options: o }),

@@ -29,6 +29,24 @@ export class CreditdError extends Error {
   }
 }
 
+/**
+ * A ledger export ended without its `ledger_export_end` trailer (the connection or the
+ * database failed mid-stream). Resume with `after` = `lastEntryId` and `prevHash` = `lastHash`.
+ */
+export class CreditdExportIncompleteError extends CreditdError {
+  readonly code = "export_incomplete";
+  /** The `id` of the last entry line received, if any. */
+  readonly lastEntryId: number | null;
+  /** The `hash` of the last line received, if any. */
+  readonly lastHash: string | null;
+
+  constructor(message: string, last: { id: number | null; hash: string | null }, options?: { cause?: unknown }) {
+    super(message, options);
+    this.lastEntryId = last.id;
+    this.lastHash = last.hash;
+  }
+}
+
 /** The server answered with an error status; the problem+json fields are on the error. */
 export class CreditdApiError extends CreditdError {
   /** e.g. `/errors/transaction_not_found` */

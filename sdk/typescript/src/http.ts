@@ -130,7 +130,21 @@ export class Transport {
   }
 
   /** One call, with retries; resolves to the parsed body (undefined for 204). */
-  async request<T>(call: Call): Promise<T> {
+  request<T>(call: Call): Promise<T> {
+    return this.send<T>(call, false);
+  }
+
+  /**
+   * One call whose successful body is streamed: resolves, once the headers of a 2xx answer
+   * have arrived, to the `Response` with its body unread (the per-attempt timeout stops at the
+   * headers; the caller's `signal` still aborts the body). Errors (problem+json) and retries
+   * before that are those of `request`.
+   */
+  stream(call: Call): Promise<Response> {
+    return this.send<Response>(call, true);
+  }
+
+  private async send<T>(call: Call, stream: boolean): Promise<T> {
     const { method, options = {} } = call;
     const body = call.rawBody ?? (call.body === undefined ? undefined : stringifyJson(call.body));
     const idempotencyKey =
@@ -150,6 +164,7 @@ export class Transport {
       let status: number | undefined;
       let retryAfterMs: number | null = null;
       try {
+        if (stream) return (await this.attemptStream(url, method, headers, timeoutMs, options.signal)) as T;
         return await this.attempt<T>(url, method, headers, body, timeoutMs, options.signal);
       } catch (err) {
         if (options.signal?.aborted) throw err;
@@ -213,6 +228,49 @@ export class Transport {
     this.config.onAnswer?.();
     const parsed = text === "" ? undefined : this.parse(text, response.headers);
     if (response.ok) return parsed as T;
+    const problem = (parsed !== null && typeof parsed === "object" ? parsed : {}) as Partial<Problem>;
+    throw errorFor(response.status, problem, response.headers, parsed);
+  }
+
+  /** `attempt` for a streamed body: a 2xx answer is returned as soon as its headers arrive. */
+  private async attemptStream(
+    url: string,
+    method: string,
+    headers: Record<string, string>,
+    timeoutMs: number,
+    signal: AbortSignal | undefined,
+  ): Promise<Response> {
+    const controller = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      controller.abort();
+    }, timeoutMs);
+    const onAbort = (): void => controller.abort(signal?.reason);
+    if (signal?.aborted) controller.abort(signal.reason);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    let response: Response;
+    try {
+      response = await this.config.fetch(url, { method, headers, signal: controller.signal });
+    } catch (err) {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      if (signal?.aborted) throw err;
+      if (timedOut) throw new CreditdTimeoutError(`${method} ${url}: no answer within ${timeoutMs} ms`, { cause: err });
+      const reason = err instanceof Error && err.cause instanceof Error ? err.cause.message : String(err);
+      throw new CreditdConnectionError(`${method} ${url}: ${reason}`, { cause: err });
+    }
+    clearTimeout(timer); // the headers are in: the body may take as long as it takes
+    this.config.onAnswer?.();
+    if (response.ok) return response;
+    signal?.removeEventListener("abort", onAbort);
+    let text: string;
+    try {
+      text = await response.text();
+    } catch (err) {
+      throw new CreditdConnectionError(`${method} ${url}: the error body was cut short`, { cause: err });
+    }
+    const parsed = text === "" ? undefined : this.parse(text, response.headers);
     const problem = (parsed !== null && typeof parsed === "object" ? parsed : {}) as Partial<Problem>;
     throw errorFor(response.status, problem, response.headers, parsed);
   }

@@ -26,6 +26,7 @@ export {
   CreditdApiError,
   CreditdConnectionError,
   CreditdError,
+  CreditdExportIncompleteError,
   CreditdTimeoutError,
   ConflictError,
   ForbiddenError,

@@ -36,9 +36,13 @@ export const AMOUNT_KEYS: ReadonlySet<string> = new Set([
   "input_price_per_1k",
   "limit",
   "low_balance_thresholds",
+  // A price breakdown's multiplier (POST /v1/pricing/evaluate), an exact decimal.
+  "multiplier",
   "output_price_per_1k",
   "overage_limit",
   "paid_unpriced_credits",
+  // A job's price (GET/PUT /v1/jobs); a plan's `price` is an object, walked as usual.
+  "price",
   "previous_balance",
   "price_multiplier",
   "promotional_credits",

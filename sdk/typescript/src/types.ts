@@ -249,6 +249,60 @@ export interface LedgerEntry<A = string> {
   user_id?: string | null;
 }
 
+// ---- ledger export -------------------------------------------------------------------------
+
+/** `GET /v1/ledger/export` parameters (`after` + `prevHash` resume an export). */
+export interface LedgerExportParams {
+  /** Entries created at or after. */
+  since?: Date | string;
+  /** Entries created before. */
+  until?: Date | string;
+  /** Resume after this entry id (the last entry's `id`, or the trailer's `next_after`). */
+  after?: number;
+  /** Chain on from this hash (the last line's `hash`). */
+  prevHash?: string;
+}
+
+/** One entry line of the ledger export. Later versions may add members. */
+export interface LedgerExportEntry<A = string> {
+  object: "ledger_entry";
+  id: number;
+  /** RFC 3339 UTC with microseconds. */
+  created_at: string;
+  /** The account's owner, or the member who charged a team; null on a team's own entries. */
+  user_id: string | null;
+  team_id: string | null;
+  kind: string;
+  amount: A;
+  held_amount: A;
+  total_after: A;
+  held_after: A;
+  transaction_id: string | null;
+  grant_id: string | null;
+  reason: string | null;
+  prev_hash: string;
+  /** SHA-256(prev_hash + the line without its prev_hash and hash members), hex. */
+  hash: string;
+  [key: string]: unknown;
+}
+
+/** The trailer of a complete export (its last line). */
+export interface LedgerExportEnd {
+  object: "ledger_export_end";
+  project_id: string;
+  since: string | null;
+  until: string | null;
+  horizon: string;
+  after: number | null;
+  entries: number;
+  next_after: number | null;
+  prev_hash: string;
+  hash: string;
+  [key: string]: unknown;
+}
+
+export type LedgerExportLine<A = string> = LedgerExportEntry<A> | LedgerExportEnd;
+
 // ---- teams ---------------------------------------------------------------------------------
 
 export interface Team<A = string> {

@@ -270,3 +270,12 @@ export class FaultProxy {
 export function problemBody(status: number, code: string, detail = code): string {
   return JSON.stringify({ type: `/errors/${code}`, code, title: code, status, detail, instance: "/", request_id: "proxy" });
 }
+
+/**
+ * The non-zero counts of a transaction's tokens. The server lists every usage metric (issue 11
+ * added `reasoning_tokens`, `tool_calls`, `search_queries`, ...), zeros included; tests compare
+ * what was counted.
+ */
+export function counted(tokens: object | null | undefined): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(tokens ?? {}).filter(([, v]) => v !== 0 && v !== "0"));
+}

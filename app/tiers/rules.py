@@ -33,6 +33,9 @@ class Rules:
     has_spend_caps: bool = False
     # A charge to a team's account by a member with team spend caps (checked under its lock).
     has_member_caps: bool = False
+    # The user belongs to a team: starts on other accounts (their own, other teams) count
+    # toward their spend caps and concurrency limit too, so those checks serialize per user.
+    in_teams: bool = False
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any], *, has_spend_caps: bool = False) -> Rules:

@@ -68,7 +68,9 @@ _LOCK = f"""
 _LOCK_ACCOUNT = f"""
     SELECT a.id, a.total, a.held, a.debt, {PRICE_COLUMNS}, {TIER_COLUMNS},
            EXISTS (SELECT 1 FROM spend_caps c WHERE c.project_id = $1 AND c.user_id = $2)
-               AS has_spend_caps
+               AS has_spend_caps,
+           EXISTS (SELECT 1 FROM team_members m WHERE m.project_id = $1 AND m.user_id = $2)
+               AS in_teams
     FROM users u JOIN accounts a ON a.id = u.account_id
     {tier_join("u")}
     {price_lateral("$1", "$3")}
@@ -251,7 +253,7 @@ async def lock_account(
         return None
     account = LockedAccount(row["id"], project_id, user_id, row["total"], row["held"], row["debt"])
     rules = Rules.from_row(row, has_spend_caps=row["has_spend_caps"])
-    return LockedForStart(account, optional_price(row), rules)
+    return LockedForStart(account, optional_price(row), replace(rules, in_teams=row["in_teams"]))
 
 
 async def lock_team_account(
@@ -278,7 +280,22 @@ async def lock_team_account(
 
 def _team_rules(row: Any) -> Rules:
     rules = Rules.from_row(row, has_spend_caps=row["has_spend_caps"])
-    return replace(rules, has_member_caps=row["has_member_caps"])
+    return replace(rules, has_member_caps=row["has_member_caps"], in_teams=True)
+
+
+# A user's own limits (spend caps, the tier's concurrency) count their starts on every account
+# they charge: their own and their teams'. Those starts hold different account locks, so the
+# checks serialize on this per-user lock, taken after the account's (always last: no cycle).
+# The two-key form: its key space is apart from the one-key locks (idempotency, payments).
+_LOCK_USER_LIMITS = (
+    "SELECT pg_advisory_xact_lock(1970496882, hashtext($1::uuid::text || ':' || $2))"
+)
+
+
+async def lock_user_limits(session: AsyncSession, project_id: uuid.UUID, user_id: str) -> None:
+    """Serialize the checks of ``user_id``'s own limits with their starts on other accounts
+    (until the transaction ends); the statements after it see what those committed."""
+    await driver(session).execute(_LOCK_USER_LIMITS, project_id, user_id)
 
 
 async def read_team_for_check(

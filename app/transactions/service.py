@@ -90,15 +90,22 @@ async def _admission(
     model: str,
     need: Decimal,
     team_id: str | None = None,
+    *,
+    locked: bool = False,
 ) -> Admission:
     """May a start needing ``need`` go ahead? Checked in this order, first failure wins:
     balance (``insufficient_credits``, against the tier's overage floor), spend caps
     (``spend_cap_reached`` for a deny cap; a warn cap only yields a warning), on a team's
     account the member's team caps (``spend_cap_reached``), the tier's concurrency limit
     (``concurrency_limit``). Callers that change anything hold the lock (a team's account lock
-    serializes every charge of the team, so the member caps are race-free too)."""
+    serializes every charge of the team, so the member caps are race-free too). With
+    ``locked`` (a start), a user who charges several accounts (a member of a team) also takes
+    the per-user limits lock before their own caps and concurrency are read."""
     if not _admits(available, need, rules.floor):
         return Admission("insufficient_credits", [])
+    own_limits = rules.has_spend_caps or rules.max_concurrent is not None
+    if locked and own_limits and (team_id is not None or rules.in_teams):
+        await repo.lock_user_limits(session, principal.project_id, user_id)
     warnings: list[dict[str, Any]] = []
     if rules.has_spend_caps:
         today = utcnow().date()
@@ -113,7 +120,9 @@ async def _admission(
                 {"period": cap["period"], "model": cap["model"] or None, "limit": cap["limit"],
                  "spent": cap["spent"], "held": cap["held"], "requested": need}
             )  # fmt: skip
-    if rules.has_member_caps and team_id is not None:
+    # On a team's account the member caps are always read: the flag read with the lock may
+    # predate a cap set while this start waited for it.
+    if team_id is not None and (rules.has_member_caps or locked):
         today = utcnow().date()
         for cap in await repo.member_cap_usage(
             session, principal.project_id, team_id, user_id, today
@@ -237,7 +246,15 @@ async def start(session: AsyncSession, principal: Principal, body: StartIn) -> S
     user_id = body.user_id
     hold = pricing.cost(price.price, body.provisional_tokens, price.multiplier)
     admission = await _admission(
-        session, principal, user_id, account.available, rules, body.model, hold, account.team_id
+        session,
+        principal,
+        user_id,
+        account.available,
+        rules,
+        body.model,
+        hold,
+        account.team_id,
+        locked=True,
     )
     admitted = admission.reason is None
     txn_id = uuid7()

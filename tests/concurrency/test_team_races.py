@@ -179,3 +179,60 @@ async def test_a_member_removed_while_their_start_waits_for_the_lock_is_not_char
         assert started.status_code == 201, started.text
         assert body(started)["continue"] is True
     await assert_ledger_consistent(db)
+
+
+async def _member_of_three_teams(p: Project) -> None:
+    await p.price("_default", 1, 1)
+    await p.user("u", credits=1000)
+    for team_id in ("t1", "t2", "t3"):
+        await _team_with_members(p, team_id, 1000, [])
+        r = await p.put(f"/v1/teams/{team_id}/members/u", {})
+        assert r.status_code == 200, r.text
+
+
+async def _starts_on_every_account(p: Project, rounds: int) -> list[dict[str, object]]:
+    async def one(team_id: str | None) -> dict[str, object]:
+        payload: dict[str, object] = {"user_id": "u", "model": "m",
+                                      "provisional_tokens": TEN_CREDITS}  # fmt: skip
+        if team_id is not None:
+            payload["team_id"] = team_id
+        r = await p.post("/v1/transactions/start", payload)
+        assert r.status_code == 201, r.text
+        return dict(body(r))
+
+    accounts = (None, "t1", "t2", "t3")
+    return list(await asyncio.gather(*(one(a) for _ in range(rounds) for a in accounts)))
+
+
+async def test_a_users_concurrency_limit_holds_across_their_own_and_team_accounts(
+    live_project: Project, db: Database
+) -> None:
+    """Starts on four accounts (each under its own lock) count toward one tier limit: they
+    serialize on the user's limits lock, so exactly one is admitted."""
+    p = live_project
+    r = await p.post(
+        "/v1/tiers",
+        {"id": "one", "name": "one", "credits": 0, "max_concurrent_transactions": 1},
+    )
+    assert r.status_code == 201, r.text
+    await _member_of_three_teams(p)
+    assert (await p.post("/v1/users/u/tier", {"tier_id": "one"})).status_code == 200
+    results = await _starts_on_every_account(p, 10)
+    admitted = [r for r in results if r["continue"]]
+    assert len(admitted) == 1
+    assert {r["reason"] for r in results if not r["continue"]} == {"concurrency_limit"}
+    await assert_ledger_consistent(db)
+
+
+async def test_a_users_own_spend_cap_holds_across_their_own_and_team_accounts(
+    live_project: Project, db: Database
+) -> None:
+    p = live_project
+    await _member_of_three_teams(p)
+    r = await p.put("/v1/users/u/spend-caps/day", {"limit": 30, "action": "deny"})
+    assert r.status_code in (200, 201), r.text
+    results = await _starts_on_every_account(p, 10)
+    admitted = [r for r in results if r["continue"]]
+    assert len(admitted) == 3  # holds of 10 against a cap of 30, wherever they are held
+    assert {r["reason"] for r in results if not r["continue"]} == {"spend_cap_reached"}
+    await assert_ledger_consistent(db)

@@ -303,5 +303,12 @@ async def test_verify_checks_team_usage_against_team_transactions(
             text("UPDATE usage_team_daily SET credits = credits + 1 WHERE project_id = :p"),
             {"p": p.id},
         )
-    (found,) = await violations()
-    assert found[1] == "t1/alice"
+    try:
+        (found,) = await violations()
+        assert found[1] == "t1/alice"
+    finally:  # the database is shared: later tests verify every project
+        async with db.transaction() as session:
+            await session.execute(
+                text("UPDATE usage_team_daily SET credits = credits - 1 WHERE project_id = :p"),
+                {"p": p.id},
+            )

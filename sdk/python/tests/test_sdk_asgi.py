@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from creditd_sdk import (
     current_transaction,
     metered,
 )
+from creditd_sdk.asgi import Message
 from creditd_sdk.errors import APIConnectionError
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -31,6 +33,7 @@ from sdk_testkit import free_port
 from tests.fixtures.serving import serve
 
 PROVISIONAL: Any = {"input_tokens": 1000, "output_tokens": 1000}  # holds 3 credits
+UNICODE_MODEL = "模型-ß"  # not ASCII: cannot be in an HTTP header as is
 
 
 class ModelDown(Exception):
@@ -122,6 +125,23 @@ def _app(calls: list[str], gate: asyncio.Event | None = None) -> FastAPI:
             chunks(), media_type="text/plain", headers={"x-transaction-id": txn.transaction_id}
         )
 
+    @app.get("/api/stream-break")
+    async def stream_break() -> StreamingResponse:
+        calls.append("stream-break")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            add_usage(output_tokens=1000)
+            yield b"chunk0\n"
+            raise ModelDown("the model's stream broke mid-way")
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    @app.post("/api/unicode-model")
+    async def unicode_model() -> dict[str, str]:
+        calls.append("unicode-model")
+        add_llm_usage(UNICODE_MODEL, input_tokens=1000, provider="local")
+        return {"ok": "yes"}
+
     return app
 
 
@@ -140,6 +160,9 @@ async def _served(
         "on_complete": completions,
     }
     settings.update(options)
+    if "resolve_user" not in settings:
+        # The tests stand in for the trusted proxy that sets this header.
+        settings.setdefault("user_header", "X-User-Id")
     app.add_middleware(CreditdMiddleware, client=client, **settings)
     async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
         yield http, completions
@@ -416,6 +439,183 @@ async def test_fail_open_charges_the_usage_when_creditd_is_back_at_the_end(
     assert capture.errors == []
     assert capture.charges["gpt-4o"].credits_used == Decimal(1)
     assert _balance(priced, "u")[0] == Decimal(9)
+
+
+# --- what is charged when the app or charging goes wrong -----------------------------------
+
+
+def _scope() -> dict[str, Any]:
+    """An ASGI ``http`` scope of a metered request by user ``u``, for calling the middleware."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/direct",
+        "raw_path": b"/api/direct",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"x-user-id", b"u")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+
+async def _receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _middleware(app: Any, client: AsyncCreditd, done: Completions) -> CreditdMiddleware:
+    return CreditdMiddleware(
+        app,
+        client=client,
+        model="gpt-4o",
+        user_header="X-User-Id",
+        provisional_tokens=PROVISIONAL,
+        on_complete=done,
+    )
+
+
+async def test_a_non_ascii_model_is_charged_exactly_once(
+    priced: Creditd, aclient: AsyncCreditd
+) -> None:
+    _funded(priced, "u", 10)
+    async with _served(aclient, []) as (http, done):
+        assert (await http.post("/api/unicode-model", headers=U)).status_code == 200
+        capture = await done.next()
+    assert capture.errors == []
+    charge = capture.charges[UNICODE_MODEL]
+    assert charge.credits_used == Decimal(1)  # 1000 input tokens at the default price
+    # A retry sends the same key (the model's part is a stable hash): replayed, not charged.
+    shots = [shot for shot in capture._one_shots("none", PROVISIONAL) if shot[0] == UNICODE_MODEL]
+    ((_, body, key),) = shots
+    assert key.isascii()
+    assert key == f"creditd-capture:{capture.transaction_id}:usage:" + (
+        "sha256=" + hashlib.sha256(UNICODE_MODEL.encode()).hexdigest()[:32]
+    )
+    again = await aclient.request("POST", "/v1/usage", body=body, idempotency_key=key)
+    assert again["transaction_id"] == charge.transaction_id
+    (txn,) = priced.transactions.list(user_id="u", model=UNICODE_MODEL).data
+    assert (txn.model, txn.credits_used) == (UNICODE_MODEL, Decimal(1))
+    assert txn.metadata == {"provider": "local", "capture_transaction_id": capture.transaction_id}
+    assert _balance(priced, "u") == (Decimal(9), Decimal(0), Decimal(9))
+
+
+async def test_charging_errors_never_escape_the_middleware(
+    priced: Creditd, aclient: AsyncCreditd
+) -> None:
+    _funded(priced, "u", 10)
+    real = aclient.request
+
+    async def buggy(method: str, path: str, **kw: Any) -> Any:
+        if path == "/v1/usage" and kw["body"]["model"] == "embed-small":
+            raise RuntimeError("not a creditd error: a bug while charging")
+        return await real(method, path, **kw)
+
+    aclient.request = buggy  # type: ignore[method-assign]
+    sent: list[Message] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        add_usage(input_tokens=1000)
+        add_llm_usage("embed-small", input_tokens=1000)
+        add_llm_usage(UNICODE_MODEL, input_tokens=1000)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    done = Completions()
+    await _middleware(app, aclient, done)(_scope(), _receive, send)  # does not raise
+    capture = await done.next()
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert [type(e) for e in capture.errors] == [RuntimeError]
+    assert capture.result is not None
+    assert capture.result.credits_used == Decimal(1)
+    # The models after the failed one are still charged.
+    assert list(capture.charges) == [UNICODE_MODEL]
+    assert capture.charges[UNICODE_MODEL].credits_used == Decimal(1)
+    assert _balance(priced, "u") == (Decimal(8), Decimal(0), Decimal(8))
+
+
+async def test_a_stream_broken_after_it_started_is_charged_the_usage_reported(
+    priced: Creditd, aclient: AsyncCreditd
+) -> None:
+    _funded(priced, "u", 10)
+    calls: list[str] = []
+    async with _served(aclient, calls) as (http, done):
+        async with http.stream("GET", "/api/stream-break", headers=U) as response:
+            assert response.status_code == 200
+            lines = response.aiter_lines()
+            assert await anext(lines) == "chunk0"  # the client got content ...
+            with pytest.raises(httpx.RemoteProtocolError):  # ... then the body broke off
+                await anext(lines)
+        capture = await done.next()
+    assert calls == ["stream-break"]
+    assert (capture.status_code, capture.success, capture.errors) == (200, True, [])
+    assert capture.result is not None
+    assert (capture.result.status, capture.result.credits_used) == ("completed", Decimal(2))
+    assert _ledger(priced, "u") == [
+        ("grant", Decimal(10), Decimal(0)),
+        ("hold", Decimal(0), Decimal(3)),
+        ("usage", Decimal(-2), Decimal(-3)),  # the 1000 output tokens reported
+    ]
+
+
+async def test_a_cancelled_request_is_charged_only_if_its_response_had_started(
+    priced: Creditd, aclient: AsyncCreditd
+) -> None:
+    _funded(priced, "u", 10)
+
+    async def cancelled(respond_first: bool) -> RequestCapture:
+        waiting = asyncio.Event()
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            add_usage(output_tokens=1000)
+            if respond_first:
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                await send({"type": "http.response.body", "body": b"chunk0", "more_body": True})
+            waiting.set()
+            await asyncio.sleep(3600)  # the client goes away, the server shuts down ...
+
+        async def send(message: Message) -> None:
+            pass
+
+        done = Completions()
+        task = asyncio.create_task(_middleware(app, aclient, done)(_scope(), _receive, send))
+        await waiting.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await done.next()
+
+    streamed = await cancelled(respond_first=True)
+    assert streamed.success is True
+    assert streamed.result is not None
+    assert (streamed.result.status, streamed.result.credits_used) == ("completed", Decimal(2))
+    silent = await cancelled(respond_first=False)
+    assert silent.success is False
+    assert silent.result is not None
+    assert (silent.result.status, silent.result.credits_used) == ("failed", Decimal(0))
+    assert _balance(priced, "u") == (Decimal(8), Decimal(0), Decimal(8))
+
+
+async def test_the_middleware_must_be_told_where_the_user_comes_from() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    async with AsyncCreditd("ck_test", base_url="http://creditd", spool=None) as c:
+        with pytest.raises(TypeError, match="trusted proxy or gateway"):
+            CreditdMiddleware(app, client=c, model="m")  # no default X-User-Id any more
+        with pytest.raises(TypeError, match="not both"):
+            CreditdMiddleware(
+                app, client=c, model="m", user_header="X-User-Id", resolve_user=lambda s: "u"
+            )
+        with pytest.raises(ValueError, match="user_header"):
+            CreditdMiddleware(app, client=c, model="m", user_header=" ")
+        CreditdMiddleware(app, client=c, model="m", resolve_user=lambda s: "u")
+        CreditdMiddleware(app, client=c, model="m", user_header="X-Authenticated-User")
 
 
 # --- the requests the middleware sends ------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -15,7 +17,9 @@ from creditd_sdk import (
     NotAdmitted,
     SpendCapReached,
     current_capture,
+    metered,
 )
+from creditd_sdk.capture import _key_part
 
 
 class ModelDown(Exception):
@@ -228,3 +232,37 @@ def test_a_block_runs_once(priced: Creditd) -> None:
         pass
     with pytest.raises(RuntimeError), capture:
         pass
+
+
+# --- @metered and the keys of request captures (creditd_sdk.capture) --------------------------
+
+
+async def test_metered_refuses_generator_functions(priced: Creditd, aclient: AsyncCreditd) -> None:
+    # Calling a generator function only creates the generator: metering the call would charge
+    # before any of the work ran, so the decorator refuses it up front.
+    with pytest.raises(TypeError, match="generator function"):
+
+        @metered(priced, user_id="u", model="m")
+        def chunks() -> Iterator[str]:
+            yield "a"
+
+    with pytest.raises(TypeError, match="generator function"):
+
+        @metered(aclient, user_id="u", model="m")
+        async def achunks() -> AsyncIterator[str]:
+            yield "a"
+
+    assert priced.transactions.list().data == []
+
+
+def test_model_ids_in_idempotency_keys_are_plain_ascii_and_stable() -> None:
+    plain = ["gpt-4o", "text-embedding-3-small", "claude-3.5:beta_1", "m" * 64]
+    for model in plain:
+        assert _key_part(model) == model
+    odd = ["模型-ß", "gpt 4o", "org/model", "m" * 65, "", "a\nb", "x=y"]
+    parts = [_key_part(model) for model in odd]
+    for model, part in zip(odd, parts, strict=True):
+        assert part == "sha256=" + hashlib.sha256(model.encode()).hexdigest()[:32]
+        assert part.isascii()
+        assert part == _key_part(model)  # stable: a retry sends the same key
+    assert len(set(parts)) == len(odd)

@@ -1,8 +1,9 @@
 """``CreditdMiddleware``: a pure ASGI middleware (FastAPI, Starlette or any ASGI 3 app; no
 framework dependency) that runs every matching HTTP request inside a creditd usage transaction.
 
-For a matching request: resolve the user (a header, or a resolver of the ASGI scope), start a
-transaction (hold the provisional usage) and
+For a matching request: resolve the user (``resolve_user`` of the ASGI scope, or the
+``user_header`` a trusted proxy sets; one of the two is required), start a transaction (hold the
+provisional usage) and
 
 * not admitted → answer ``402`` ``application/problem+json`` (``code`` = the server's reason:
   ``insufficient_credits``, ``spend_cap_reached``, ``concurrency_limit``) without calling the app;
@@ -10,7 +11,14 @@ transaction (hold the provisional usage) and
   :func:`~creditd_sdk.add_llm_usage`, :func:`~creditd_sdk.current_transaction`), and when the
   response's last body message has been handed to the server (a streaming body: after its last
   chunk) complete it with the usage reported (see :mod:`creditd_sdk.capture`);
-* the app raises, or answers a status ``is_failure`` accepts (default 5xx) → ``success: false``.
+* the app answers a status ``is_failure`` accepts (default 5xx), or raises (or is cancelled)
+  before its response started → ``success: false``: the hold is released, nothing is charged;
+* the app raises (or is cancelled) after a non-failure response started (a stream breaking
+  mid-way) → ``success: true`` with the usage reported so far: the client received content and
+  that usage happened.
+
+Charging never raises out of the middleware: what could not be charged is in the capture's
+``errors`` (and logged).
 
 creditd unreachable at start (connection error, timeout, 429 or 5xx after the client's retries):
 ``on_unavailable="fail_closed"`` (default) answers ``503`` problem+json with ``Retry-After``;
@@ -95,8 +103,12 @@ class CreditdMiddleware:
     of ``skip_paths``, the method is not in ``skip_methods``, and ``match(scope)`` (if given) is
     true. Only ``http`` scopes are metered (websocket and lifespan pass through).
 
-    User: ``resolve_user(scope)`` (sync or async) if given, else the ``user_header`` header; no
-    user → ``401`` problem+json ``user_not_identified`` without calling the app.
+    User: ``resolve_user(scope)`` (sync or async), or the ``user_header`` header; exactly one of
+    the two must be given. Prefer ``resolve_user`` reading the user from the app's own
+    authentication: a header names the user to charge, so it may only be used when trusted
+    infrastructure (an auth proxy or gateway) sets it and strips any value the client sent —
+    otherwise any client can charge another user's credits. No user → ``401`` problem+json
+    ``user_not_identified`` without calling the app.
 
     ``model``, ``provisional_tokens``, ``feature_identifier``, ``team_id`` and ``metadata`` are
     values or (sync or async) functions of the scope; ``team_id`` is sent only when it is set.
@@ -113,7 +125,7 @@ class CreditdMiddleware:
         skip_paths: Sequence[str] = (),
         skip_methods: Sequence[str] = ("OPTIONS",),
         match: Callable[[Scope], bool] | None = None,
-        user_header: str = "X-User-Id",
+        user_header: str | None = None,
         resolve_user: ScopeFn | None = None,
         provisional_tokens: Tokens | ScopeFn | None = None,
         feature_identifier: str | ScopeFn | None = None,
@@ -130,6 +142,17 @@ class CreditdMiddleware:
             raise ValueError("on_unavailable must be 'fail_open' or 'fail_closed'")
         if unreported_usage not in ("none", "provisional"):
             raise ValueError("unreported_usage must be 'none' or 'provisional'")
+        if resolve_user is None and user_header is None:
+            raise TypeError(
+                "CreditdMiddleware needs to know whose credits a request spends: pass "
+                "resolve_user=<function of the ASGI scope> (recommended: read the user from the "
+                "app's own authentication), or user_header=<name> only if a trusted proxy or "
+                "gateway sets that header and strips any value the client sent"
+            )
+        if resolve_user is not None and user_header is not None:
+            raise TypeError("CreditdMiddleware takes resolve_user or user_header, not both")
+        if user_header is not None and not user_header.strip():
+            raise ValueError("user_header must be a header name")
         self.app = app
         self.client = client
         self.model = model
@@ -166,11 +189,15 @@ class CreditdMiddleware:
         if not self.matches(scope):
             await self.app(scope, receive, send)
             return
-        user = await _resolve(self.resolve_user, scope) if self.resolve_user else None
-        if user is None and self.resolve_user is None:
+        if self.resolve_user is not None:
+            user = await _resolve(self.resolve_user, scope)
+            source = "resolve_user"
+        else:
+            assert self.user_header is not None
             user = _header(scope, self.user_header)
+            source = f"header {self.user_header}"
         if not user:
-            detail = f"no user for this request (header {self.user_header})"
+            detail = f"no user for this request ({source})"
             await _problem(send, 401, "user_not_identified", "User not identified", detail)
             return
         capture = RequestCapture(
@@ -212,15 +239,19 @@ class CreditdMiddleware:
         provisional: Tokens | None,
     ) -> None:
         completion: asyncio.Task[None] | None = None
+        started = False  # an http.response.start has been handed to the server
 
         async def finish(success: bool) -> None:
-            await close_async(
-                self.client,
-                capture,
-                success=success,
-                unreported_usage=self.unreported_usage,
-                provisional_tokens=provisional,
-            )
+            try:
+                await close_async(
+                    self.client,
+                    capture,
+                    success=success,
+                    unreported_usage=self.unreported_usage,
+                    provisional_tokens=provisional,
+                )
+            except Exception:  # close_async records its errors; never raise from here anyway
+                log.exception("creditd: charging the request failed")
             if self.on_complete is not None:
                 try:
                     await _resolve(self.on_complete, capture)
@@ -228,15 +259,18 @@ class CreditdMiddleware:
                     log.exception("creditd: on_complete failed")
 
         def succeeded() -> bool:
+            """A response started with a non-failure status: the request is charged."""
             status = capture.status_code
-            return status is not None and not self.is_failure(status)
+            return started and status is not None and not self.is_failure(status)
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal completion
+            nonlocal completion, started
             kind = message["type"]
             if kind == "http.response.start":
                 capture.status_code = int(message["status"])
             await send(message)
+            if kind == "http.response.start":
+                started = True
             last = (kind == "http.response.body" and not message.get("more_body", False)) or (
                 kind == "http.response.pathsend"
             )
@@ -251,13 +285,17 @@ class CreditdMiddleware:
             await self.app(scope, receive, send_wrapper)
         except Exception:
             if completion is None:
-                completion = spawn(finish(False))
+                # Nothing sent yet (or a failure status): released. A response already going
+                # out (a stream broken mid-way): the client got content and the usage reported
+                # so far happened, so it is charged.
+                completion = spawn(finish(succeeded()))
             await asyncio.shield(completion)
             raise
         except BaseException:
             if completion is None:
-                # Cancelled (client gone, shutdown): the release runs on in its own task.
-                spawn(finish(False))
+                # Cancelled (client gone, shutdown): the completion runs on in its own task,
+                # by the same rule.
+                spawn(finish(succeeded()))
             raise
         else:
             if completion is None:

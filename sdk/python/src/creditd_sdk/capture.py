@@ -15,9 +15,18 @@ What is charged when the request or call ends:
   price only; ``"provisional"`` charges the provisional tokens);
 * usage reported for *another* model is charged after that, one ``POST /v1/usage`` per model,
   with an Idempotency-Key derived from the transaction id and the model (a retry never charges
-  twice); its metadata carries ``capture_transaction_id`` to tie it to the request;
-* failure (exception, or a 5xx answer) → ``success: false``: the hold is released and nothing
-  is charged, reported usage included.
+  twice; a model id outside ``[A-Za-z0-9._:-]{1,64}`` is put in the key as a hash of it); its
+  metadata carries ``capture_transaction_id`` to tie it to the request;
+* failure → ``success: false``: the hold is released and nothing is charged, reported usage
+  included. A failure is the call raising (``@metered``), or for a request (the middleware): an
+  answer with a failure status (``is_failure``, default 5xx), or the app raising or being
+  cancelled *before* its response started. Once a response has started with a non-failure
+  status, the client is receiving content and the usage reported happened: an exception or a
+  cancellation after that (a stream breaking mid-way) completes with ``success: true`` and the
+  usage reported so far.
+
+Charging never raises out of a capture's end: what could not be charged is in
+``RequestCapture.errors`` (and logged).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import functools
 import hashlib
 import inspect
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextvars import ContextVar
@@ -77,11 +87,16 @@ def _check_metric(name: str, value: object) -> Metric:
     return value
 
 
+_KEY_SAFE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
 def _key_part(model: str) -> str:
-    """A model id as part of an Idempotency-Key (kept well under the 255-character limit)."""
-    if len(model) <= 64 and model.isprintable():
+    """A model id as part of an Idempotency-Key: the id itself when it is short and plain ASCII
+    (HTTP header values must be ASCII: httpx refuses anything else), else a hash of it. Both are
+    stable, so a retry reuses the key; ``=`` is never in a plain id, so a hash never equals one."""
+    if _KEY_SAFE.fullmatch(model):
         return model
-    return "sha256-" + hashlib.sha256(model.encode()).hexdigest()[:32]
+    return "sha256=" + hashlib.sha256(model.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 class RequestCapture:
@@ -90,7 +105,8 @@ class RequestCapture:
     ``start`` is the start response (``None`` when running fail-open: then ``unavailable`` is the
     error that made creditd unreachable). After the end: ``success``, ``result`` (the completion;
     ``spooled`` when it waits in the client's spool instead), ``charges`` (the one-shot charges
-    of other models, by model) and ``errors`` (what could not be charged, also logged).
+    of other models, by model) and ``errors`` (what could not be charged, also logged: a
+    :class:`~creditd_sdk.errors.CreditdError`, or any other exception charging raised).
     """
 
     def __init__(
@@ -113,7 +129,7 @@ class RequestCapture:
         self.result: CompleteResult | None = None
         self.spooled: CompletionSpooled | None = None
         self.charges: dict[str, UsageResult] = {}
-        self.errors: list[CreditdError] = []
+        self.errors: list[Exception] = []
         self._usage: dict[str, dict[str, Metric]] = {}
         self._metadata: dict[str, dict[str, Any]] = {}
         self._closed = False
@@ -248,9 +264,18 @@ class RequestCapture:
             shots.append((model, body, key))
         return shots
 
-    def _failed(self, what: str, exc: CreditdError) -> None:
+    def _failed(self, what: str, exc: Exception) -> None:
         self.errors.append(exc)
-        log.error("creditd capture: %s for user %s failed: %s", what, self.user_id, exc.message)
+        if isinstance(exc, CreditdError):
+            log.error("creditd capture: %s for user %s failed: %s", what, self.user_id, exc.message)
+        else:  # not an answer from creditd: a bug or an unexpected failure, with its traceback
+            log.error(
+                "creditd capture: %s for user %s failed: %r",
+                what,
+                self.user_id,
+                exc,
+                exc_info=exc,
+            )
 
 
 # --- the contextvars API ----------------------------------------------------------------------
@@ -372,28 +397,33 @@ async def close_async(
     provisional_tokens: Tokens | None,
 ) -> None:
     """Complete the transaction, then charge the other models' usage (on success). Never raises
-    a creditd error: what fails is in ``capture.errors`` (and the log)."""
+    an ``Exception``: what fails is in ``capture.errors`` (and the log), and the calls after it
+    are still made."""
     capture._closed = True
     capture.success = success
     if capture.start is not None:
-        args = capture._complete_args(success, unreported_usage)
         try:
+            args = capture._complete_args(success, unreported_usage)
             capture.result = await client.transactions.complete(
                 capture.start.transaction_id, **args
             )
         except CompletionSpooled as spooled:
             capture.spooled = spooled
-        except CreditdError as exc:
+        except Exception as exc:
             capture._failed("completion", exc)
     if not success:
         return
-    for model, body, key in capture._one_shots(unreported_usage, provisional_tokens):
+    try:
+        shots = capture._one_shots(unreported_usage, provisional_tokens)
+    except Exception as exc:
+        capture._failed("charging the other models' usage", exc)
+        return
+    for model, body, key in shots:
         try:
             data = await client.request("POST", "/v1/usage", body=body, idempotency_key=key)
-        except CreditdError as exc:
-            capture._failed(f"charging the usage of {model}", exc)
-        else:
             capture.charges[model] = parse(UsageResult, data)
+        except Exception as exc:
+            capture._failed(f"charging the usage of {model!r}", exc)
 
 
 def close_sync(
@@ -404,25 +434,30 @@ def close_sync(
     unreported_usage: UnreportedUsage,
     provisional_tokens: Tokens | None,
 ) -> None:
+    """The sync :func:`close_async`; never raises an ``Exception`` either."""
     capture._closed = True
     capture.success = success
     if capture.start is not None:
-        args = capture._complete_args(success, unreported_usage)
         try:
+            args = capture._complete_args(success, unreported_usage)
             capture.result = client.transactions.complete(capture.start.transaction_id, **args)
         except CompletionSpooled as spooled:
             capture.spooled = spooled
-        except CreditdError as exc:
+        except Exception as exc:
             capture._failed("completion", exc)
     if not success:
         return
-    for model, body, key in capture._one_shots(unreported_usage, provisional_tokens):
+    try:
+        shots = capture._one_shots(unreported_usage, provisional_tokens)
+    except Exception as exc:
+        capture._failed("charging the other models' usage", exc)
+        return
+    for model, body, key in shots:
         try:
             data = client.request("POST", "/v1/usage", body=body, idempotency_key=key)
-        except CreditdError as exc:
-            capture._failed(f"charging the usage of {model}", exc)
-        else:
             capture.charges[model] = parse(UsageResult, data)
+        except Exception as exc:
+            capture._failed(f"charging the usage of {model!r}", exc)
 
 
 # Completions running in tasks of their own; kept referenced here until they finish.
@@ -466,6 +501,10 @@ class metered:
     exception propagates. creditd unreachable → the error is raised (``fail_closed``, default)
     or the function runs without a hold and its usage is charged afterwards if creditd answers
     again (``fail_open``).
+
+    Generator functions (sync or async) are refused with ``TypeError``: calling one only creates
+    the generator, so the call would be charged before any of its work ran. Meter the function
+    that consumes it, or use ``capture_usage`` around the iteration.
     """
 
     def __init__(
@@ -506,6 +545,13 @@ class metered:
         return capture, provisional, _value(self.metadata, args, kwargs)
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            name = getattr(fn, "__qualname__", repr(fn))
+            raise TypeError(
+                f"@metered cannot meter the generator function {name}: calling it only "
+                "creates the generator, so the call would be charged before the generator ran. "
+                "Meter the function that consumes it, or wrap the iteration in capture_usage."
+            )
         if inspect.iscoroutinefunction(fn):
             if not isinstance(self.client, AsyncCreditd):
                 raise TypeError("@metered on an async function needs an AsyncCreditd client")

@@ -108,6 +108,11 @@ class _SettledData(_TeamAccount):
 
 class TransactionCompletedData(_SettledData):
     status: Literal["completed"]
+    pricing_error: str | None = Field(
+        default=None,
+        description="Present when the usage could not be priced at completion (its expression"
+        " failed for these counts, or the cost was too large): the hold was charged instead",
+    )
 
 
 class TransactionFailedData(_SettledData):

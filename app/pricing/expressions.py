@@ -524,6 +524,22 @@ def compile_expression(source: str) -> Expression:
     return Expression(source, names, run)
 
 
+# A usage reporting no counts at all (one request): what a completion without tokens prices.
+_NO_COUNTS = {name: Decimal(1) if name == "requests" else _ZERO for name in METRICS}
+
+
 def validate(source: str) -> Expression:
-    """``compile_expression``, for validators: the same cache."""
-    return compile_expression(source)
+    """``compile_expression``, for validators (the same cache), that must also price a usage
+    with no counts: an expression failing there (``input_tokens / output_tokens``) is refused
+    when it is published, not at a completion that has nothing else to charge."""
+    compiled = compile_expression(source)
+    try:
+        compiled.evaluate(_NO_COUNTS)
+    except ExpressionError as exc:
+        raise ExpressionError(
+            f"the expression cannot price a usage with no counts (every metric 0, requests 1):"
+            f" {exc.reason}; guard the divisor, e.g. max(output_tokens, 1)",
+            1,
+            1,
+        ) from None
+    return compiled

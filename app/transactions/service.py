@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analytics import repository as analytics
@@ -33,6 +34,7 @@ from app.events import service as events
 from app.jobs import service as jobs
 from app.jobs.exceptions import UnknownJob
 from app.pricing import service as pricing
+from app.pricing.exceptions import CostTooLarge, ExpressionFailed
 from app.pricing.schemas import EvaluateIn, EvaluateOut, TokenUsage
 from app.teams.exceptions import NotATeamMember, TeamNotFound
 from app.tiers.rules import Rules
@@ -65,6 +67,7 @@ from app.users import service as users
 from app.users.exceptions import UserNotFound
 
 FINAL = ("completed", "failed")
+log = structlog.get_logger("creditd.transactions")
 
 
 def _admits(available: Decimal, need: Decimal, floor: Decimal | None) -> bool:
@@ -373,9 +376,17 @@ async def complete(
     if tokens is None:
         tokens = TokenUsage()  # no counts at all: the usage still costs the request price
     charge = ZERO
+    unpriced: str | None = None
     if body.success:
         price, multiplier = _completion_price(txn, rules)
-        charge = pricing.cost(price, tokens, multiplier)
+        try:
+            charge = pricing.cost(price, tokens, multiplier)
+        except (ExpressionFailed, CostTooLarge) as exc:
+            # The usage happened and must settle: a completion that failed here would leave
+            # it uncharged (the hold expires) with no way to retry (the price is the start's
+            # snapshot). It is charged what was held for it, and the event says why.
+            charge, unpriced = txn.hold_amount, exc.detail
+            log.warning("completion_unpriced", transaction_id=str(txn.id), reason=exc.slug)
     late = txn.status == "expired"  # the sweeper already released the hold
     release = ZERO if late else txn.hold_amount
     status = "completed" if body.success else "failed"
@@ -409,6 +420,7 @@ async def complete(
                 "model": txn.model,
                 "hold_amount": txn.hold_amount,
                 **account.owner,
+                **({"pricing_error": unpriced} if unpriced is not None else {}),
             },
         ),
     ]

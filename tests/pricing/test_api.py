@@ -246,17 +246,70 @@ async def test_cache_read_tokens_is_cached_input_tokens(project: Project) -> Non
     assert r.status_code == 422
 
 
-async def test_an_expression_failing_for_the_usage_is_422_and_charges_nothing(
+async def test_an_expression_that_cannot_price_a_usage_without_counts_is_refused(
     project: Project,
 ) -> None:
-    await put_expr(project, "m", "input_tokens / output_tokens")
+    # A completion without tokens prices every metric at 0: it must be priceable.
+    r = await project.put("/v1/models/m", {"expression": "input_tokens / output_tokens"})
+    assert r.status_code == 422, r.text
+    (error,) = r.json()["errors"]
+    assert error["type"] == "expression_invalid"
+    assert "no counts" in error["msg"]
+    assert "max(output_tokens, 1)" in error["msg"]
+    await put_expr(project, "m", "input_tokens / max(output_tokens, 1)")
+
+
+# Priceable without counts (0 / -1), not with one output token (a division by zero).
+FAILS_AT_ONE_OUTPUT = "input_tokens / (output_tokens - 1)"
+
+
+async def test_an_expression_failing_for_a_one_shot_usage_is_422_and_charges_nothing(
+    project: Project,
+) -> None:
+    await put_expr(project, "m", FAILS_AT_ONE_OUTPUT)
     await project.user("u", credits=100)
     r = await project.post(
-        "/v1/usage", {"user_id": "u", "model": "m", "tokens": {"input_tokens": 5}}
+        "/v1/usage",
+        {"user_id": "u", "model": "m", "tokens": {"input_tokens": 5, "output_tokens": 1}},
     )
     assert r.status_code == 422
     assert r.json()["code"] == "expression_evaluation_failed"
     assert (await project.balance("u"))["total"] == 100
+
+
+async def test_a_completion_its_expression_cannot_price_charges_the_hold(
+    project: Project, db: Database
+) -> None:
+    """The usage happened and the price is the start's snapshot: the completion settles with
+    the hold as the charge, and its event says why, instead of leaving the hold to expire."""
+    await put_expr(project, "m", FAILS_AT_ONE_OUTPUT)
+    await project.user("u", credits=100)
+    txn = await _start(project, "m", input_tokens=6, output_tokens=3)  # 6 / 2 = 3 held
+    r = await project.post(
+        f"/v1/transactions/{txn}/complete",
+        {"success": True, "finalized_tokens": {"input_tokens": 9, "output_tokens": 1}},
+    )
+    assert r.status_code == 200, r.text
+    out = body(r)
+    assert (out["status"], out["credits_used"], out["balance_adjustment"]) == ("completed", 3, 0)
+    assert (await project.balance("u"))["total"] == 97
+    async with db.transaction() as session:
+        (data,) = (
+            await session.execute(
+                text(
+                    "SELECT data FROM events WHERE project_id = :p"
+                    " AND type = 'transaction.completed'"
+                ),
+                {"p": uuid.UUID(project.id)},
+            )
+        ).one()
+    assert "division" in data["pricing_error"]
+    again = await project.post(
+        f"/v1/transactions/{txn}/complete",
+        {"success": True, "finalized_tokens": {"input_tokens": 9, "output_tokens": 1}},
+    )
+    assert again.status_code == 200
+    assert again.content == r.content
 
 
 # --- the price snapshot -------------------------------------------------------------------

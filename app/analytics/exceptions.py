@@ -9,3 +9,8 @@ class WindowOutOfOrder(InvalidRequest):
 class WindowTooLong(InvalidRequest):
     title = "The window may span at most 366 UTC days"
     loc = ("query", "end")
+
+
+class TeamFilterNeedsTeamGroup(InvalidRequest):
+    title = "team_id narrows only group_by=team or group_by=member"
+    loc = ("query", "team_id")

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query
 from pydantic import AwareDatetime
 
 from app.analytics import service
-from app.analytics.exceptions import WindowOutOfOrder, WindowTooLong
+from app.analytics.exceptions import TeamFilterNeedsTeamGroup, WindowOutOfOrder, WindowTooLong
 from app.analytics.schemas import GroupBy, LiabilityOut, SpendOut, SummaryOut
 from app.auth.dependencies import ReadKey
 from app.core.clock import utcnow
@@ -41,7 +41,7 @@ End = Annotated[AwareDatetime | None, Query(description="RFC 3339 timestamp; def
     " `member` count only charges to team accounts (`member`: per member's user id, across"
     " teams unless `team_id` narrows it); `user` counts a user's charges to any account." + _WINDOW,
     response_model=SpendOut,
-    responses=problem_responses(WindowOutOfOrder, WindowTooLong),
+    responses=problem_responses(WindowOutOfOrder, WindowTooLong, TeamFilterNeedsTeamGroup),
 )
 async def spend(
     session: Session,

@@ -9,7 +9,7 @@ from decimal import Decimal
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analytics import repository as repo
-from app.analytics.exceptions import WindowOutOfOrder, WindowTooLong
+from app.analytics.exceptions import TeamFilterNeedsTeamGroup, WindowOutOfOrder, WindowTooLong
 from app.analytics.schemas import (
     TEAM_GROUPS,
     GroupBy,
@@ -89,6 +89,8 @@ async def spend(
     limit: int,
     team_id: str | None = None,
 ) -> SpendOut:
+    if team_id is not None and group_by not in TEAM_GROUPS:
+        raise TeamFilterNeedsTeamGroup()  # it would be ignored: say so instead
     window = resolve_window(start, end, now=utcnow())
     if group_by in TEAM_GROUPS:
         rows = await repo.team_spend(

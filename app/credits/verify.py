@@ -148,6 +148,16 @@ CHECKS: dict[str, str] = {
                      = (c.project_id, c.day, c.model, c.feature)
         WHERE c.credits IS DISTINCT FROM f.credits
            OR c.transactions IS DISTINCT FROM f.transactions""",
+    # Rows of a team's account name that team; rows of a user's account name none.
+    "team_id_names_the_accounts_team": """
+        SELECT x.project_id, x.subject, format('team_id=%s account team=%s', x.team_id, t.id)
+        FROM (SELECT project_id, 'ledger entry ' || id AS subject, account_id, team_id
+              FROM ledger_entries
+              UNION ALL SELECT project_id, 'grant ' || id, account_id, team_id FROM grants
+              UNION ALL SELECT project_id, 'transaction ' || id, account_id, team_id
+              FROM transactions) x
+        LEFT JOIN teams t ON t.account_id = x.account_id
+        WHERE x.team_id IS DISTINCT FROM t.id""",
     # A team's usage per member and UTC day is what its completed transactions of that day
     # charged, less their refunds (which come off the day of the charge).
     "team_usage_equals_team_transactions": """

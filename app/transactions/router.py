@@ -11,7 +11,7 @@ from app.core.errors import problem_responses
 from app.core.pagination import Page, PageParams, make_page, uuid_page_params
 from app.db.session import Session
 from app.jobs.exceptions import UnknownJob
-from app.pricing.exceptions import ExpressionFailed, UnknownModel
+from app.pricing.exceptions import CostTooLarge, ExpressionFailed, UnknownModel
 from app.routing import TransactionalRoute
 from app.teams.exceptions import NotATeamMember, TeamNotFound
 from app.transactions import service
@@ -44,6 +44,7 @@ from app.users.exceptions import UserNotFound
 # not_a_team_member (a charge to a team the user is no member of).
 _USAGE_ERRORS = (
     UnknownModel,
+    CostTooLarge,
     UserNotFound,
     TeamNotFound,
     NotATeamMember,

@@ -3,7 +3,23 @@
 A team owns one account (the accounts table); its members charge it. Ledger entries, grants
 and transactions of a team's account carry ``team_id``; ``user_id`` names the member who
 charged it and is null on team-level entries (grants, debits, expiry): DROP NOT NULL only
-changes the catalog. The new partial indexes hold no rows of existing data.
+changes the catalog. The new partial indexes hold no rows of existing data, but building them
+still reads all of ``ledger_entries`` and ``grants`` under a SHARE lock that makes every balance
+change wait. Alembic runs a migration in a transaction, where CREATE INDEX CONCURRENTLY is not
+allowed: on large tables, do this by hand first, outside a transaction::
+
+    ALTER TABLE ledger_entries ADD COLUMN IF NOT EXISTS team_id text;
+    ALTER TABLE grants ADD COLUMN IF NOT EXISTS team_id text;
+    CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_ledger_entries_project_id_team_id_id
+        ON ledger_entries (project_id, team_id, id) WHERE team_id IS NOT NULL;
+    CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_grants_project_id_team_id_id
+        ON grants (project_id, team_id, id) WHERE team_id IS NOT NULL;
+
+The columns and indexes are made IF NOT EXISTS here, so the migration keeps them. (A failed
+concurrent build leaves an INVALID index of that name: drop it and build it again first.)
+
+The downgrade refuses to run while any team exists or any row names one: team-level ledger
+entries have no user, and dropping them would break the ledger of every team account.
 
 Revision ID: 0010
 Revises: 0009
@@ -119,7 +135,8 @@ def upgrade() -> None:
     )
     op.create_index("ix_usage_team_daily_project_id_day", "usage_team_daily", ["project_id", "day"])
     for table in ("transactions", "ledger_entries", "grants"):
-        op.add_column(table, sa.Column("team_id", sa.Text(), nullable=True))
+        # IF NOT EXISTS: an operator may have added it to build the index beforehand (above).
+        op.add_column(table, sa.Column("team_id", sa.Text(), nullable=True), if_not_exists=True)
     op.alter_column("ledger_entries", "user_id", existing_type=sa.Text(), nullable=True)
     op.alter_column("grants", "user_id", existing_type=sa.Text(), nullable=True)
     op.create_index(
@@ -127,13 +144,23 @@ def upgrade() -> None:
         "ledger_entries",
         ["project_id", "team_id", "id"],
         postgresql_where=_TEAM,
+        if_not_exists=True,  # an operator may have built it CONCURRENTLY beforehand (above)
     )
     op.create_index(
         "ix_grants_project_id_team_id_id",
         "grants",
         ["project_id", "team_id", "id"],
         postgresql_where=_TEAM,
+        if_not_exists=True,
     )
+
+
+_TEAM_DATA = """
+    SELECT EXISTS (SELECT 1 FROM teams)
+        OR EXISTS (SELECT 1 FROM ledger_entries WHERE team_id IS NOT NULL)
+        OR EXISTS (SELECT 1 FROM grants WHERE team_id IS NOT NULL)
+        OR EXISTS (SELECT 1 FROM transactions WHERE team_id IS NOT NULL)
+"""
 
 
 def downgrade() -> None:
@@ -144,9 +171,13 @@ def downgrade() -> None:
         table_name="ledger_entries",
         postgresql_where=_TEAM,
     )
-    # Team-level rows have no user: they cannot survive NOT NULL (nor without their team).
-    op.execute("DELETE FROM ledger_entries WHERE user_id IS NULL")
-    op.execute("DELETE FROM grants WHERE user_id IS NULL")
+    # The ledger is append-only: team-level rows (no user) cannot survive NOT NULL, and their
+    # accounts would no longer reconcile without them. Refuse rather than delete money.
+    if op.get_bind().execute(sa.text(_TEAM_DATA)).scalar():
+        raise RuntimeError(
+            "teams exist (or rows of team accounts): downgrading below 0010 would drop their"
+            " ledger; delete the teams' data deliberately first, or stay on this revision"
+        )
     op.alter_column("grants", "user_id", existing_type=sa.Text(), nullable=False)
     op.alter_column("ledger_entries", "user_id", existing_type=sa.Text(), nullable=False)
     for table in ("grants", "ledger_entries", "transactions"):

@@ -9,6 +9,7 @@ import sys
 import uuid
 
 import asyncpg
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
@@ -89,6 +90,55 @@ def test_migration_0008_adds_event_columns_without_rewriting_events() -> None:
         assert by_id[new]["fanout_xid"] is not None
         run_migrations(url)
         assert _diff(url) == []
+
+
+def test_migration_0010_keeps_prebuilt_team_indexes_and_refuses_to_drop_team_ledgers() -> None:
+    """0010 keeps the partial indexes an operator built CONCURRENTLY beforehand (its
+    docstring's recipe), and its downgrade refuses to run once a team exists."""
+
+    async def sql(url: str, statement: str, *args: object) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(url)
+        try:
+            return list(await conn.fetch(statement, *args))
+        finally:
+            await conn.close()
+
+    with fresh_database() as (url, _):
+        run_migrations(url, "0009")
+        for table, index in (
+            ("ledger_entries", "ix_ledger_entries_project_id_team_id_id"),
+            ("grants", "ix_grants_project_id_team_id_id"),
+        ):
+            asyncio.run(sql(url, f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS team_id text"))
+            asyncio.run(
+                sql(
+                    url,
+                    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {table}"
+                    " (project_id, team_id, id) WHERE team_id IS NOT NULL",
+                )
+            )
+        oids = "SELECT 'ix_ledger_entries_project_id_team_id_id'::regclass::oid AS i"
+        built = asyncio.run(sql(url, oids))[0]["i"]
+        run_migrations(url)
+        assert asyncio.run(sql(url, oids))[0]["i"] == built, "the index was not kept"
+        assert _diff(url) == []
+
+        project, account = uuid.uuid4(), uuid.uuid4()
+        asyncio.run(sql(url, "INSERT INTO projects (id, name) VALUES ($1, 'p')", project))
+        asyncio.run(
+            sql(url, "INSERT INTO accounts (id, project_id) VALUES ($1, $2)", account, project)
+        )
+        asyncio.run(
+            sql(
+                url,
+                "INSERT INTO teams (project_id, id, account_id) VALUES ($1, 't', $2)",
+                project,
+                account,
+            )
+        )
+        with pytest.raises(RuntimeError, match="teams exist"):
+            run_migrations(url, "0009", downgrade=True)
+        assert asyncio.run(sql(url, "SELECT id FROM teams"))[0]["id"] == "t"
 
 
 async def test_verify_cli_passes_then_fails_on_a_tampered_balance(

@@ -312,3 +312,35 @@ async def test_verify_checks_team_usage_against_team_transactions(
                 text("UPDATE usage_team_daily SET credits = credits - 1 WHERE project_id = :p"),
                 {"p": p.id},
             )
+
+
+async def test_team_id_with_a_non_team_grouping_is_refused(project: Project) -> None:
+    r = await project.get("/v1/analytics/spend", params={"group_by": "user", "team_id": "t1"})
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["loc"] == ["query", "team_id"]
+
+
+async def test_verify_checks_that_rows_name_their_accounts_team(
+    project: Project, db: Database
+) -> None:
+    p = project
+    await p.price("_default", 1000, 0)
+    await _team(p, "t1", 100, "alice")
+    usage = {"user_id": "alice", "model": "m", "team_id": "t1", "tokens": {"input_tokens": 7}}
+    assert (await p.post("/v1/usage", usage)).status_code == 201
+
+    async def violations() -> list[Any]:
+        async with db.transaction() as session:
+            rows = await session.execute(text(CHECKS["team_id_names_the_accounts_team"]))
+            return [row for row in rows if str(row[0]) == p.id]
+
+    assert await violations() == []
+    drift = "UPDATE transactions SET team_id = :t WHERE project_id = :p"
+    async with db.transaction() as session:
+        await session.execute(text(drift), {"p": p.id, "t": None})
+    try:
+        (found,) = await violations()
+        assert found[1].startswith("transaction ")
+    finally:  # the database is shared: later tests verify every project
+        async with db.transaction() as session:
+            await session.execute(text(drift), {"p": p.id, "t": "t1"})

@@ -76,6 +76,7 @@ async def test_project_settings_can_be_read_and_patched(project: Project) -> Non
         "default_hold_ttl_seconds": 600,
         "low_balance_thresholds": [],
         "credits_per_unit": {},
+        "team_usage_default": "user",
     }
     r = await project.patch(
         "/v1/project", {"name": "renamed", "settings": {"default_hold_ttl_seconds": 30}}

@@ -51,11 +51,13 @@ def test_sync_client_meters_a_call_and_the_ledger_shows_it(priced: Creditd) -> N
     ]
     txn = client.transactions.get(start.transaction_id)
     assert txn.status == "completed"
-    assert txn.finalized_tokens == {
+    assert txn.finalized_tokens is not None
+    # Every metric is listed; only those sent are non-zero.
+    assert {k: v for k, v in txn.finalized_tokens.items() if v} == {
         "input_tokens": 500,
         "output_tokens": 250,
-        "cached_input_tokens": 0,
     }
+    assert "cached_input_tokens" in txn.finalized_tokens
 
 
 async def test_async_client_meters_a_call_and_the_ledger_shows_it(

@@ -121,6 +121,7 @@ def _tour(
     assert [t.id for t in listed.data] == [start.transaction_id]
 
     _tour_teams(c)
+    _tour_pricing_jobs_and_export(c)
 
     used = c.usage.record(user_id="u1", model="m", tokens={"output_tokens": 500})
     assert used.credits_used == Decimal(1)
@@ -179,6 +180,24 @@ def _tour(
     c.users.create("u2")
     c.users.delete("u2")
     c.close()
+
+
+def _tour_pricing_jobs_and_export(c: Creditd) -> None:
+    c.models.put("expr", expression="input_tokens * 0.01 + search_queries * 0.5")
+    preview = c.pricing.evaluate(model="expr", tokens={"input_tokens": 100, "search_queries": 2})
+    assert preview.credits == Decimal(2)
+    assert preview.breakdown["kind"] == "expression"
+    assert c.usage.record(
+        user_id="u1", model="expr", tokens={"input_tokens": 100, "search_queries": 2}
+    ).credits_used == Decimal(2)
+    assert c.jobs.put("batch_job", price="0.25").price == Decimal("0.25")
+    assert c.jobs.get("batch_job").name == "batch_job"
+    assert [j.name for j in c.jobs.list().data] == ["batch_job"]
+    assert c.usage.record(user_id="u1", job="batch_job", quantity=4).credits_used == Decimal(1)
+    c.jobs.delete("batch_job")
+    c.models.delete("expr")
+    lines = list(c.credits.export_ledger())
+    assert lines[-1]["object"] == "ledger_export_end"  # complete (recent entries come later)
 
 
 def _tour_teams(c: Creditd) -> None:
@@ -337,7 +356,7 @@ def test_both_clients_expose_the_same_methods() -> None:
     sync = Creditd("ck_x", base_url="http://127.0.0.1:9", spool=None)
     async_ = AsyncCreditd("ck_x", base_url="http://127.0.0.1:9", spool=None)
     resources = [n for n, v in vars(sync).items() if not n.startswith("_") and hasattr(v, "_c")]
-    assert len(resources) == 20
+    assert len(resources) == 22
     for name in resources:
         methods = {m for m in dir(getattr(sync, name)) if not m.startswith("_")}
         assert methods == {m for m in dir(getattr(async_, name)) if not m.startswith("_")}, name

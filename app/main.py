@@ -47,6 +47,7 @@ from app.health.router import expected_revision
 from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
 from app.ledger.router import router as ledger_router
+from app.ledger.slots import ExportSlots
 from app.payments.router import router as payments_router
 from app.payments.router import webhooks as webhooks_router
 from app.plans.router import router as plans_router
@@ -202,6 +203,10 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
     app.state.account_gate = AccountGate(
         limit=settings.api.account_lock_waiters,
         stall_seconds=settings.api.account_lock_stall_seconds,
+    )
+    app.state.ledger_exports = ExportSlots(
+        limit=settings.ledger.max_concurrent_exports,
+        per_project=settings.ledger.max_concurrent_exports_per_project,
     )
     app.state.schema_head = expected_revision()
     # The secrets box is built on first use (app/core/secrets.py `Secrets` dependency), so an

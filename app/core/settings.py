@@ -240,6 +240,16 @@ class EventSettings(BaseModel):
     prune_batch_size: int = Field(default=5000, ge=1)
 
 
+class LedgerSettings(BaseModel):
+    """The ledger export (``GET /v1/ledger/export``): how many may stream at once, per process.
+    An export holds no connection while its client reads, but each one reads its batches from
+    the shared pool and keeps a task, its queue and a socket busy: more are refused (429 for a
+    project that already has its share, 503 when the process is full), with Retry-After."""
+
+    max_concurrent_exports: int = Field(default=2, ge=1)
+    max_concurrent_exports_per_project: int = Field(default=1, ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CREDITD_", env_nested_delimiter="__", extra="ignore", env_file=None
@@ -259,6 +269,7 @@ class Settings(BaseSettings):
     payments: PaymentsSettings = Field(default_factory=PaymentsSettings, validate_default=True)
     webhooks: WebhookSettings = WebhookSettings()
     events: EventSettings = EventSettings()
+    ledger: LedgerSettings = LedgerSettings()
 
     # Each check below raises its own error, so that every problem is reported at once.
     @field_validator("admin_token")

@@ -75,7 +75,10 @@ _BALANCE = """
 # One statement per balance change: burn ``$burn`` from the grants (soonest expiry first, no
 # expiry last, then promotional before paid, then oldest), write the account, append the
 # ledger entry. Whatever the grants could not cover becomes debt ($12 = credits to burn,
-# $13 = debt increase before burning).
+# $13 = debt increase before burning). The entry's created_at is the clock as the row is
+# built (the column's default too, spelled out so the ledger export's horizon does not depend
+# on migration 0012 having run): the transaction holds an xid by then (the account row is
+# locked FOR UPDATE first), which the export's horizon waits for (app/ledger/repository.py).
 _CHANGE = """
     WITH ordered AS (
         SELECT id, remaining,
@@ -99,8 +102,8 @@ _CHANGE = """
     )
     INSERT INTO ledger_entries (project_id, account_id, user_id, kind, amount, held_amount,
                                 total_after, held_after, transaction_id, grant_id, reason,
-                                team_id)
-    VALUES ($2, $1, $5, $6, $7, $8, $3, $4, $9, $10, $11, $14)
+                                team_id, created_at)
+    VALUES ($2, $1, $5, $6, $7, $8, $3, $4, $9, $10, $11, $14, clock_timestamp())
     RETURNING id, (SELECT debt FROM acc) AS debt
 """
 

@@ -34,8 +34,10 @@ _HEX = re.compile(rb"[0-9a-f]{64}\Z")
 
 
 def timestamp(value: datetime) -> str:
-    """RFC 3339 UTC with microseconds, always the same width (the line format's timestamps)."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 UTC with microseconds, always the same width (the line format's timestamps).
+    The year is zero-padded by hand: strftime's %Y writes year 1 as "1" on glibc."""
+    utc = value.astimezone(UTC)
+    return f"{utc.year:04d}-" + utc.strftime("%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_timestamp(text: str) -> datetime:

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import uuid
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from app.cli import main as cli
 from app.credits import repository as credits_repo
 from app.credits import service as credits
-from app.db.session import Database
+from app.db.session import Database, driver
 from app.ledger import chain
 from tests.conftest import Project, assert_ledger_consistent
 from tests.helpers import ledger
@@ -300,3 +301,64 @@ async def test_a_seeded_export_matches_the_database(
     assert ats == sorted(ats)
     assert [a[1] for a in ats] != sorted(a[1] for a in ats)
     await assert_ledger_consistent(db)
+
+
+async def test_an_idle_open_transaction_does_not_hold_the_horizon_back(
+    project: Project, settings: Any
+) -> None:
+    """A session left in `BEGIN; SELECT 1` (psql, a BI tool) has written nothing and holds no
+    xid: whatever it writes later is dated then, so the horizon passes it."""
+    conn = await asyncpg.connect(settings.database.url)
+    idle = conn.transaction()
+    await idle.start()
+    try:
+        opened_at = await conn.fetchval("SELECT now()")
+        await project.user("alice", 10)
+        end = objects(await export(project))[-1]
+        assert end["entries"] == 1
+        assert chain.parse_timestamp(end["horizon"]) > opened_at
+    finally:
+        await idle.rollback()
+        await conn.close()
+
+
+async def test_a_transaction_that_writes_after_idling_is_not_skipped_on_resume(
+    project: Project, db: Database
+) -> None:
+    """A transaction opened before an export, idle (no xid) while it runs, then writing: its
+    entry is dated when written, after that export's horizon (and after the entries exported),
+    so resuming picks it up; while it holds its xid, it holds the horizon back. Dated at its
+    transaction's start (now()), the entry would sort before the exported one and be skipped."""
+    async with db.transaction() as session:
+        await driver(session).fetchval("SELECT 1")
+        await project.user("alice", 1)  # committed after the transaction started
+        first = objects(await export(project))
+        end = first[-1]
+        assert end["entries"] == 1
+        account = await credits_repo.lock_for_user(session, uuid.UUID(project.id), "alice")
+        assert account is not None
+        _, late = await credits.grant(session, account, amount=Decimal(3), source="adjustment")
+        resume = {"after": end["next_after"], "prev_hash": end["hash"]}
+        pinned = objects(await export(project, **resume))[-1]
+        assert pinned["entries"] == 0
+        assert pinned["horizon"] < end["horizon"]  # held back to the writer's start
+    rest = objects(await export(project, **resume))
+    assert [e["id"] for e in rest[:-1]] == [late]
+    assert rest[0]["created_at"] >= end["horizon"]
+    await assert_ledger_consistent(db)
+
+
+async def test_timestamps_before_year_1000_are_rfc3339(project: Project) -> None:
+    await project.user("alice", 1)
+    data = await export(project, until="0001-01-01T00:00:01Z")
+    end = objects(data)[-1]
+    assert end["entries"] == 0
+    assert end["until"] == end["horizon"] == "0001-01-01T00:00:01.000000Z"
+    assert chain.parse_timestamp(end["horizon"]) == datetime(1, 1, 1, 0, 0, 1, tzinfo=UTC)
+    data = await export(project, since="0999-12-31T23:59:59.5Z", until="1000-01-01T00:00:00Z")
+    end = objects(data)[-1]
+    assert end["since"] == "0999-12-31T23:59:59.500000Z"
+    assert end["until"] == "1000-01-01T00:00:00.000000Z"
+    assert chain.summarize(lines(data)).complete
+    for value in (datetime(1, 1, 1, tzinfo=UTC), datetime(999, 12, 31, 23, 59, 59, 9, tzinfo=UTC)):
+        assert chain.parse_timestamp(chain.timestamp(value)) == value

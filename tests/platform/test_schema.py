@@ -141,6 +141,48 @@ def test_migration_0010_keeps_prebuilt_team_indexes_and_refuses_to_drop_team_led
         assert asyncio.run(sql(url, "SELECT id FROM teams"))[0]["id"] == "t"
 
 
+def test_migration_0012_keeps_a_concurrent_index_and_does_not_rewrite_the_ledger() -> None:
+    """ledger_entries is written by every balance change: 0012 only changes its catalogue
+    (created_at's default) and keeps the export's index an operator built CONCURRENTLY."""
+
+    async def sql(url: str, statement: str) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(url)
+        try:
+            return list(await conn.fetch(statement))
+        finally:
+            await conn.close()
+
+    default = (
+        "SELECT column_default AS d FROM information_schema.columns"
+        " WHERE table_name = 'ledger_entries' AND column_name = 'created_at'"
+    )
+    index = "SELECT to_regclass('ix_ledger_entries_project_id_created_at_id')::oid AS i"
+    filenode = "SELECT pg_relation_filenode('ledger_entries') AS f"
+    with fresh_database() as (url, _):
+        run_migrations(url, "0011")
+        # What the migration's docstring tells an operator with a large ledger to run.
+        asyncio.run(
+            sql(
+                url,
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_ledger_entries_project_id_created_at_id"
+                " ON ledger_entries (project_id, created_at, id)",
+            )
+        )
+        built = asyncio.run(sql(url, index))[0]["i"]
+        before = asyncio.run(sql(url, filenode))[0]["f"]
+
+        run_migrations(url, "0012")
+
+        assert asyncio.run(sql(url, filenode))[0]["f"] == before, "ledger_entries was rewritten"
+        assert asyncio.run(sql(url, index))[0]["i"] == built, "the index was not kept"
+        assert asyncio.run(sql(url, default))[0]["d"] == "clock_timestamp()"
+        run_migrations(url, "0011", downgrade=True)
+        assert asyncio.run(sql(url, index))[0]["i"] is None
+        assert asyncio.run(sql(url, default))[0]["d"] == "now()"
+        run_migrations(url)
+        assert _diff(url) == []
+
+
 async def test_verify_cli_passes_then_fails_on_a_tampered_balance(
     project: Project, db: Database, database_url: str
 ) -> None:

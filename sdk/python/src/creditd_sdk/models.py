@@ -65,11 +65,23 @@ PaymentStatus = Literal[
 
 
 class Tokens(TypedDict, total=False):
-    """Token counts. ``input_tokens`` excludes cached input, which is priced separately."""
+    """Usage counts. ``input_tokens`` excludes cached input, which is priced separately
+    (``cache_read_tokens`` is another name for ``cached_input_tokens``). Per-1K prices read the
+    token counts; pricing expressions read every metric."""
 
     input_tokens: int
     output_tokens: int
     cached_input_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    tool_calls: int
+    search_queries: int
+    search_results: int
+    web_search_calls: int
+    code_exec_calls: int
+    images: int
+    audio_seconds: Amount
 
 
 class ProjectSettingsPatch(TypedDict, total=False):

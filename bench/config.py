@@ -92,8 +92,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
     )
     add(
         "--peer-source",
-        help="pip requirement the peer is installed from: a name, a path (directory, sdist, "
-        "wheel) or a URL (default: the peer's PyPI name; ducto's `python/` folder if a checkout)",
+        help="pip requirement the peer is installed from: a name, a path (checkout, sdist, "
+        "wheel) or a URL (default: its public source, GitHub's archive of main; bench/peer.py)",
     )
     add(
         "--peer-env",

@@ -2,12 +2,13 @@
 
 ducto (https://github.com/apoorwv/ducto, its Python package in `python/`) is installed by the
 bench into its own virtualenv (`--peer-env`, default .creditd/bench/peer-venv) with pip, from
-`--peer-source`: any pip requirement (a name, a local directory, an sdist or wheel, or a URL such
-as `https://github.com/apoorwv/ducto/archive/refs/heads/main.zip#subdirectory=python`). The
-default is the name `ducto` on the package index. The environment is reused while its recorded
-source is unchanged. The driver (bench/peer_ducto.py) runs under that environment's python
-against a database of its own (`bench_ducto`) on the same server, with the same clients, users,
-warm-up and duration as creditd's one-shot `usage` phase.
+`--peer-source`: any pip requirement (a name, a local directory or checkout, an sdist or wheel,
+or a URL). The default is its public source, the GitHub archive of `main` (ducto is not on PyPI:
+`pip install ducto` finds no distribution), which needs a machine that reaches GitHub; elsewhere
+give a checkout or an archive: `--peer-source /path/to/ducto` (its root or its `python/`). The
+environment is reused while its recorded source is unchanged. The driver (bench/peer_ducto.py)
+runs under that environment's python against a database of its own (`bench_ducto`) on the same
+server, with the same clients, users, warm-up and duration as creditd's one-shot `usage` phase.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ from bench.stats import OpStats, PhaseResult
 
 DRIVER = Path(__file__).parent / "peer_ducto.py"
 PEER_DB = "bench_ducto"
-DEFAULT_SOURCE = {"ducto": "ducto"}
+DEFAULT_SOURCE = {
+    "ducto": "ducto @ https://github.com/apoorwv/ducto/archive/refs/heads/main.zip"
+    "#subdirectory=python"
+}
 # ducto's PostgresStore needs psycopg2 (its `postgres` extra).
 EXTRA_REQUIREMENTS = {"ducto": ["psycopg2-binary"]}
 
@@ -52,7 +56,7 @@ def ensure_env(peer: str, source: str | None, env_dir: Path) -> Path:
         return python
     if not python.exists():
         venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
-    argv = [str(python), "-m", "pip", "install", "--quiet", requirement]
+    argv = [str(python), "-m", "pip", "install", "--quiet", "--timeout", "30", requirement]
     argv += EXTRA_REQUIREMENTS.get(peer, [])
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode != 0:

@@ -58,17 +58,13 @@ def run_load(
     return [PhaseResult.from_json(p) for p in orjson.loads(result.stdout)]
 
 
-def measure(opts: Options, pg: Postgres) -> Benchmark:
+def measure(opts: Options, pg: Postgres, peer_python: Path | None = None) -> Benchmark:
     """Prepare both databases, then run pgbench and the phases `opts.runs` times, then verify."""
     log(f"databases: {CREDITD_DB}, {PGBENCH_DB} (pgbench -i -s {opts.pgbench_scale})")
     pg.recreate_database(CREDITD_DB)
     pg.recreate_database(PGBENCH_DB)
     pg.pgbench_init(PGBENCH_DB, opts.pgbench_scale)
     profile = opts.data_dir.resolve() / "profile.txt" if opts.profile else None
-    peer_python = None
-    if opts.peer:
-        log(f"peer {opts.peer}: environment {opts.peer_env}")
-        peer_python = ensure_env(opts.peer, opts.peer_source, opts.peer_env)
     runs = []
     service_log = opts.data_dir / "service.log"
     with run_service(pg.url(CREDITD_DB), service_log, profile, opts.service_workers) as service:
@@ -146,12 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the summary, write the Markdown report."""
     opts = parse_options(argv)
     opts.data_dir.mkdir(parents=True, exist_ok=True)
-    with open_postgres(opts.data_dir) as pg:
+    peer_python = None
+    if opts.peer:
+        log(f"peer {opts.peer}: environment {opts.peer_env}")
         try:
-            bench = measure(opts, pg)
+            peer_python = ensure_env(opts.peer, opts.peer_source, opts.peer_env)
         except PeerUnavailable as exc:
             log(str(exc))
             return 2
+    with open_postgres(opts.data_dir) as pg:
+        bench = measure(opts, pg, peer_python)
     print(console(bench))
     if bench.large is not None:
         plans_path = opts.output.with_name(PLANS_NAME)

@@ -33,6 +33,27 @@ DEFAULT_SOURCE = {
 EXTRA_REQUIREMENTS = {"ducto": ["psycopg2-binary"]}
 
 
+# ducto's PostgresStore.setup() bootstraps Supabase's `auth` schema on plain PostgreSQL with an
+# unguarded CREATE ROLE anon / authenticated, which fails once an earlier run created those
+# (cluster-wide) roles. The same bootstrap, roles guarded, so ducto's own is skipped.
+AUTH_BOOTSTRAP = """
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN CREATE ROLE anon; END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
+        CREATE ROLE authenticated;
+    END IF;
+    CREATE SCHEMA IF NOT EXISTS auth;
+    CREATE FUNCTION auth.role() RETURNS text
+        LANGUAGE SQL IMMUTABLE AS $f$ SELECT 'service_role'::text $f$;
+    CREATE TABLE IF NOT EXISTS auth.users (id uuid PRIMARY KEY);
+    CREATE FUNCTION auth.uid() RETURNS uuid
+        LANGUAGE SQL IMMUTABLE AS $f$ SELECT '00000000-0000-0000-0000-000000000000'::uuid $f$;
+END
+$$
+"""
+
+
 class PeerUnavailable(RuntimeError):
     """The peer could not be installed from its source."""
 
@@ -76,6 +97,7 @@ def run_peer(
     """Run the driver once (on a fresh `bench_ducto`); its deduct stats and the CPU split
     (`service` = the ducto process: library, driver threads and psycopg2)."""
     pg.recreate_database(PEER_DB)
+    pg.psql(AUTH_BOOTSTRAP, PEER_DB)
     spec = {
         "url": pg.url(PEER_DB),
         "users": users,

@@ -28,6 +28,13 @@ class Options:
     output: Path
     profile: bool
     service_workers: int
+    # Peer comparison (bench/peer.py) and the large dataset (bench/scale.py): off by default.
+    peer: str | None = None
+    peer_source: str | None = None
+    peer_env: Path = Path(".creditd/bench/peer-venv")
+    seed_users: int = 0
+    seed_ledger: int = 0
+    hot_users: int = 1000
 
     def phases(self) -> list[PhaseSpec]:
         """The load phases of one run, in order: latency at few clients, then throughput."""
@@ -38,6 +45,18 @@ class Options:
             PhaseSpec(f"pairs/many/{many}", "pairs", many, hot=False),
             PhaseSpec(f"pairs/hot/{many}", "pairs", many, hot=True),
             PhaseSpec(f"check/many/{many}", "check", many, hot=False),
+            PhaseSpec(f"usage/many/{many}", "usage", many, hot=False),
+        ]
+
+    def large_phases(self) -> list[PhaseSpec]:
+        """With --seed-users: start+complete at few clients over `hot_users` of the large
+        population, then over all of it (random users)."""
+        few, hot = self.latency_clients, min(self.hot_users, self.seed_users)
+        return [
+            PhaseSpec(f"pairs/large-hot{hot}/{few}", "pairs", few, hot=False, population=hot),
+            PhaseSpec(
+                f"pairs/large-random/{few}", "pairs", few, hot=False, population=self.seed_users
+            ),
         ]
 
 
@@ -66,7 +85,28 @@ def parse_options(argv: list[str] | None = None) -> Options:
         default=os.cpu_count() or 1,
         help="`creditd serve --workers`: HTTP worker processes (default: one per core)",
     )
+    add(
+        "--peer",
+        choices=["ducto"],
+        help="also run a peer library's one-shot charge on the same PostgreSQL (bench/peer.py)",
+    )
+    add(
+        "--peer-source",
+        help="pip requirement the peer is installed from: a name, a path (checkout, sdist, "
+        "wheel) or a URL (default: its public source, GitHub's archive of main; bench/peer.py)",
+    )
+    add(
+        "--peer-env",
+        type=Path,
+        default=Path(".creditd/bench/peer-venv"),
+        help="the peer's own virtualenv (created when missing)",
+    )
+    add("--seed-users", type=int, default=0, help="seed a large population (bench/scale.py)")
+    add("--seed-ledger", type=int, default=0, help="ledger entries of the large population")
+    add("--hot-users", type=int, default=1000, help="users of the large population's hot phase")
     args = parser.parse_args(argv)
+    if args.seed_ledger and args.seed_ledger < args.seed_users:
+        parser.error("--seed-ledger must be >= --seed-users (one grant entry per user)")
     counts = (args.duration, args.runs, args.clients, args.latency_clients, args.users)
     if min(*counts, args.service_workers) < 1:
         parser.error(

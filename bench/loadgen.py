@@ -23,6 +23,7 @@ from bench.stats import OpStats, PhaseResult
 TOKENS = {"input_tokens": 100, "output_tokens": 100}
 COMPLETE_BODY = {"success": True, "finalized_tokens": {"input_tokens": 50, "output_tokens": 80}}
 HOT_USER = "hot"
+USAGE_TOKENS = {"input_tokens": 50, "output_tokens": 80}
 
 
 def user_ids(count: int) -> list[str]:
@@ -30,14 +31,22 @@ def user_ids(count: int) -> list[str]:
     return [f"u{i:05d}" for i in range(count)]
 
 
+def large_user_id(i: int) -> str:
+    """The id of user `i` of the SQL-seeded large population (`--seed-users`, bench/scale.py)."""
+    return f"L{i:07d}"
+
+
 @dataclass(frozen=True)
 class PhaseSpec:
-    """One phase: `pairs` (start then complete) or `check`, over many users or the hot one."""
+    """One phase: `pairs` (start then complete), `check` or `usage` (one-shot POST /v1/usage),
+    over many users or the hot one; `population` > 0: over the first `population` users of the
+    SQL-seeded large population instead (bench/scale.py)."""
 
     name: str
     kind: str
     clients: int
     hot: bool
+    population: int = 0
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,23 @@ async def _call(
     return response.json() if response.ok else None
 
 
-async def pairs_client(conn: Connection, rec: Recorder, users: list[str]) -> None:
+class LargePopulation:
+    """Random users of the SQL-seeded large population, drawn without building a list."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> str:
+        return large_user_id(i)
+
+
+Users = list[str] | LargePopulation
+
+
+async def pairs_client(conn: Connection, rec: Recorder, users: Users) -> None:
     """Start then complete transactions until the window closes."""
     while time.perf_counter() < rec.window_end:
         body = {"user_id": random.choice(users), "model": "gpt-4o", "provisional_tokens": TOKENS}
@@ -117,7 +142,14 @@ async def pairs_client(conn: Connection, rec: Recorder, users: list[str]) -> Non
             await _call(conn, rec, "complete", path, COMPLETE_BODY)
 
 
-async def check_client(conn: Connection, rec: Recorder, users: list[str]) -> None:
+async def usage_client(conn: Connection, rec: Recorder, users: Users) -> None:
+    """Record one-shot usage (POST /v1/usage: one charge per request) until the window closes."""
+    while time.perf_counter() < rec.window_end:
+        body = {"user_id": random.choice(users), "model": "gpt-4o", "tokens": USAGE_TOKENS}
+        await _call(conn, rec, "usage", "/v1/usage", body)
+
+
+async def check_client(conn: Connection, rec: Recorder, users: Users) -> None:
     """Check admission until the window closes."""
     while time.perf_counter() < rec.window_end:
         body = {"user_id": random.choice(users), "model": "gpt-4o", "provisional_tokens": TOKENS}
@@ -126,10 +158,12 @@ async def check_client(conn: Connection, rec: Recorder, users: list[str]) -> Non
 
 async def run_phase(spec: LoadSpec, phase: PhaseSpec) -> PhaseResult:
     """Run one phase: warm up, measure for `duration`, then let the clients finish."""
-    users = [HOT_USER] if phase.hot else user_ids(spec.users)
+    users: Users = [HOT_USER] if phase.hot else user_ids(spec.users)
+    if phase.population:
+        users = LargePopulation(phase.population)
     now = time.perf_counter()
     rec = Recorder(now + spec.warmup, now + spec.warmup + spec.duration)
-    client = pairs_client if phase.kind == "pairs" else check_client
+    client = CLIENTS[phase.kind]
     conns = [Connection(spec.port, spec.token) for _ in range(phase.clients)]
     tasks = [asyncio.create_task(client(conn, rec, users)) for conn in conns]
     await asyncio.sleep(spec.warmup)
@@ -139,8 +173,11 @@ async def run_phase(spec: LoadSpec, phase: PhaseSpec) -> PhaseResult:
     await asyncio.gather(*tasks)
     for conn in conns:
         await conn.close()
-    ops = ("start", "complete") if phase.kind == "pairs" else ("check",)
+    ops = ("start", "complete") if phase.kind == "pairs" else (phase.kind,)
     return PhaseResult(phase.name, phase.clients, len(users), spec.duration, rec.summary(ops), cpu)
+
+
+CLIENTS = {"pairs": pairs_client, "check": check_client, "usage": usage_client}
 
 
 async def run(spec: LoadSpec) -> list[PhaseResult]:

@@ -5,17 +5,21 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.config import Options
 from bench.postgres import PgbenchResult
+from bench.scale import Seeded
 from bench.stats import PhaseResult, median_phase
 
-RATIO_GOAL = 0.25
-CHECK_P99_GOAL_MS = 10.0
-START_P99_GOAL_MS = 15.0
+# Issue 12's goals.
+RATIO_GOAL = 0.5
+USAGE_RATIO_GOAL = 1.5
+LARGE_RATIO_GOAL = 1.2
+CHECK_P99_GOAL_MS = 5.0
+START_P99_GOAL_MS = 10.0
 CPU_KEYS = ("service", "postgres", "loadgen", "other")
 PHASE_HEADER = ["phase", "clients", "users", "op", "req/s", "p50 ms", "p99 ms", "errors"]
 PHASE_HEADER += ["CPU % " + " / ".join(CPU_KEYS)]
@@ -28,10 +32,24 @@ class Run:
     pgbench: PgbenchResult
     pgbench_cpu: dict[str, float]
     phases: list[PhaseResult]
+    peer: PhaseResult | None = None
 
     def phase(self, name: str) -> PhaseResult:
         """The phase called `name`."""
         return next(p for p in self.phases if p.name == name)
+
+
+@dataclass(frozen=True)
+class Large:
+    """`--seed-users`: the seed, the large-population phases of each run, the plans by size."""
+
+    seeded: Seeded
+    runs: list[list[PhaseResult]]
+    plans: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def medians(self) -> list[PhaseResult]:
+        """Every large phase's medians over the runs."""
+        return [median_phase([run[i] for run in self.runs]) for i in range(len(self.runs[0]))]
 
 
 @dataclass(frozen=True)
@@ -44,6 +62,7 @@ class Benchmark:
     postgres_where: str
     verified: bool
     verify_line: str
+    large: Large | None = None
 
 
 def machine() -> dict[str, str]:
@@ -75,6 +94,36 @@ def _ratio(run: Run, name: str) -> float:
     return run.phase(name).rps / run.pgbench.tps if run.pgbench.tps else 0.0
 
 
+def charges(phase: PhaseResult) -> float:
+    """Charges/s of a phase: start+complete pairs (completes/s), or one-shot usage requests."""
+    op = "complete" if "complete" in phase.ops else "usage" if "usage" in phase.ops else ""
+    if not op:
+        op = "deduct" if "deduct" in phase.ops else ""
+    return phase.ops[op].rps if op else 0.0
+
+
+def _usage_ratio(run: Run, opts: Options) -> float:
+    """One-shot usage charges/s over start+complete charges/s at the same clients, same run."""
+    pairs = charges(run.phase(f"pairs/many/{opts.clients}"))
+    return charges(run.phase(f"usage/many/{opts.clients}")) / pairs if pairs else 0.0
+
+
+def _peer_ratio(run: Run, name: str) -> float:
+    """creditd charges/s of phase `name` over the peer's deduct charges/s, same run."""
+    if run.peer is None or not charges(run.peer):
+        return 0.0
+    return charges(run.phase(name)) / charges(run.peer)
+
+
+def cpu_ms(phase: PhaseResult, key: str, per_charge: bool = False) -> float | None:
+    """CPU-ms of `key` (service, postgres) per request (or per charge) in a phase: its CPU %
+    (100 = one core) over the phase's requests (charges) per second."""
+    rate = charges(phase) if per_charge else phase.rps
+    if key not in phase.cpu or not rate:
+        return None
+    return phase.cpu[key] * 10 / rate
+
+
 def _goals(bench: Benchmark, phases: list[PhaseResult]) -> list[tuple[str, str, bool]]:
     """(goal, measured, met) rows."""
     opts = bench.options
@@ -83,11 +132,18 @@ def _goals(bench: Benchmark, phases: list[PhaseResult]) -> list[tuple[str, str, 
     start_p99 = next(p for p in phases if p.name == f"pairs/many/{opts.latency_clients}")
     errors = sum(p.errors for p in phases)
     c4 = f"{opts.latency_clients} clients"
-    return [
+    usage_ratio = statistics.median(_usage_ratio(run, opts) for run in bench.runs)
+    rows = [
         (
             f"(start+complete req/s) / pgbench tps >= {RATIO_GOAL}",
-            f"{ratio:.3f}",
+            f"{ratio:.3f} (charges per TPC-B transaction: {ratio / 2:.3f})",
             ratio >= RATIO_GOAL,
+        ),
+        (
+            f"one-shot `POST /v1/usage` charges/s >= {USAGE_RATIO_GOAL} x start+complete "
+            f"charges/s ({opts.clients} clients)",
+            f"{usage_ratio:.2f}x",
+            usage_ratio >= USAGE_RATIO_GOAL,
         ),
         (
             f"check p99 <= {CHECK_P99_GOAL_MS:g} ms at {c4}",
@@ -99,9 +155,27 @@ def _goals(bench: Benchmark, phases: list[PhaseResult]) -> list[tuple[str, str, 
             f"{start_p99.ops['start'].p99_ms:.2f} ms",
             start_p99.ops["start"].p99_ms <= START_P99_GOAL_MS,
         ),
+    ]
+    if bench.large is not None:
+        for phase in bench.large.medians():
+            for stat in ("p50_ms", "p99_ms"):
+                small = getattr(start_p99.ops["start"], stat)
+                big = getattr(phase.ops["start"], stat)
+                x = big / small if small else 0.0
+                rows.append(
+                    (
+                        f"{phase.name} start {stat[:3]} <= {LARGE_RATIO_GOAL}x the "
+                        f"{opts.users}-user figure",
+                        f"{big:.2f} ms vs {small:.2f} ms: {x:.2f}x",
+                        x <= LARGE_RATIO_GOAL,
+                    )
+                )
+        errors += sum(p.errors for p in bench.large.medians())
+    rows += [
         ("no failed request", str(errors), errors == 0),
         ("`creditd verify`: ledger invariants hold", bench.verify_line, bench.verified),
     ]
+    return rows
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -135,11 +209,127 @@ def _run_rows(bench: Benchmark) -> list[list[str]]:
     for i, run in enumerate(bench.runs, 1):
         check = run.phase(f"check/many/{opts.latency_clients}").ops["check"]
         start = run.phase(f"pairs/many/{opts.latency_clients}").ops["start"]
+        usage = run.phase(f"usage/many/{opts.clients}")
+        ratio = _ratio(run, name)
         row = [str(i), f"{run.pgbench.tps:.0f}", f"{run.phase(name).rps:.0f}"]
-        row += [f"{_ratio(run, name):.3f}", f"{start.p99_ms:.2f}", f"{check.p99_ms:.2f}"]
+        row += [f"{ratio:.3f}", f"{charges(run.phase(name)):.0f}", f"{ratio / 2:.3f}"]
+        row += [f"{charges(usage):.0f}", f"{_usage_ratio(run, opts):.2f}"]
+        if bench.runs[0].peer is not None:
+            peer = f"{charges(run.peer):.0f}" if run.peer else "-"
+            row += [peer, f"{_peer_ratio(run, usage.name):.2f}", f"{_peer_ratio(run, name):.2f}"]
+        row += [f"{start.p99_ms:.2f}", f"{check.p99_ms:.2f}"]
         row += [_cpu_cell(run.pgbench_cpu), _cpu_cell(run.phase(name).cpu)]
         rows.append(row)
     return rows
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _cpu_rows(phases: list[PhaseResult]) -> list[list[str]]:
+    """Per phase: req/s, charges/s and CPU-ms per request and per charge."""
+    rows = []
+    for p in phases:
+        rate = charges(p)
+        row = [p.name, f"{p.rps:.0f}", f"{rate:.0f}" if rate else "-"]
+        row += [_ms(cpu_ms(p, "service")), _ms(cpu_ms(p, "postgres"))]
+        row += [_ms(cpu_ms(p, "service", True)), _ms(cpu_ms(p, "postgres", True))]
+        rows.append(row)
+    return rows
+
+
+CPU_HEADER = ["phase", "req/s", "charges/s", "service CPU-ms/req", "PostgreSQL CPU-ms/req"]
+CPU_HEADER += ["service CPU-ms/charge", "PostgreSQL CPU-ms/charge"]
+
+
+def _peer_lines(bench: Benchmark) -> list[str]:
+    """The peer comparison section."""
+    opts = bench.options
+    peers = [run.peer for run in bench.runs if run.peer is not None]
+    if not peers:
+        return []
+    peer = median_phase(peers)
+    usage_name, pairs_name = f"usage/many/{opts.clients}", f"pairs/many/{opts.clients}"
+    usage = statistics.median(_peer_ratio(run, usage_name) for run in bench.runs)
+    pairs = statistics.median(_peer_ratio(run, pairs_name) for run in bench.runs)
+    stats = peer.ops["deduct"]
+    lines = ["", f"## Peer: {opts.peer}", ""]
+    lines += [
+        f"- `CreditManager.deduct` (ducto's one-shot charge: price, then one "
+        "`deduct_with_allowance` call on a new psycopg2 connection) from "
+        f"{peer.clients} threads over {peer.users} users, on the same PostgreSQL (database "
+        f"`bench_ducto`), {opts.duration} s (+{opts.warmup:g} s warm-up) after each run's "
+        f"creditd phases; installed by the bench from `{opts.peer_source or opts.peer}` "
+        f"into `{opts.peer_env}` (bench/peer.py).",
+        "- `service` CPU is the ducto process (library, driver threads, psycopg2); creditd's "
+        "`service` excludes its load generator.",
+        "",
+    ]
+    header = ["", "charges/s", "p50 ms", "p99 ms", "errors", "CPU % " + " / ".join(CPU_KEYS)]
+    header += ["service CPU-ms/charge", "PostgreSQL CPU-ms/charge"]
+    row = ["ducto deduct", f"{stats.rps:.0f}", f"{stats.p50_ms:.2f}", f"{stats.p99_ms:.2f}"]
+    row += [str(stats.errors), _cpu_cell(peer.cpu)]
+    row += [_ms(cpu_ms(peer, "service", True)), _ms(cpu_ms(peer, "postgres", True))]
+    lines += _table(header, [row])
+    lines += [
+        "",
+        f"creditd / ducto charges/s (medians of per-run ratios): one-shot `usage` "
+        f"**{usage:.2f}x**, start+complete **{pairs:.2f}x**.",
+    ]
+    return lines
+
+
+def _large_lines(bench: Benchmark) -> list[str]:
+    """The large-dataset section."""
+    large = bench.large
+    if large is None:
+        return []
+    opts, seeded = bench.options, large.seeded
+    small = median_phase([run.phase(f"pairs/many/{opts.latency_clients}") for run in bench.runs])
+    lines = ["", f"## At {seeded.users:,} more users", ""]
+    lines += [
+        f"- seeded with SQL (bench/scale.py, `--seed-users {opts.seed_users} --seed-ledger "
+        f"{opts.seed_ledger}`): {seeded.users:,} users, now {seeded.ledger_entries:,} ledger "
+        f"entries and {seeded.transactions:,} transactions in the database, in "
+        f"{seeded.seed_s:.0f} s, then VACUUM ANALYZE {seeded.vacuum_s:.0f} s; sizes: "
+        + ", ".join(f"{t} {s}" for t, s in seeded.sizes.items())
+        + ".",
+        f"- the {opts.users}-user figures are the `pairs/many/{opts.latency_clients}` phase "
+        "above (before the seed); the large phases ran after it, "
+        f"{len(large.runs)} time(s); hot = the first {opts.hot_users} seeded users, random = "
+        "any seeded user. Plans: [PLANS.md](PLANS.md).",
+        "",
+    ]
+    header = ["phase", "start req/s", "start p50 ms", "start p99 ms", "p50 x", "p99 x"]
+    header += ["CPU % " + " / ".join(CPU_KEYS), "PostgreSQL CPU-ms/charge"]
+    rows = []
+    base = small.ops["start"]
+    for p in [small, *large.medians()]:
+        s = p.ops["start"]
+        row = [p.name, f"{s.rps:.0f}", f"{s.p50_ms:.2f}", f"{s.p99_ms:.2f}"]
+        row += [f"{s.p50_ms / base.p50_ms:.2f}" if base.p50_ms else "-"]
+        row += [f"{s.p99_ms / base.p99_ms:.2f}" if base.p99_ms else "-"]
+        row += [_cpu_cell(p.cpu), _ms(cpu_ms(p, "postgres", True))]
+        rows.append(row)
+    return lines + _table(header, rows)
+
+
+def plans_markdown(bench: Benchmark) -> str:
+    """EXPLAIN (ANALYZE, BUFFERS) of the hot statements at both sizes."""
+    assert bench.large is not None
+    lines = ["# Plans of the hot statements", ""]
+    lines += [
+        "Written by `make bench BENCH_ARGS='--seed-users N --seed-ledger M'` (bench/scale.py): "
+        "`EXPLAIN (ANALYZE, BUFFERS)` of each statement once, in a transaction rolled back, "
+        "with the parameters of one user (custom plans; the service's prepared statements "
+        "may switch to a generic plan after five executions).",
+    ]
+    for size, plans in bench.large.plans.items():
+        lines += ["", f"## {size}"]
+        for title, plan in plans.items():
+            lines += ["", f"### {title}", "", "```", plan, "```"]
+    return "\n".join(lines) + "\n"
 
 
 def markdown(bench: Benchmark) -> str:
@@ -171,10 +361,25 @@ def markdown(bench: Benchmark) -> str:
     lines += _table(["goal", "measured", ""], goal_rows)
     lines += ["", "## Phases (medians)", "", *_table(PHASE_HEADER, _phase_rows(phases))]
     lines += ["", f"pgbench TPC-B: **{tps:.0f} tps**, latency average {pg_latency:.2f} ms."]
+    lines += [
+        "",
+        "## CPU per request (medians)",
+        "",
+        "CPU % of the phase (100 = one core) over its requests/s: CPU-ms per request; a "
+        "start+complete charge is two requests, a one-shot `usage` charge one.",
+        "",
+        *_table(CPU_HEADER, _cpu_rows(phases)),
+    ]
     lines += ["", "## Runs", ""]
-    run_header = ["run", "pgbench tps", f"pairs/many/{opts.clients} req/s", "ratio"]
+    many = opts.clients
+    run_header = ["run", "pgbench tps", f"pairs/many/{many} req/s", "ratio (req/tps)"]
+    run_header += ["charges/s", "charges per TPC-B txn", f"usage/many/{many} charges/s"]
+    run_header += ["usage / pairs charges"]
+    if bench.runs[0].peer is not None:
+        run_header += [f"{opts.peer} charges/s", "usage / peer", "pairs / peer"]
     run_header += ["start p99 ms", "check p99 ms", "CPU % during pgbench", "during pairs"]
     lines += _table(run_header, _run_rows(bench))
+    lines += _peer_lines(bench) + _large_lines(bench)
     return "\n".join(lines) + "\n"
 
 
@@ -189,10 +394,20 @@ def console(bench: Benchmark) -> str:
                 f"{phase.name:<18} {op:<9} {s.rps:>8.0f} {s.p50_ms:>8.2f} "
                 f"{s.p99_ms:>8.2f} {s.errors:>7}{'  <- FAILED REQUESTS' if s.errors else ''}"
             )
+    if bench.large is not None:
+        for phase in bench.large.medians():
+            s = phase.ops["start"]
+            lines.append(f"{phase.name:<18} {'start':<9} {s.rps:>8.0f} {s.p50_ms:>8.2f} ")
+            lines[-1] += f"{s.p99_ms:>8.2f} {s.errors:>7}"
     pairs = next(p for p in phases if p.name == f"pairs/many/{bench.options.clients}")
     lines.append(
-        f"pgbench TPC-B: {tps:.0f} tps; {pairs.name} start+complete: {pairs.rps:.0f} req/s"
+        f"pgbench TPC-B: {tps:.0f} tps; {pairs.name} start+complete: {pairs.rps:.0f} req/s "
+        f"= {charges(pairs):.0f} charges/s"
     )
+    peers = [run.peer for run in bench.runs if run.peer is not None]
+    if peers:
+        rate = charges(median_phase(peers))
+        lines.append(f"peer {bench.options.peer} deduct: {rate:.0f} charges/s")
     for goal, measured, ok in _goals(bench, phases):
         lines.append(f"{'OK  ' if ok else 'MISS'} {goal}: {measured}")
     return "\n".join(lines)

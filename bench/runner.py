@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
 
 import orjson
 
+from bench import scale
 from bench.config import Options, parse_options
 from bench.cpu import CpuSample
-from bench.loadgen import LoadSpec
+from bench.loadgen import LoadSpec, PhaseSpec, large_user_id
+from bench.peer import PeerUnavailable, ensure_env, run_peer
 from bench.postgres import Postgres, open_postgres
-from bench.report import Benchmark, Run, console, markdown
+from bench.report import Benchmark, Large, Run, console, markdown, plans_markdown
 from bench.service import Service, run_service, setup, verify
 from bench.stats import PhaseResult
 
 CREDITD_DB = "creditd_bench"
 PGBENCH_DB = "bench_pgbench"
+PLANS_NAME = "PLANS.md"
 
 
 def log(message: str) -> None:
@@ -25,7 +29,13 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_load(opts: Options, service: Service, key: str, pg: Postgres) -> list[PhaseResult]:
+def run_load(
+    opts: Options,
+    service: Service,
+    key: str,
+    pg: Postgres,
+    phases: list[PhaseSpec] | None = None,
+) -> list[PhaseResult]:
     """Run every phase in a separate load-generator process and collect its results."""
     spec = LoadSpec(
         port=service.port,
@@ -33,7 +43,7 @@ def run_load(opts: Options, service: Service, key: str, pg: Postgres) -> list[Ph
         users=opts.users,
         duration=opts.duration,
         warmup=opts.warmup,
-        phases=opts.phases(),
+        phases=opts.phases() if phases is None else phases,
         service_pid=service.process.pid,
         postmaster_pid=pg.postmaster_pid(),
     )
@@ -48,7 +58,7 @@ def run_load(opts: Options, service: Service, key: str, pg: Postgres) -> list[Ph
     return [PhaseResult.from_json(p) for p in orjson.loads(result.stdout)]
 
 
-def measure(opts: Options, pg: Postgres) -> Benchmark:
+def measure(opts: Options, pg: Postgres, peer_python: Path | None = None) -> Benchmark:
     """Prepare both databases, then run pgbench and the phases `opts.runs` times, then verify."""
     log(f"databases: {CREDITD_DB}, {PGBENCH_DB} (pgbench -i -s {opts.pgbench_scale})")
     pg.recreate_database(CREDITD_DB)
@@ -66,12 +76,50 @@ def measure(opts: Options, pg: Postgres) -> Benchmark:
             pgbench = pg.pgbench_run(PGBENCH_DB, opts.pgbench_clients, opts.duration)
             cpu = CpuSample.take(service.process.pid, pg.postmaster_pid()).percent_since(before)
             log(f"  pgbench: {pgbench.tps:.0f} tps")
-            runs.append(Run(pgbench, cpu, run_load(opts, service, key, pg)))
+            phases = run_load(opts, service, key, pg)
+            peer = None
+            if peer_python is not None:
+                log(f"  peer {opts.peer}: deduct, {opts.clients} clients, {opts.users} users")
+                peer = run_peer(
+                    peer_python,
+                    pg,
+                    users=opts.users,
+                    clients=opts.clients,
+                    duration=opts.duration,
+                    warmup=opts.warmup,
+                )
+                log(f"  {peer.name}: {peer.rps:.0f} charges/s, {peer.errors} errors")
+            runs.append(Run(pgbench, cpu, phases, peer))
+        large = measure_large(opts, service, key, pg) if opts.seed_users else None
     if profile is not None:
         log(f"service profile: {profile}")
     verified, verify_line = verify(pg.url(CREDITD_DB))
     where = "embedded" if pg.embedded is not None else "DATABASE_URL"
-    return Benchmark(opts, runs, pg.version(), where, verified, verify_line)
+    bench = Benchmark(opts, runs, pg.version(), where, verified, verify_line, large)
+    return bench
+
+
+def measure_large(opts: Options, service: Service, key: str, pg: Postgres) -> Large:
+    """Plans at the benchmark's size, the large seed, plans at the large size, and the
+    large-population phases `opts.runs` times (after every normal run)."""
+    url = pg.url(CREDITD_DB)
+    project = asyncio.run(scale.project_id(url))
+    small_user = "u00001"
+    small = asyncio.run(scale.explain_hot(url, project, small_user))
+    log(f"seeding {opts.seed_users:,} users, ~{opts.seed_ledger:,} ledger entries with SQL")
+    seeded = asyncio.run(
+        scale.seed_large(url, project, opts.seed_users, max(opts.seed_ledger, opts.seed_users))
+    )
+    log(f"  seeded in {seeded.seed_s:.0f} s (+ VACUUM ANALYZE {seeded.vacuum_s:.0f} s)")
+    big_user = large_user_id(opts.seed_users // 2)
+    big = asyncio.run(scale.explain_hot(url, project, big_user))
+    runs = []
+    for i in range(1, opts.runs + 1):
+        log(f"large run {i}/{opts.runs}")
+        runs.append(run_load(opts, service, key, pg, opts.large_phases()))
+    plans = {f"{opts.users:,} users (user {small_user})": small}
+    plans[f"{seeded.users:,} more users (user {big_user})"] = big
+    return Large(seeded, runs, plans)
 
 
 def other_sections(path: Path, report: str) -> str:
@@ -94,9 +142,21 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the summary, write the Markdown report."""
     opts = parse_options(argv)
     opts.data_dir.mkdir(parents=True, exist_ok=True)
+    peer_python = None
+    if opts.peer:
+        log(f"peer {opts.peer}: environment {opts.peer_env}")
+        try:
+            peer_python = ensure_env(opts.peer, opts.peer_source, opts.peer_env)
+        except PeerUnavailable as exc:
+            log(str(exc))
+            return 2
     with open_postgres(opts.data_dir) as pg:
-        bench = measure(opts, pg)
+        bench = measure(opts, pg, peer_python)
     print(console(bench))
+    if bench.large is not None:
+        plans_path = opts.output.with_name(PLANS_NAME)
+        plans_path.write_text(plans_markdown(bench))
+        log(f"wrote {plans_path}")
     report = markdown(bench)
     opts.output.write_text(report + other_sections(opts.output, report))
     log(f"wrote {opts.output}")

@@ -30,7 +30,10 @@ _LOCK_WAITERS = """
     SELECT count(*) FROM pg_stat_activity
     WHERE application_name = 'creditd' AND wait_event_type = 'Lock'
 """
-P99_BOUND = 0.100
+# The failure this guards is other users' requests queued behind the locked account (or the
+# pool it would soak up): seconds (lock_timeout 5 s, pool timeout 10 s). Not a speed goal: a
+# loaded CI machine's p99 is tens to a few hundred ms, so the bound sits well above that.
+P99_BOUND = 1.0
 
 
 @pytest.fixture(scope="module")

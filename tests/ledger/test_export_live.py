@@ -218,7 +218,9 @@ async def _kill_the_next_batch(conn: Any, locked: asyncio.Event) -> None:
     async with conn.transaction():
         await conn.execute("LOCK TABLE ledger_entries IN ACCESS EXCLUSIVE MODE")
         locked.set()
-        for _ in range(500):
+        # A wait bound, not a speed goal: on a loaded machine the next batch can take seconds.
+        deadline = asyncio.get_running_loop().time() + 30
+        while asyncio.get_running_loop().time() < deadline:
             waiting = await conn.fetch(_WAITING)
             if waiting:
                 await conn.execute("SELECT pg_terminate_backend($1)", waiting[0]["pid"])

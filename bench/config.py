@@ -28,17 +28,28 @@ class Options:
     output: Path
     profile: bool
     service_workers: int
+    keys: bool = True
+
+    @property
+    def keys_pair(self) -> tuple[str, str] | None:
+        """(keyed, unkeyed) names of the throughput pairs phase run both ways, when keys are on."""
+        name = f"pairs/many/{self.clients}"
+        return (name, f"{name} no-keys") if self.keys else None
 
     def phases(self) -> list[PhaseSpec]:
         """The load phases of one run, in order: latency at few clients, then throughput."""
-        few, many = self.latency_clients, self.clients
-        return [
-            PhaseSpec(f"pairs/many/{few}", "pairs", few, hot=False),
-            PhaseSpec(f"check/many/{few}", "check", few, hot=False),
-            PhaseSpec(f"pairs/many/{many}", "pairs", many, hot=False),
-            PhaseSpec(f"pairs/hot/{many}", "pairs", many, hot=True),
-            PhaseSpec(f"check/many/{many}", "check", many, hot=False),
+        few, many, keys = self.latency_clients, self.clients, self.keys
+        phases = [
+            PhaseSpec(f"pairs/many/{few}", "pairs", few, hot=False, keys=keys),
+            PhaseSpec(f"check/many/{few}", "check", few, hot=False, keys=keys),
+            PhaseSpec(f"pairs/many/{many}", "pairs", many, hot=False, keys=keys),
+            PhaseSpec(f"pairs/hot/{many}", "pairs", many, hot=True, keys=keys),
+            PhaseSpec(f"check/many/{many}", "check", many, hot=False, keys=keys),
         ]
+        if self.keys_pair is not None:
+            # The same throughput phase without keys, in the same run: what a key costs.
+            phases.insert(3, PhaseSpec(self.keys_pair[1], "pairs", many, hot=False, keys=False))
+        return phases
 
 
 def parse_options(argv: list[str] | None = None) -> Options:
@@ -60,6 +71,13 @@ def parse_options(argv: list[str] | None = None) -> Options:
     add("--data-dir", type=Path, default=Path(".creditd/bench"), help="embedded server data")
     add("--output", type=Path, default=RESULTS_PATH, help="the Markdown report to write")
     add("--profile", action="store_true", help="run the service under pyinstrument")
+    add(
+        "--no-keys",
+        dest="keys",
+        action="store_false",
+        help="send no Idempotency-Key (default: a fresh uuid4 key on every POST, and the "
+        "throughput pairs phase once more without keys)",
+    )
     add(
         "--service-workers",
         type=int,

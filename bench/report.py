@@ -14,6 +14,7 @@ from bench.postgres import PgbenchResult
 from bench.stats import PhaseResult, median_phase
 
 RATIO_GOAL = 0.25
+KEYS_RATIO_GOAL = 0.9
 CHECK_P99_GOAL_MS = 10.0
 START_P99_GOAL_MS = 15.0
 CPU_KEYS = ("service", "postgres", "loadgen", "other")
@@ -75,9 +76,37 @@ def _ratio(run: Run, name: str) -> float:
     return run.phase(name).rps / run.pgbench.tps if run.pgbench.tps else 0.0
 
 
+def _keys_ratio(run: Run, pair: tuple[str, str]) -> float:
+    """Keyed over unkeyed requests/s of the throughput phase, in one run."""
+    keyed, plain = (run.phase(name).rps for name in pair)
+    return keyed / plain if plain else 0.0
+
+
+def _cpu_ms(phase: PhaseResult, key: str) -> float:
+    """Milliseconds of CPU of `key` (service, postgres) per request of the phase."""
+    return phase.cpu.get(key, 0.0) * 10 / phase.rps if phase.rps else 0.0
+
+
+def _keys_rows(bench: Benchmark, pair: tuple[str, str]) -> list[list[str]]:
+    """Per run: req/s with and without keys, their ratio, CPU ms per request of each."""
+    rows = []
+    for i, run in enumerate(bench.runs, 1):
+        keyed, plain = (run.phase(name) for name in pair)
+        row = [str(i), f"{keyed.rps:.0f}", f"{plain.rps:.0f}", f"{_keys_ratio(run, pair):.3f}"]
+        row += [f"{_cpu_ms(p, k):.2f}" for k in ("service", "postgres") for p in (keyed, plain)]
+        rows.append(row)
+    return rows
+
+
 def _goals(bench: Benchmark, phases: list[PhaseResult]) -> list[tuple[str, str, bool]]:
     """(goal, measured, met) rows."""
     opts = bench.options
+    keys: list[tuple[str, str, bool]] = []
+    if opts.keys_pair is not None:
+        pair = opts.keys_pair
+        kr = statistics.median(_keys_ratio(run, pair) for run in bench.runs)
+        goal = f"req/s with keys / without (`{pair[0]}`) >= {KEYS_RATIO_GOAL}"
+        keys = [(goal, f"{kr:.3f}", kr >= KEYS_RATIO_GOAL)]
     ratio = statistics.median(_ratio(run, f"pairs/many/{opts.clients}") for run in bench.runs)
     check_p99 = next(p for p in phases if p.name == f"check/many/{opts.latency_clients}")
     start_p99 = next(p for p in phases if p.name == f"pairs/many/{opts.latency_clients}")
@@ -99,6 +128,7 @@ def _goals(bench: Benchmark, phases: list[PhaseResult]) -> list[tuple[str, str, 
             f"{start_p99.ops['start'].p99_ms:.2f} ms",
             start_p99.ops["start"].p99_ms <= START_P99_GOAL_MS,
         ),
+        *keys,
         ("no failed request", str(errors), errors == 0),
         ("`creditd verify`: ledger invariants hold", bench.verify_line, bench.verified),
     ]
@@ -161,6 +191,13 @@ def markdown(bench: Benchmark) -> str:
         f"- service: `creditd serve --workers {opts.service_workers} --no-workers` (HTTP worker "
         "processes; background jobs off), production settings, rate limit off; "
         "load generator: one asyncio process with a minimal HTTP/1.1 keep-alive client.",
+        "- Idempotency-Key: "
+        + (
+            f"a fresh uuid4 on every POST; `pairs/many/{opts.clients} no-keys` is the same "
+            "throughput phase without keys, in the same run."
+            if opts.keys
+            else "none (`--no-keys`)."
+        ),
         "- CPU % is per one core (100 = one core busy for the whole phase); `other` is every "
         "other process on the machine: other tenants, and the pgbench client during pgbench.",
     ]
@@ -175,6 +212,12 @@ def markdown(bench: Benchmark) -> str:
     run_header = ["run", "pgbench tps", f"pairs/many/{opts.clients} req/s", "ratio"]
     run_header += ["start p99 ms", "check p99 ms", "CPU % during pgbench", "during pairs"]
     lines += _table(run_header, _run_rows(bench))
+    if opts.keys_pair is not None:
+        lines += ["", "## Idempotency-Key cost (same run)", ""]
+        keys_header = ["run", "req/s keyed", "req/s no keys", "ratio"]
+        keys_header += ["service CPU ms/req keyed", "no keys", "postgres CPU ms/req keyed"]
+        keys_header += ["no keys"]
+        lines += _table(keys_header, _keys_rows(bench, opts.keys_pair))
     return "\n".join(lines) + "\n"
 
 

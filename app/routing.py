@@ -19,6 +19,7 @@ import inspect
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -29,7 +30,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.auth.dependencies import check_scopes, get_principal, require_operator
-from app.core.clock import utcnow
 from app.core.errors import (
     AppError,
     InvalidRequest,
@@ -168,25 +168,12 @@ class TransactionalRoute(APIRoute):
             request = DecimalRequest(request.scope, request.receive)
             db: Database = request.app.state.db
             key = request.headers.get("idempotency-key")
-            keyed = self.idempotent and key is not None and request.method == "POST"
-            scope: uuid.UUID | None = None
-            response: Response | None = None
-            try:
-                async with db.transaction() as session:
-                    gate.attach(session, request.app.state.account_gate)
-                    request.state.session = session
-                    if keyed:
-                        assert key is not None
-                        scope = await self.idempotency_scope(request)
-                        response = await _idempotent(request, handler, key, scope)
-                    else:
-                        response = await handler(request)
-            except CommitOutcomeUnknown:
-                if scope is not None and response is not None and response.status_code < 500:
-                    assert key is not None
-                    return await _settle_lost_commit(request, db, scope, key, response)
-                raise
-            return response
+            if self.idempotent and key is not None and request.method == "POST":
+                return await _keyed(self, request, handler, db, key)
+            async with db.transaction() as session:
+                gate.attach(session, request.app.state.account_gate)
+                request.state.session = session
+                return await handler(request)
 
         return route_handler
 
@@ -201,63 +188,166 @@ class TransactionalRoute(APIRoute):
         return principal.project_id
 
 
-async def _idempotent(
+@dataclass(frozen=True)
+class _Claim:
+    """A keyed request: where its key lives and what it asked."""
+
+    scope: uuid.UUID
+    key: str
+    method: str
+    path: str
+    request_hash: str
+    ttl: timedelta
+
+
+class _Refused(Exception):
+    """The handler raised a business error: its transaction is rolled back, the error stored."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+async def _keyed(
+    route: TransactionalRoute,
     request: Request,
     handler: Callable[[Request], Awaitable[Response]],
+    db: Database,
     key: str,
-    scope: uuid.UUID,
 ) -> Response:
-    """Replay the stored response for ``key`` in ``scope``, or run ``handler`` and store it."""
-    if not key or len(key) > 255 or not key.isprintable():
-        raise InvalidIdempotencyKey()
-    session = request.state.session
-    body = await request.body()
-    request_hash = hashlib.sha256(
-        request.method.encode() + b" " + request.url.path.encode() + b"\n" + body
-    ).hexdigest()
-    if not await idem_repo.try_lock(session, scope, key):
-        raise IdempotencyKeyInFlight()
-    stored = await idem_repo.get_live(session, scope, key)
-    if stored is not None:
-        if stored.request_hash != request_hash:
-            raise IdempotencyKeyReused()
-        headers = {**stored.headers, REPLAY_HEADER: "true"}
-        return Response(stored.body, status_code=stored.status_code, headers=headers)
+    """A POST with ``Idempotency-Key``: replay its stored response, or run it and store one.
+
+    Common path, one transaction: claim the key (the first statement), run the handler,
+    write the response into the claimed row. No advisory lock and no savepoint: a business
+    error rolls the whole transaction back (its effects and the claim) and is stored by a
+    second, short transaction instead.
+    """
+    claim: _Claim | None = None
+    response: Response | None = None
     try:
-        async with driver(session).transaction():  # a savepoint inside the request's transaction
-            response = await handler(request)
-    except AppError as exc:
-        # Business errors are part of the first response and are replayed; their effects
-        # (if any) were rolled back with the savepoint.
-        response = problem_from_error(request, exc)
-    if response.status_code < 500:
-        settings: Settings = request.app.state.settings
-        await idem_repo.store(
-            session,
-            project_id=scope,
-            key=key,
-            method=request.method,
-            path=request.url.path,
-            request_hash=request_hash,
-            status_code=response.status_code,
-            headers={k: v for k, v in response.headers.items() if k in _STORED_HEADERS},
-            body=bytes(response.body),
-            expires_at=utcnow() + timedelta(hours=settings.api.idempotency_ttl_hours),
-        )
+        try:
+            async with db.transaction() as session:
+                gate.attach(session, request.app.state.account_gate)
+                request.state.session = session
+                scope = await route.idempotency_scope(request)
+                claim = await _claim_for(request, scope, key)
+                response = await _run_claimed(request, handler, driver(session), claim)
+        except _Refused as refused:
+            assert claim is not None
+            response = refused.response
+            async with db.transaction() as session:
+                response = await _store_refusal(driver(session), claim, response)
+    except CommitOutcomeUnknown:
+        if claim is not None and response is not None and response.status_code < 500:
+            return await _settle_lost_commit(db, claim, response)
+        raise
     return response
 
 
-async def _settle_lost_commit(
-    request: Request, db: Database, scope: uuid.UUID, key: str, response: Response
+async def _claim_for(request: Request, scope: uuid.UUID, key: str) -> _Claim:
+    if not key or len(key) > 255 or not key.isprintable():
+        raise InvalidIdempotencyKey()
+    body = await request.body()
+    path = request.url.path
+    request_hash = hashlib.sha256(
+        request.method.encode() + b" " + path.encode() + b"\n" + body
+    ).hexdigest()
+    settings: Settings = request.app.state.settings
+    ttl = timedelta(hours=settings.api.idempotency_ttl_hours)
+    return _Claim(scope, key, request.method, path, request_hash, ttl)
+
+
+def _stored_headers(response: Response) -> dict[str, str]:
+    return {k: v for k, v in response.headers.items() if k in _STORED_HEADERS}
+
+
+async def _replay(conn: Any, claim: _Claim) -> Response:
+    """The live response stored under the claim's key, for this same request."""
+    stored = await idem_repo.get_live(conn, claim.scope, claim.key)
+    if stored is None or stored.status_code == idem_repo.IN_FLIGHT:
+        # Gone between the claim and this read (expired meanwhile): as good as in flight.
+        raise IdempotencyKeyInFlight()
+    if stored.request_hash != claim.request_hash:
+        raise IdempotencyKeyReused()
+    headers = {**stored.headers, REPLAY_HEADER: "true"}
+    return Response(stored.body, status_code=stored.status_code, headers=headers)
+
+
+async def _run_claimed(
+    request: Request,
+    handler: Callable[[Request], Awaitable[Response]],
+    conn: Any,
+    claim: _Claim,
 ) -> Response:
-    """The reply to COMMIT was lost. The response was stored under ``key`` in the same
+    """Claim the key, run the handler, store its response in the claimed row."""
+    claimed = await idem_repo.claim(
+        conn,
+        project_id=claim.scope,
+        key=claim.key,
+        method=claim.method,
+        path=claim.path,
+        request_hash=claim.request_hash,
+        ttl=claim.ttl,
+    )
+    if not claimed:
+        return await _replay(conn, claim)
+    refused: AppError | None = None
+    try:
+        response = await handler(request)
+    except AppError as exc:
+        if exc.status >= 500:
+            raise  # a 5xx does not hold the key: everything rolls back
+        refused = exc
+    if refused is not None:
+        # Raised outside the except block, so the business error does not chain to it and
+        # the transaction's rollback does not mistake it for a database fault.
+        raise _Refused(problem_from_error(request, refused))
+    if response.status_code >= 500:
+        await idem_repo.release(conn, project_id=claim.scope, key=claim.key)
+        return response
+    await idem_repo.store(
+        conn,
+        project_id=claim.scope,
+        key=claim.key,
+        status_code=response.status_code,
+        headers=_stored_headers(response),
+        body=bytes(response.body),
+    )
+    return response
+
+
+async def _store_refusal(conn: Any, claim: _Claim, response: Response) -> Response:
+    """Store a business error (its effects rolled back) under the key, in one statement.
+
+    The key was free while the first transaction ran; a concurrent request may have claimed
+    it since the rollback: then its stored response is replayed (or it is still in flight),
+    so every answer for one key is still its one stored response or a 409.
+    """
+    claimed = await idem_repo.claim(
+        conn,
+        project_id=claim.scope,
+        key=claim.key,
+        method=claim.method,
+        path=claim.path,
+        request_hash=claim.request_hash,
+        ttl=claim.ttl,
+        status_code=response.status_code,
+        headers=_stored_headers(response),
+        body=bytes(response.body),
+    )
+    if not claimed:
+        return await _replay(conn, claim)
+    return response
+
+
+async def _settle_lost_commit(db: Database, claim: _Claim, response: Response) -> Response:
+    """The reply to COMMIT was lost. The response was stored under the key in the same
     transaction, so reading it back says whether the commit happened: answer the response,
     or a 503 that changed nothing. Asks for ``COMMIT_CHECK_SECONDS`` at most."""
     deadline = time.monotonic() + COMMIT_CHECK_SECONDS
     while True:
         try:
             async with db.transaction() as session:
-                stored = await idem_repo.get_live(session, scope, key)
+                stored = await idem_repo.get_live(driver(session), claim.scope, claim.key)
             break
         except DatabaseFault:
             if time.monotonic() >= deadline:
@@ -267,7 +357,7 @@ async def _settle_lost_commit(
                 ) from None
             await asyncio.sleep(0.2)
     # A different stored body is a retry that ran after ours failed: ours did not commit.
-    if stored is not None and bytes(stored.body) == bytes(response.body):
+    if stored is not None and stored.body == bytes(response.body):
         log.info("lost_commit_applied", status=response.status_code)
         return response
     log.info("lost_commit_not_applied")

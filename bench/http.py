@@ -40,7 +40,9 @@ class Connection:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
-    async def request(self, method: str, path: str, payload: object = None) -> Response:
+    async def request(
+        self, method: str, path: str, payload: object = None, idempotency_key: str | None = None
+    ) -> Response:
         """Send one request and read its whole response."""
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self._port)
@@ -50,6 +52,8 @@ class Connection:
             f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         ).encode()
+        if idempotency_key is not None:
+            head += f"Idempotency-Key: {idempotency_key}\r\n".encode()
         try:
             self._writer.write(head + self._auth + b"\r\n" + body)
             return await self._read_response(self._reader)

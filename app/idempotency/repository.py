@@ -1,65 +1,129 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Any
+from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import delete, func, select, text
-from sqlalchemy.dialects.postgresql import insert
+import asyncpg
+import orjson
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import IdempotencyKey
-from app.db.scoping import scoped_select
+from app.idempotency.exceptions import IdempotencyKeyInFlight
+
+# The hot path speaks to asyncpg directly (one prepared statement per call, no ORM). The
+# scope is a project id or OPERATOR_SCOPE, which is no project: the tenant helper does not
+# apply, every statement names (project_id, key), the primary key.
+
+# The claim: the first statement of a keyed request. It inserts the key's row as "in flight"
+# (status 0, uncommitted: nobody else sees it) or takes over an expired row. A concurrent
+# request with the same key waits on our uncommitted row (PostgreSQL's unique check waits
+# for the inserting transaction to end) or on the row lock of a replaced expired one, but
+# only for 1 ms (a lock_timeout of 0 would mean forever): then it fails with
+# lock_not_available, the 409 idempotency_key_in_flight. The request's own lock_timeout is
+# read first and restored by the RETURNING (evaluated after the insert), so the handler's
+# statements keep it. With a live row there is nothing to return: the caller reads it.
+_CLAIM = """
+WITH prev AS MATERIALIZED (SELECT current_setting('lock_timeout') AS lock_timeout),
+nowait AS MATERIALIZED (SELECT set_config('lock_timeout', '1ms', true) FROM prev)
+INSERT INTO idempotency_keys AS k
+    (project_id, key, method, path, request_hash, status_code, headers, body, expires_at)
+SELECT $1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, now() + $9::interval FROM nowait
+ON CONFLICT (project_id, key) DO UPDATE SET
+    method = excluded.method, path = excluded.path, request_hash = excluded.request_hash,
+    status_code = excluded.status_code, headers = excluded.headers, body = excluded.body,
+    expires_at = excluded.expires_at, created_at = now()
+WHERE k.expires_at <= now()
+RETURNING (SELECT set_config('lock_timeout', lock_timeout, true) FROM prev)
+"""
+IN_FLIGHT = 0  # status_code of a claimed row whose response is not stored yet
+_STORE = """
+UPDATE idempotency_keys SET status_code = $3, headers = $4::text::jsonb, body = $5
+WHERE project_id = $1 AND key = $2
+"""
+_RELEASE = "DELETE FROM idempotency_keys WHERE project_id = $1 AND key = $2"
+_GET_LIVE = """
+SELECT request_hash, status_code, headers::text AS headers, body FROM idempotency_keys
+WHERE project_id = $1 AND key = $2 AND expires_at > now()
+"""
 
 
-async def try_lock(session: AsyncSession, project_id: uuid.UUID, key: str) -> bool:
-    """A transaction-scoped advisory lock on (project, key): held until commit or rollback."""
-    result = await session.execute(
-        text("SELECT pg_try_advisory_xact_lock(hashtextextended(:k, 0))"),
-        {"k": f"idem:{project_id}:{key}"},
-    )
-    return bool(result.scalar_one())
+@dataclass(frozen=True)
+class Stored:
+    """A stored first response."""
+
+    request_hash: str
+    status_code: int
+    headers: dict[str, str]
+    body: bytes
 
 
-async def get_live(session: AsyncSession, project_id: uuid.UUID, key: str) -> IdempotencyKey | None:
-    stmt = scoped_select(IdempotencyKey, project_id).where(
-        IdempotencyKey.key == key, IdempotencyKey.expires_at > func.now()
-    )
-    return (await session.execute(stmt)).scalar_one_or_none()
-
-
-async def store(
-    session: AsyncSession,
+async def claim(
+    conn: asyncpg.Connection,
     *,
     project_id: uuid.UUID,
     key: str,
     method: str,
     path: str,
     request_hash: str,
+    ttl: timedelta,
+    status_code: int = IN_FLIGHT,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+) -> bool:
+    """Claim ``key`` for this transaction (or store a finished response right away).
+
+    True when claimed; False when a live row holds the key (read it with ``get_live``).
+    Raises ``IdempotencyKeyInFlight`` when another transaction holds the key past 1 ms.
+    """
+    try:
+        row = await conn.fetchrow(
+            _CLAIM,
+            project_id,
+            key,
+            method,
+            path,
+            request_hash,
+            status_code,
+            orjson.dumps(headers or {}).decode(),
+            body,
+            ttl,
+        )
+    except asyncpg.LockNotAvailableError:
+        raise IdempotencyKeyInFlight() from None
+    return row is not None
+
+
+async def store(
+    conn: asyncpg.Connection,
+    *,
+    project_id: uuid.UUID,
+    key: str,
     status_code: int,
-    headers: dict[str, Any],
+    headers: dict[str, str],
     body: bytes,
-    expires_at: datetime,
 ) -> None:
-    values = {
-        "project_id": project_id,
-        "key": key,
-        "method": method,
-        "path": path,
-        "request_hash": request_hash,
-        "status_code": status_code,
-        "headers": headers,
-        "body": body,
-        "expires_at": expires_at,
-    }
-    stmt = insert(IdempotencyKey).values(**values)
-    # An expired row for the same key is replaced; a live one cannot exist (we hold the lock).
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[IdempotencyKey.project_id, IdempotencyKey.key],
-        set_={k: stmt.excluded[k] for k in values if k not in ("project_id", "key")}
-        | {"created_at": func.now()},
+    """Write the response into the row this transaction claimed."""
+    await conn.execute(_STORE, project_id, key, status_code, orjson.dumps(headers).decode(), body)
+
+
+async def release(conn: asyncpg.Connection, *, project_id: uuid.UUID, key: str) -> None:
+    """Drop this transaction's claim (its response is not to be kept)."""
+    await conn.execute(_RELEASE, project_id, key)
+
+
+async def get_live(conn: asyncpg.Connection, project_id: uuid.UUID, key: str) -> Stored | None:
+    """The committed, unexpired response stored under ``key``."""
+    row = await conn.fetchrow(_GET_LIVE, project_id, key)
+    if row is None:
+        return None
+    return Stored(
+        request_hash=row["request_hash"],
+        status_code=row["status_code"],
+        headers=orjson.loads(row["headers"]),
+        body=bytes(row["body"]),
     )
-    await session.execute(stmt)
 
 
 async def purge_expired(session: AsyncSession, *, limit: int) -> int:

@@ -129,6 +129,11 @@ async def test_same_idempotency_key_for_one_shot_usage_charges_once(
         *(p.post("/v1/usage", payload, headers={"Idempotency-Key": "usage-1"}) for _ in range(20))
     )
     assert {r.status_code for r in responses} <= {201, 409}
+    conflicts = {r.json()["code"] for r in responses if r.status_code == 409}
+    assert conflicts <= {"idempotency_key_in_flight"}
+    charged = [r for r in responses if r.status_code == 201]
+    assert len({r.content for r in charged}) == 1, "every 201 is the one response or its replay"
+    assert sum("idempotent-replayed" not in r.headers for r in charged) == 1
     assert (await balance(p, "u_usage"))["total"] == 97
     await assert_ledger_consistent(db)
 

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
+from app import routing
+from app.core.http import render_json
 from app.credits import service as credits_service
+from app.credits.exceptions import InsufficientCredits
+from app.idempotency import repository as idem_repo
 from tests.conftest import ADMIN_TOKEN, Project
+from tests.fixtures.locks import account_locked
 from tests.helpers import balance, body
 
 
@@ -100,23 +113,197 @@ async def test_a_first_attempt_failing_with_5xx_does_not_hold_the_key(
     assert (await balance(project, "u"))["total"] == 3, "the crashed attempt's write rolled back"
 
 
-async def test_a_key_held_by_a_request_in_flight_is_409(project: Project) -> None:
-    """Hold the key's advisory lock from another connection, as an in-flight request would."""
-    from sqlalchemy import text
+@asynccontextmanager
+async def key_claimed(database_url: str, project_id: str, key: str) -> AsyncIterator[None]:
+    """Claim ``key`` from a connection of our own and keep the transaction open, as a request
+    still in flight does (its row is uncommitted: in flight, never visible to others)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            claimed = await idem_repo.claim(
+                conn,
+                project_id=uuid.UUID(project_id),
+                key=key,
+                method="POST",
+                path="/v1/users/u/credits",
+                request_hash="in-flight",
+                ttl=timedelta(hours=1),
+            )
+            assert claimed
+            yield
+            raise _Abandon()  # roll the claim back, as a 5xx would
+    except _Abandon:
+        pass
+    finally:
+        await conn.close()
 
-    await project.user("u")
-    db = project.client._transport.app.state.db  # type: ignore[attr-defined]
-    async with db.transaction() as session:
-        await session.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-            {"k": f"idem:{project.id}:busy"},
+
+class _Abandon(Exception):
+    pass
+
+
+async def _expire(database_url: str, project_id: str, key: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        status = await conn.execute(
+            "UPDATE idempotency_keys SET expires_at = now() - interval '1 second' "
+            "WHERE project_id = $1 AND key = $2",
+            uuid.UUID(project_id),
+            key,
         )
+        assert status == "UPDATE 1"
+    finally:
+        await conn.close()
+
+
+async def test_a_key_held_by_a_request_in_flight_is_409(
+    project: Project, database_url: str
+) -> None:
+    await project.user("u")
+    async with key_claimed(database_url, project.id, "busy"):
+        started = time.monotonic()
         r = await project.post(
             "/v1/users/u/credits", {"amount": 1}, headers={"Idempotency-Key": "busy"}
         )
+        assert time.monotonic() - started < 2, "answered without waiting for the other request"
     assert r.status_code == 409
     assert r.json()["code"] == "idempotency_key_in_flight"
     assert (await balance(project, "u"))["total"] == 0
+    # The in-flight request went away without a response (a 5xx): the key is free again.
+    again = await project.post(
+        "/v1/users/u/credits", {"amount": 1}, headers={"Idempotency-Key": "busy"}
+    )
+    assert again.status_code == 201
+    assert "idempotent-replayed" not in again.headers
+    assert (await balance(project, "u"))["total"] == 1
+
+
+async def test_an_expired_key_is_used_afresh(project: Project, database_url: str) -> None:
+    await project.user("u")
+    headers = {"Idempotency-Key": "old"}
+    first = await project.post("/v1/users/u/credits", {"amount": 2}, headers=headers)
+    assert first.status_code == 201
+    await _expire(database_url, project.id, "old")
+    # Another body would be 409 reused on a live key; on an expired one it is a new request.
+    fresh = await project.post("/v1/users/u/credits", {"amount": 5}, headers=headers)
+    assert fresh.status_code == 201
+    assert "idempotent-replayed" not in fresh.headers
+    replay = await project.post("/v1/users/u/credits", {"amount": 5}, headers=headers)
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert replay.content == fresh.content
+    assert (await balance(project, "u"))["total"] == 7
+
+
+async def test_an_expired_key_being_taken_over_by_a_request_in_flight_is_409(
+    project: Project, database_url: str
+) -> None:
+    await project.user("u")
+    headers = {"Idempotency-Key": "old-busy"}
+    await project.post("/v1/users/u/credits", {"amount": 2}, headers=headers)
+    await _expire(database_url, project.id, "old-busy")
+    async with key_claimed(database_url, project.id, "old-busy"):  # locks the expired row
+        r = await project.post("/v1/users/u/credits", {"amount": 2}, headers=headers)
+    assert (r.status_code, r.json()["code"]) == (409, "idempotency_key_in_flight")
+    assert (await balance(project, "u"))["total"] == 2
+
+
+async def test_a_keyed_request_keeps_its_lock_timeout_for_its_own_locks(
+    project: Project, database_url: str
+) -> None:
+    """The claim waits 1 ms for a concurrent holder of the key; the handler's own lock waits
+    still get the configured lock_timeout (here: an account row held for 0.3 s)."""
+    await project.user("u", credits=5)
+    async with account_locked(database_url, project.id, "u"):
+        request = asyncio.create_task(
+            project.post("/v1/users/u/debits", {"amount": 1}, headers={"Idempotency-Key": "w"})
+        )
+        await asyncio.sleep(0.3)
+        assert not request.done()
+    r = await request
+    assert r.status_code == 201, r.text
+    assert (await balance(project, "u"))["total"] == 4
+
+
+async def test_a_business_error_after_a_write_is_stored_and_its_write_rolled_back(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing needs a route to raise before it writes: the refused request's transaction
+    rolls back whole, and its error is stored by a transaction of its own."""
+    await project.user("u")
+    headers = {"Idempotency-Key": "k7"}
+    real_grant = credits_service.grant
+
+    async def refusing(*args: object, **kwargs: object) -> object:
+        await real_grant(*args, **kwargs)  # type: ignore[arg-type]
+        raise InsufficientCredits()
+
+    monkeypatch.setattr(credits_service, "grant", refusing)
+    first = await project.post("/v1/users/u/credits", {"amount": 3}, headers=headers)
+    assert first.status_code == 402
+    monkeypatch.setattr(credits_service, "grant", real_grant)
+    again = await project.post("/v1/users/u/credits", {"amount": 3}, headers=headers)
+    assert again.status_code == 402
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    assert (await balance(project, "u"))["total"] == 0
+    assert body(await project.get("/v1/users/u/grants"))["data"] == []
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["stored", "in-flight"])
+async def test_a_business_error_is_not_stored_over_a_request_that_took_the_key_meanwhile(
+    project: Project, monkeypatch: pytest.MonkeyPatch, database_url: str, committed: bool
+) -> None:
+    """Between the refused transaction's rollback and the storing of its error, another
+    request with the key may claim it: then that one's response is the key's (replayed), or
+    it is still in flight (409); the error is not stored over it."""
+    await project.user("u")
+    headers = {"Idempotency-Key": "k8"}
+    real_store_refusal = routing._store_refusal
+    conn = await asyncpg.connect(database_url)
+    tx = conn.transaction()
+
+    async def after_another_request(*args: Any, **kwargs: Any) -> Any:
+        await tx.start()
+        assert await idem_repo.claim(
+            conn,
+            project_id=uuid.UUID(project.id),
+            key="k8",
+            method="POST",
+            path="/v1/users/u/credits",
+            request_hash=_hash("/v1/users/u/credits", {"amount": 3}),
+            ttl=timedelta(hours=1),
+            status_code=201,
+            headers={"content-type": "application/json"},
+            body=b'{"winner":true}',
+        )
+        if committed:
+            await tx.commit()
+        return await real_store_refusal(*args, **kwargs)
+
+    async def refusing(*args: object, **kwargs: object) -> object:
+        raise InsufficientCredits()
+
+    monkeypatch.setattr(credits_service, "grant", refusing)
+    monkeypatch.setattr(routing, "_store_refusal", after_another_request)
+    try:
+        r = await project.post("/v1/users/u/credits", {"amount": 3}, headers=headers)
+        if not committed:
+            await tx.commit()
+    finally:
+        await conn.close()
+    if committed:
+        assert (r.status_code, r.content) == (201, b'{"winner":true}')
+        assert r.headers["idempotent-replayed"] == "true"
+    else:
+        assert (r.status_code, r.json()["code"]) == (409, "idempotency_key_in_flight")
+    monkeypatch.undo()
+    replay = await project.post("/v1/users/u/credits", {"amount": 3}, headers=headers)
+    assert (replay.status_code, replay.content) == (201, b'{"winner":true}')
+    assert (await balance(project, "u"))["total"] == 0
+
+
+def _hash(path: str, payload: object) -> str:
+    return hashlib.sha256(b"POST " + path.encode() + b"\n" + render_json(payload)).hexdigest()
 
 
 async def test_a_replay_is_refused_to_a_key_without_the_scope(project: Project) -> None:

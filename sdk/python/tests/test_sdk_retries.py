@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -157,18 +158,25 @@ async def test_a_key_in_flight_is_retried_with_the_same_key_until_the_first_fini
 ) -> None:
     client.users.create("u")
     key = "grant-in-flight"
-    # Hold the lock the server takes for (project, key) while a request with it runs, as a
-    # first attempt still in progress would (app/idempotency/repository.py: try_lock).
+    # Claim the key and keep the transaction open, as a first attempt still in progress does
+    # (app/idempotency/repository.py: claim): its uncommitted row holds the key.
     conn = await asyncpg.connect(live.database_url.replace("+asyncpg", ""))
-    lock = f"idem:{project.id}:{key}"
-    await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", lock)
+    tx = conn.transaction()
+    await tx.start()
+    await conn.execute(
+        "INSERT INTO idempotency_keys (project_id, key, method, path, request_hash, "
+        "status_code, headers, body, expires_at) "
+        "VALUES ($1, $2, 'POST', '/v1/users/u/credits', '', 0, '{}', '', now() + interval '1h')",
+        uuid.UUID(project.id),
+        key,
+    )
     try:
         async with AsyncCreditd(
             project.key, base_url=proxy.url, spool=None, backoff_base=0.2, max_retries=20
         ) as c:
             task = asyncio.create_task(c.credits.grant("u", 3, idempotency_key=key))
             await asyncio.to_thread(proxy.wait_for, lambda e: e.code == "idempotency_key_in_flight")
-            await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", lock)
+            await tx.rollback()  # the first attempt failed (a 5xx): the key is free again
             grant = await task
     finally:
         await conn.close()

@@ -35,18 +35,25 @@ class Options:
     seed_users: int = 0
     seed_ledger: int = 0
     hot_users: int = 1000
+    # A fresh Idempotency-Key on every POST (the README's advice); the throughput pairs phase
+    # then runs once more without keys in the same run, to show what a key costs.
+    keys: bool = True
 
     def phases(self) -> list[PhaseSpec]:
         """The load phases of one run, in order: latency at few clients, then throughput."""
-        few, many = self.latency_clients, self.clients
-        return [
-            PhaseSpec(f"pairs/many/{few}", "pairs", few, hot=False),
-            PhaseSpec(f"check/many/{few}", "check", few, hot=False),
-            PhaseSpec(f"pairs/many/{many}", "pairs", many, hot=False),
-            PhaseSpec(f"pairs/hot/{many}", "pairs", many, hot=True),
-            PhaseSpec(f"check/many/{many}", "check", many, hot=False),
-            PhaseSpec(f"usage/many/{many}", "usage", many, hot=False),
+        few, many, keys = self.latency_clients, self.clients, self.keys
+        phases = [
+            PhaseSpec(f"pairs/many/{few}", "pairs", few, hot=False, keys=keys),
+            PhaseSpec(f"check/many/{few}", "check", few, hot=False, keys=keys),
+            PhaseSpec(f"pairs/many/{many}", "pairs", many, hot=False, keys=keys),
+            PhaseSpec(f"pairs/hot/{many}", "pairs", many, hot=True, keys=keys),
+            PhaseSpec(f"check/many/{many}", "check", many, hot=False, keys=keys),
+            PhaseSpec(f"usage/many/{many}", "usage", many, hot=False, keys=keys),
         ]
+        if keys:
+            phases.insert(3, PhaseSpec(f"pairs/many/{many} no-keys", "pairs", many, hot=False,
+                                       keys=False))  # fmt: skip
+        return phases
 
     def large_phases(self) -> list[PhaseSpec]:
         """With --seed-users: start+complete at few clients over `hot_users` of the large
@@ -79,6 +86,13 @@ def parse_options(argv: list[str] | None = None) -> Options:
     add("--data-dir", type=Path, default=Path(".creditd/bench"), help="embedded server data")
     add("--output", type=Path, default=RESULTS_PATH, help="the Markdown report to write")
     add("--profile", action="store_true", help="run the service under pyinstrument")
+    add(
+        "--no-keys",
+        dest="keys",
+        action="store_false",
+        help="send no Idempotency-Key (default: a fresh uuid4 key on every POST, and the "
+        "throughput pairs phase once more without keys)",
+    )
     add(
         "--service-workers",
         type=int,

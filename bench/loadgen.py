@@ -10,6 +10,7 @@ import asyncio
 import random
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,7 @@ class PhaseSpec:
     clients: int
     hot: bool
     population: int = 0
+    keys: bool = True  # a fresh Idempotency-Key (uuid4) on every POST, as the README advises
 
 
 @dataclass(frozen=True)
@@ -102,12 +104,13 @@ class Recorder:
 
 
 async def _call(
-    conn: Connection, rec: Recorder, op: str, path: str, body: object
+    conn: Connection, rec: Recorder, op: str, path: str, body: object, keys: bool
 ) -> dict[str, Any] | None:
     """One timed POST; the decoded body when it succeeded, else None (counted as an error)."""
+    key = str(uuid.uuid4()) if keys else None
     started = time.perf_counter()
     try:
-        response = await conn.request("POST", path, body)
+        response = await conn.request("POST", path, body, idempotency_key=key)
     except Exception:
         rec.record(op, started, ok=False)
         await asyncio.sleep(0.01)  # do not spin if the service went away
@@ -132,28 +135,28 @@ class LargePopulation:
 Users = list[str] | LargePopulation
 
 
-async def pairs_client(conn: Connection, rec: Recorder, users: Users) -> None:
+async def pairs_client(conn: Connection, rec: Recorder, users: Users, keys: bool) -> None:
     """Start then complete transactions until the window closes."""
     while time.perf_counter() < rec.window_end:
         body = {"user_id": random.choice(users), "model": "gpt-4o", "provisional_tokens": TOKENS}
-        started = await _call(conn, rec, "start", "/v1/transactions/start", body)
+        started = await _call(conn, rec, "start", "/v1/transactions/start", body, keys)
         if started is not None:
             path = f"/v1/transactions/{started['transaction_id']}/complete"
-            await _call(conn, rec, "complete", path, COMPLETE_BODY)
+            await _call(conn, rec, "complete", path, COMPLETE_BODY, keys)
 
 
-async def usage_client(conn: Connection, rec: Recorder, users: Users) -> None:
+async def usage_client(conn: Connection, rec: Recorder, users: Users, keys: bool) -> None:
     """Record one-shot usage (POST /v1/usage: one charge per request) until the window closes."""
     while time.perf_counter() < rec.window_end:
         body = {"user_id": random.choice(users), "model": "gpt-4o", "tokens": USAGE_TOKENS}
-        await _call(conn, rec, "usage", "/v1/usage", body)
+        await _call(conn, rec, "usage", "/v1/usage", body, keys)
 
 
-async def check_client(conn: Connection, rec: Recorder, users: Users) -> None:
+async def check_client(conn: Connection, rec: Recorder, users: Users, keys: bool) -> None:
     """Check admission until the window closes."""
     while time.perf_counter() < rec.window_end:
         body = {"user_id": random.choice(users), "model": "gpt-4o", "provisional_tokens": TOKENS}
-        await _call(conn, rec, "check", "/v1/check", body)
+        await _call(conn, rec, "check", "/v1/check", body, keys)
 
 
 async def run_phase(spec: LoadSpec, phase: PhaseSpec) -> PhaseResult:
@@ -165,7 +168,7 @@ async def run_phase(spec: LoadSpec, phase: PhaseSpec) -> PhaseResult:
     rec = Recorder(now + spec.warmup, now + spec.warmup + spec.duration)
     client = CLIENTS[phase.kind]
     conns = [Connection(spec.port, spec.token) for _ in range(phase.clients)]
-    tasks = [asyncio.create_task(client(conn, rec, users)) for conn in conns]
+    tasks = [asyncio.create_task(client(conn, rec, users, phase.keys)) for conn in conns]
     await asyncio.sleep(spec.warmup)
     before = CpuSample.take(spec.service_pid, spec.postmaster_pid)
     await asyncio.sleep(spec.duration)

@@ -17,6 +17,7 @@ from bench.stats import PhaseResult, median_phase
 # Issue 12's goals.
 RATIO_GOAL = 0.5
 USAGE_RATIO_GOAL = 1.5
+KEYS_RATIO_GOAL = 0.9  # keyed / unkeyed start+complete throughput, same run
 LARGE_RATIO_GOAL = 1.2
 CHECK_P99_GOAL_MS = 5.0
 START_P99_GOAL_MS = 10.0
@@ -156,6 +157,21 @@ def _goals(bench: Benchmark, phases: list[PhaseResult]) -> list[tuple[str, str, 
             start_p99.ops["start"].p99_ms <= START_P99_GOAL_MS,
         ),
     ]
+    if opts.keys:
+        name = f"pairs/many/{opts.clients}"
+        keyed = statistics.median(
+            run.phase(name).rps / run.phase(f"{name} no-keys").rps
+            for run in bench.runs
+            if run.phase(f"{name} no-keys").rps
+        )
+        rows.append(
+            (
+                f"start+complete with an Idempotency-Key on every POST >= {KEYS_RATIO_GOAL} x "
+                f"without keys (same run, {opts.clients} clients)",
+                f"{keyed:.2f}x",
+                keyed >= KEYS_RATIO_GOAL,
+            )
+        )
     if bench.large is not None:
         for phase in bench.large.medians():
             for stat in ("p50_ms", "p99_ms"):

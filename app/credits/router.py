@@ -21,7 +21,6 @@ from app.credits import service as credits
 from app.credits.exceptions import InsufficientCredits
 from app.credits.schemas import CreditIn, DebitIn, DebitOut, GrantCreated, GrantOut, LedgerEntryOut
 from app.db.session import Session
-from app.events import service as events
 from app.routing import TransactionalRoute
 from app.users import service as users
 from app.users.exceptions import UserNotFound
@@ -45,30 +44,7 @@ async def grant_credits(
     account = await users.lock_account(
         session, principal, users.check_path_id(user_id), auto_create=False
     )
-    grant, entry = await credits.grant(
-        session,
-        account,
-        amount=body.amount,
-        source=body.source,
-        reason=body.reason,
-        expires_at=body.expires_at,
-        category=body.category,
-    )
-    await events.record(
-        session,
-        project_id=principal.project_id,
-        type="credits.granted",
-        user_id=account.user_id,
-        data={
-            "grant_id": str(grant.id),
-            "amount": body.amount,
-            "source": body.source,
-            "category": body.category,
-            "ledger_entry_id": entry,
-            "balance": account.available,
-        },
-    )
-    return GrantCreated(**GrantOut.model_validate(grant).model_dump(), balance=account.available)
+    return await credits.grant_by_api(session, account, body)
 
 
 @router.post(
@@ -85,15 +61,7 @@ async def debit_credits(
     account = await users.lock_account(
         session, principal, users.check_path_id(user_id), auto_create=False
     )
-    entry = await credits.debit(session, account, amount=body.amount, reason=body.reason)
-    await events.record(
-        session,
-        project_id=principal.project_id,
-        type="credits.debited",
-        user_id=account.user_id,
-        data={"amount": body.amount, "ledger_entry_id": entry, "balance": account.available},
-    )
-    return DebitOut(ledger_entry_id=entry, amount=body.amount, balance=account.available)
+    return await credits.debit_by_api(session, account, body)
 
 
 @router.get(

@@ -21,6 +21,7 @@ from app.credits import gate
 from app.credits import repository as repo
 from app.credits.exceptions import InsufficientCredits
 from app.credits.repository import LockedAccount
+from app.credits.schemas import CreditIn, DebitIn, DebitOut, GrantCreated, GrantOut
 from app.db import writes
 from app.db.models import Grant
 from app.db.writes import Write
@@ -246,6 +247,58 @@ async def debit(
         debt_delta=amount,
         reason=reason,
     )
+
+
+async def grant_by_api(
+    session: AsyncSession, account: LockedAccount, body: CreditIn
+) -> GrantCreated:
+    """``POST …/credits`` of a user or a team: the grant and its ``credits.granted`` event (a
+    team's carries ``team_id`` and no user)."""
+    grant_row, entry = await grant(
+        session,
+        account,
+        amount=body.amount,
+        source=body.source,
+        reason=body.reason,
+        expires_at=body.expires_at,
+        category=body.category,
+    )
+    await events.record(
+        session,
+        project_id=account.project_id,
+        type="credits.granted",
+        user_id=account.user_id,
+        data={
+            "grant_id": str(grant_row.id),
+            "amount": body.amount,
+            "source": body.source,
+            "category": body.category,
+            "ledger_entry_id": entry,
+            "balance": account.available,
+            **account.owner,
+        },
+    )
+    return GrantCreated(
+        **GrantOut.model_validate(grant_row).model_dump(), balance=account.available
+    )
+
+
+async def debit_by_api(session: AsyncSession, account: LockedAccount, body: DebitIn) -> DebitOut:
+    """``POST …/debits`` of a user or a team: the debit and its ``credits.debited`` event."""
+    entry = await debit(session, account, amount=body.amount, reason=body.reason)
+    await events.record(
+        session,
+        project_id=account.project_id,
+        type="credits.debited",
+        user_id=account.user_id,
+        data={
+            "amount": body.amount,
+            "ledger_entry_id": entry,
+            "balance": account.available,
+            **account.owner,
+        },
+    )
+    return DebitOut(ledger_entry_id=entry, amount=body.amount, balance=account.available)
 
 
 async def hold(

@@ -22,7 +22,6 @@ from app.credits import service as credits
 from app.credits.exceptions import InsufficientCredits
 from app.credits.schemas import CreditIn, DebitIn, DebitOut, GrantCreated, GrantOut, LedgerEntryOut
 from app.db.session import Session
-from app.events import service as events
 from app.routing import TransactionalRoute
 from app.teams import service
 from app.teams.exceptions import (
@@ -158,30 +157,7 @@ async def grant_credits(
     if body.expires_at is not None and body.expires_at <= utcnow():
         raise ExpiryInPast()
     account = await service.lock_account(session, principal, team_id)
-    grant, entry = await credits.grant(
-        session,
-        account,
-        amount=body.amount,
-        source=body.source,
-        reason=body.reason,
-        expires_at=body.expires_at,
-        category=body.category,
-    )
-    await events.record(
-        session,
-        project_id=principal.project_id,
-        type="credits.granted",
-        data={
-            "grant_id": str(grant.id),
-            "amount": body.amount,
-            "source": body.source,
-            "category": body.category,
-            "ledger_entry_id": entry,
-            "balance": account.available,
-            **account.owner,
-        },
-    )
-    return GrantCreated(**GrantOut.model_validate(grant).model_dump(), balance=account.available)
+    return await credits.grant_by_api(session, account, body)
 
 
 @router.post(
@@ -196,19 +172,7 @@ async def debit_credits(
     session: Session, principal: WriteKey, team_id: str, body: DebitIn
 ) -> DebitOut:
     account = await service.lock_account(session, principal, team_id)
-    entry = await credits.debit(session, account, amount=body.amount, reason=body.reason)
-    await events.record(
-        session,
-        project_id=principal.project_id,
-        type="credits.debited",
-        data={
-            "amount": body.amount,
-            "ledger_entry_id": entry,
-            "balance": account.available,
-            **account.owner,
-        },
-    )
-    return DebitOut(ledger_entry_id=entry, amount=body.amount, balance=account.available)
+    return await credits.debit_by_api(session, account, body)
 
 
 @router.get(

@@ -1,9 +1,9 @@
 """The route class every /v1 route uses: one request = one database transaction.
 
 It opens the session, runs the handler, and commits before the response leaves. For a POST
-with ``Idempotency-Key`` it also takes a transaction-scoped advisory lock on the key, replays a
-stored response, and stores the new one *in the same transaction* as the effect it describes,
-so a stored response exists exactly when its effect was committed.
+with ``Idempotency-Key`` it claims the key with the transaction's BEGIN, replays a stored
+response, and stores the new one with its COMMIT, *in the same transaction* as the effect it
+describes, so a stored response exists exactly when its effect was committed.
 
 Transient database failures leave ``Database.transaction()`` as 503s. When only the reply to
 COMMIT was lost, a request with a key reads its stored response back to learn whether the
@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -59,7 +60,7 @@ from app.db.exceptions import (
     StatementTimeout,
 )
 from app.db.models.idempotency_key import OPERATOR_SCOPE
-from app.db.session import Database, driver
+from app.db.session import Database, Opening, driver
 from app.idempotency import repository as idem_repo
 from app.idempotency.exceptions import (
     IdempotencyKeyInFlight,
@@ -199,6 +200,16 @@ class _Claim:
     request_hash: str
     ttl: timedelta
 
+    def opening(self) -> Opening:
+        return idem_repo.claim_opening(
+            project_id=self.scope,
+            key=self.key,
+            method=self.method,
+            path=self.path,
+            request_hash=self.request_hash,
+            ttl=self.ttl,
+        )
+
 
 class _Refused(Exception):
     """The handler raised a business error: its transaction is rolled back, the error stored."""
@@ -216,28 +227,30 @@ async def _keyed(
 ) -> Response:
     """A POST with ``Idempotency-Key``: replay its stored response, or run it and store one.
 
-    Common path, one transaction: claim the key (the first statement), run the handler,
-    write the response into the claimed row. No advisory lock and no savepoint: a business
-    error rolls the whole transaction back (its effects and the claim) and is stored by a
-    second, short transaction instead.
+    Common path, one transaction and no round trip of its own: the claim of the key rides
+    with BEGIN, the handler runs, the response rides with COMMIT (``app/db/session.py``).
+    No advisory lock and no savepoint: a business error rolls the whole transaction back (its
+    effects and the claim) and is stored by a second, short transaction instead.
     """
-    claim: _Claim | None = None
+    # Authorised before anything can be replayed; a key this process has not verified lately
+    # is looked up in a short transaction of its own (app/auth/dependencies.py).
+    scope = await route.idempotency_scope(request)
+    claim = await _claim_for(request, scope, key)
     response: Response | None = None
     try:
         try:
-            async with db.transaction() as session:
+            async with db.transaction(opening=claim.opening()) as session:
                 gate.attach(session, request.app.state.account_gate)
                 request.state.session = session
-                scope = await route.idempotency_scope(request)
-                claim = await _claim_for(request, scope, key)
-                response = await _run_claimed(request, handler, driver(session), claim)
+                if not idem_repo.claimed(session):
+                    return await _replay(driver(session), claim)
+                response = await _run_claimed(request, handler, session, claim)
         except _Refused as refused:
-            assert claim is not None
             response = refused.response
             async with db.transaction() as session:
                 response = await _store_refusal(driver(session), claim, response)
     except CommitOutcomeUnknown:
-        if claim is not None and response is not None and response.status_code < 500:
+        if response is not None and response.status_code < 500:
             return await _settle_lost_commit(db, claim, response)
         raise
     return response
@@ -275,21 +288,10 @@ async def _replay(conn: Any, claim: _Claim) -> Response:
 async def _run_claimed(
     request: Request,
     handler: Callable[[Request], Awaitable[Response]],
-    conn: Any,
+    session: AsyncSession,
     claim: _Claim,
 ) -> Response:
-    """Claim the key, run the handler, store its response in the claimed row."""
-    claimed = await idem_repo.claim(
-        conn,
-        project_id=claim.scope,
-        key=claim.key,
-        method=claim.method,
-        path=claim.path,
-        request_hash=claim.request_hash,
-        ttl=claim.ttl,
-    )
-    if not claimed:
-        return await _replay(conn, claim)
+    """Run the handler under the claimed key; its response is stored with the COMMIT."""
     refused: AppError | None = None
     try:
         response = await handler(request)
@@ -302,10 +304,10 @@ async def _run_claimed(
         # the transaction's rollback does not mistake it for a database fault.
         raise _Refused(problem_from_error(request, refused))
     if response.status_code >= 500:
-        await idem_repo.release(conn, project_id=claim.scope, key=claim.key)
+        await idem_repo.release(driver(session), project_id=claim.scope, key=claim.key)
         return response
-    await idem_repo.store(
-        conn,
+    idem_repo.store_with_commit(
+        session,
         project_id=claim.scope,
         key=claim.key,
         status_code=response.status_code,

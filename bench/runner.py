@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -58,6 +59,24 @@ def run_load(
     return [PhaseResult.from_json(p) for p in orjson.loads(result.stdout)]
 
 
+PRIME_SECONDS = 3
+
+
+def prime(opts: Options, service: Service, key: str, pg: Postgres) -> None:
+    """Bring the fresh database to a steady state before measuring, as `pgbench -i` does
+    (it vacuums its tables): a few seconds of every kind of request, then VACUUM ANALYZE.
+    Until its first (auto)analyze, an empty table has no statistics, and the plans cached
+    meanwhile may pick any index that matches (say, the transactions' per-user index for a
+    lookup by id) until autovacuum gets to it a minute later."""
+    log(f"priming: {PRIME_SECONDS} s of pairs, check and usage, then VACUUM ANALYZE")
+    spec = [
+        PhaseSpec(f"prime/{kind}", kind, opts.latency_clients, hot=False, keys=opts.keys)
+        for kind in ("pairs", "check", "usage")
+    ]
+    run_load(replace(opts, duration=PRIME_SECONDS, warmup=0), service, key, pg, spec)
+    pg.psql("VACUUM ANALYZE", CREDITD_DB)
+
+
 def measure(opts: Options, pg: Postgres, peer_python: Path | None = None) -> Benchmark:
     """Prepare both databases, then run pgbench and the phases `opts.runs` times, then verify."""
     log(f"databases: {CREDITD_DB}, {PGBENCH_DB} (pgbench -i -s {opts.pgbench_scale})")
@@ -70,6 +89,7 @@ def measure(opts: Options, pg: Postgres, peer_python: Path | None = None) -> Ben
     with run_service(pg.url(CREDITD_DB), service_log, profile, opts.service_workers) as service:
         log(f"service on 127.0.0.1:{service.port}; seeding {opts.users} users")
         key = setup(service, opts.users)
+        prime(opts, service, key, pg)
         for i in range(1, opts.runs + 1):
             log(f"run {i}/{opts.runs}: pgbench ({opts.duration} s)")
             before = CpuSample.take(service.process.pid, pg.postmaster_pid())

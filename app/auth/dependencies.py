@@ -21,6 +21,7 @@ from app.core.errors import RateLimited
 from app.core.middleware import add_response_headers
 from app.core.security import constant_time_equals
 from app.core.settings import Settings
+from app.db.session import Database
 
 
 def _bearer(request: Request) -> str | None:
@@ -44,6 +45,17 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+async def _authenticate(request: Request, cache: KeyCache, raw_key: str | None) -> Principal:
+    """Look the key up in the request's transaction, or, before it has one (a keyed POST
+    authorises before its transaction opens with the key's claim), in a short one."""
+    session = getattr(request.state, "session", None)
+    if session is not None:
+        return await authenticate(session, cache, raw_key)
+    db: Database = request.app.state.db
+    async with db.transaction(readonly=True) as own:
+        return await authenticate(own, cache, raw_key)
+
+
 async def get_principal(request: Request) -> Principal:
     """Authenticate once per request (the idempotency layer may already have done it)."""
     principal: Principal | None = getattr(request.state, "principal", None)
@@ -64,7 +76,7 @@ async def get_principal(request: Request) -> Principal:
                     "Too many failed authentications from this address; retry later.",
                     headers=refused.headers(),
                 )
-            principal = await authenticate(request.state.session, cache, raw_key)
+            principal = await _authenticate(request, cache, raw_key)
     except InvalidApiKey:
         await limits.auth_failed(client_address(request))
         raise

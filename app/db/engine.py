@@ -68,6 +68,8 @@ def create_engine(settings: DatabaseSettings, *, pool_size: int | None = None) -
                 "lock_timeout": str(settings.lock_timeout_ms),
                 "idle_in_transaction_session_timeout": "60000",
                 "timezone": "UTC",
+                # app/db/literals.py quotes for this (the default since 9.1): pinned anyway.
+                "standard_conforming_strings": "on",
             },
         },
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import structlog
@@ -43,6 +44,54 @@ def _fault(exc: BaseException, *, closed: bool, connecting: bool = False) -> Dat
     return kind()
 
 
+_ISOLATION = {
+    "read_committed": "READ COMMITTED",
+    "repeatable_read": "REPEATABLE READ",
+    "serializable": "SERIALIZABLE",
+}
+_PREPARED_FLAG = "creditd.prepared"
+_COMMIT_WITH = "creditd.commit_with"
+_OPENED = "creditd.opened"
+
+# Statements that ride along with BEGIN or COMMIT (``Opening``, ``commit_with``) run in the
+# simple-query protocol, which takes no parameters: they are prepared once on each pooled
+# connection (name -> "PREPARE name(types) AS ...") and executed with literal arguments
+# (``app/db/literals.py``).
+_PREPARED: dict[str, str] = {}
+
+
+def prepared(name: str, types: str, sql: str) -> str:
+    """Register ``sql`` to be prepared as ``name`` on every connection; returns ``name``."""
+    _PREPARED[name] = f"PREPARE {name}({types}) AS {sql}"
+    return name
+
+
+def _begin_sql(isolation: str | None, readonly: bool) -> str:
+    sql = "BEGIN"
+    if isolation is not None:
+        sql += f" ISOLATION LEVEL {_ISOLATION[isolation]}"
+    if readonly:
+        sql += " READ ONLY"
+    return sql
+
+
+@dataclass(frozen=True)
+class Opening:
+    """A statement sent in the same round trip as BEGIN (a simple query, literal arguments):
+    the claim of an ``Idempotency-Key``. ``translate`` turns its own errors into the request's
+    answer (None: handled as any database error)."""
+
+    sql: str
+    translate: Callable[[Exception], Exception | None] = lambda exc: None
+
+
+async def send(raw: Any, sql: str) -> str:
+    """One simple query (BEGIN, COMMIT, ROLLBACK and what rides along); its last status tag.
+    The one place those statements leave, so fault tests can lose a COMMIT's reply here."""
+    status: str = await raw.execute(sql)
+    return status
+
+
 class Database:
     """The engine, owned by the app's lifespan or a worker."""
 
@@ -51,12 +100,18 @@ class Database:
 
     @asynccontextmanager
     async def transaction(
-        self, *, isolation: str | None = None, readonly: bool = False
+        self,
+        *,
+        isolation: str | None = None,
+        readonly: bool = False,
+        opening: Opening | None = None,
     ) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on error.
 
-        ``isolation``/``readonly`` as asyncpg takes them (e.g. "repeatable_read", True for one
-        read-only snapshot); the default is the server's (READ COMMITTED).
+        ``isolation`` ("repeatable_read", "serializable") and ``readonly``; the default is
+        the server's READ COMMITTED. ``opening`` is executed with BEGIN in one round trip; its
+        status tag is ``opened(session)``. ``commit_with(session, sql)`` sends ``sql`` with
+        COMMIT in one round trip.
 
         Raises a ``DatabaseFault`` for transient failures; ``CommitOutcomeUnknown`` only when
         the connection broke while COMMIT was in flight.
@@ -72,28 +127,20 @@ class Database:
         try:
             raw = (await conn.get_raw_connection()).driver_connection
             assert raw is not None
-            tx = raw.transaction(isolation=isolation, readonly=readonly)
-            try:
-                await tx.start()
-            except BaseException as exc:
-                await conn.invalidate()  # asyncpg keeps a half-begun transaction on it
-                fault = _fault(exc, closed=True) if isinstance(exc, Exception) else None
-                if fault is None:
-                    raise
-                raise fault from exc
             session = AsyncSession(bind=conn, expire_on_commit=False, autoflush=False)
             session.info[_DRIVER] = raw
+            await _begin(conn, raw, session, _begin_sql(isolation, readonly), opening)
             try:
                 yield session
             except BaseException as exc:
                 await _close_quietly(session)
-                await _roll_back(conn, raw, tx)
+                await _roll_back(conn, raw)
                 fault = _fault(exc, closed=raw.is_closed()) if isinstance(exc, Exception) else None
                 if fault is None or fault is exc:
                     raise
                 raise fault from exc
             await session.close()
-            await _commit(conn, raw, tx)
+            await _commit(conn, raw, session.info.get(_COMMIT_WITH))
         finally:
             if session is not None:
                 for callback in session.info.get(_ON_END, ()):
@@ -104,6 +151,41 @@ class Database:
         await self.engine.dispose()
 
 
+async def _begin(
+    conn: AsyncConnection, raw: Any, session: AsyncSession, begin: str, opening: Opening | None
+) -> None:
+    """BEGIN (with the opening statement); on a connection new to us, prepare first."""
+    try:
+        if _PREPARED and not conn.info.get(_PREPARED_FLAG):
+            await send(raw, "; ".join(_PREPARED.values()))
+            conn.info[_PREPARED_FLAG] = True
+        if opening is None:
+            await send(raw, begin)
+            return
+        session.info[_OPENED] = await send(raw, f"{begin}; {opening.sql}")
+    except BaseException as exc:
+        await _roll_back(conn, raw)
+        answer = opening.translate(exc) if opening and isinstance(exc, Exception) else None
+        if answer is not None:
+            raise answer from None
+        fault = _fault(exc, closed=True) if isinstance(exc, Exception) else None
+        if fault is None:
+            raise
+        raise fault from exc
+
+
+def opened(session: AsyncSession) -> str:
+    """The status tag of the transaction's ``Opening`` statement."""
+    status: str = session.info[_OPENED]
+    return status
+
+
+def commit_with(session: AsyncSession, sql: str) -> None:
+    """Send ``sql`` (a simple-query statement) in COMMIT's round trip, just before it: applied
+    exactly when the transaction commits. Replaces an earlier one."""
+    session.info[_COMMIT_WITH] = sql
+
+
 async def _close_quietly(session: AsyncSession) -> None:
     try:
         await session.close()
@@ -111,24 +193,25 @@ async def _close_quietly(session: AsyncSession) -> None:
         log.warning("session_close_failed", error=type(exc).__name__)
 
 
-async def _roll_back(conn: AsyncConnection, raw: Any, tx: Any) -> None:
+async def _roll_back(conn: AsyncConnection, raw: Any) -> None:
     """Roll back; a connection that is closed or cannot roll back is invalidated."""
     if not raw.is_closed():
         try:
-            await tx.rollback()
+            if raw.is_in_transaction():
+                await send(raw, "ROLLBACK")
             return
         except Exception as exc:  # the connection is unusable: log and drop it
             log.warning("rollback_failed", error=type(exc).__name__, detail=str(exc)[:200])
     await conn.invalidate()
 
 
-async def _commit(conn: AsyncConnection, raw: Any, tx: Any) -> None:
+async def _commit(conn: AsyncConnection, raw: Any, commit_with: str | None) -> None:
     if raw.is_closed():
         # Lost after the last statement and before COMMIT: the server rolled it back.
         await conn.invalidate()
         raise DatabaseUnavailable("The connection to the database was lost; nothing was changed.")
     try:
-        await tx.commit()
+        await send(raw, "COMMIT" if commit_with is None else f"{commit_with}; COMMIT")
     except Exception as exc:
         closed = raw.is_closed()
         await conn.invalidate()  # rare; a fresh connection is cheaper than doubt
@@ -140,7 +223,7 @@ async def _commit(conn: AsyncConnection, raw: Any, tx: Any) -> None:
                 "The connection broke while committing: the change may or may not be applied. "
                 "Retry with the same Idempotency-Key to get the first result or apply it once."
             ) from exc
-        raise fault from exc  # the server refused the COMMIT: it rolled back
+        raise fault from exc  # the server refused the COMMIT (or what rode along): rolled back
 
 
 def on_end(session: AsyncSession, callback: Callable[[], None]) -> None:

@@ -9,6 +9,8 @@ import orjson
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import literals as lit
+from app.db import session as session_db
 from app.db.models import IdempotencyKey
 from app.idempotency.exceptions import IdempotencyKeyInFlight
 
@@ -47,6 +49,72 @@ _GET_LIVE = """
 SELECT request_hash, status_code, headers::text AS headers, body FROM idempotency_keys
 WHERE project_id = $1 AND key = $2 AND expires_at > now()
 """
+
+
+# The same claim and store, prepared on every connection (app/db/session.py) for the common
+# path, where they ride along with BEGIN and with COMMIT: no round trip of their own.
+_CLAIM_PREPARED = session_db.prepared(
+    "creditd_claim",
+    "uuid, text, text, text, text, integer, text, bytea, interval",
+    _CLAIM,
+)
+_STORE_PREPARED = session_db.prepared("creditd_store", "uuid, text, integer, text, bytea", _STORE)
+_CLAIMED = "INSERT 0 1"  # the claim's status tag when it inserted (or took over) the row
+
+
+def claim_opening(
+    *,
+    project_id: uuid.UUID,
+    key: str,
+    method: str,
+    path: str,
+    request_hash: str,
+    ttl: timedelta,
+) -> session_db.Opening:
+    """The claim as the statement opening the request's transaction (with BEGIN, one round
+    trip); ``claimed(session)`` then says whether it claimed the key."""
+    args = (
+        lit.uuid_(project_id),
+        lit.text(key),
+        lit.text(method),
+        lit.text(path),
+        lit.text(request_hash),
+        lit.integer(IN_FLIGHT),
+        lit.text("{}"),
+        lit.bytea(b""),
+        lit.interval(ttl),
+    )
+    return session_db.Opening(f"EXECUTE {_CLAIM_PREPARED}({', '.join(args)})", _in_flight)
+
+
+def _in_flight(exc: Exception) -> Exception | None:
+    return IdempotencyKeyInFlight() if isinstance(exc, asyncpg.LockNotAvailableError) else None
+
+
+def claimed(session: AsyncSession) -> bool:
+    """Whether the transaction's opening claim took the key (else a live row holds it)."""
+    return session_db.opened(session) == _CLAIMED
+
+
+def store_with_commit(
+    session: AsyncSession,
+    *,
+    project_id: uuid.UUID,
+    key: str,
+    status_code: int,
+    headers: dict[str, str],
+    body: bytes,
+) -> None:
+    """Write the response into the claimed row in COMMIT's round trip (stored exactly when
+    the transaction commits)."""
+    args = (
+        lit.uuid_(project_id),
+        lit.text(key),
+        lit.integer(status_code),
+        lit.text(orjson.dumps(headers).decode()),
+        lit.bytea(body),
+    )
+    session_db.commit_with(session, f"EXECUTE {_STORE_PREPARED}({', '.join(args)})")
 
 
 @dataclass(frozen=True)

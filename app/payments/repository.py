@@ -113,17 +113,19 @@ async def set_provider_payment_id(
     """Record the provider's payment id; False when another payment already holds it (the
     unique index says so even against a concurrent writer)."""
     conn = driver(session)
+    await conn.execute("SAVEPOINT provider_payment_id")  # the violation must not end the request
     try:
-        async with conn.transaction():  # a savepoint: the violation must not end the request
-            await conn.execute(
-                "UPDATE payments SET provider_payment_id = $3, updated_at = now() "
-                "WHERE project_id = $1 AND id = $2",
-                project_id,
-                payment_id,
-                provider_payment_id,
-            )
+        await conn.execute(
+            "UPDATE payments SET provider_payment_id = $3, updated_at = now() "
+            "WHERE project_id = $1 AND id = $2",
+            project_id,
+            payment_id,
+            provider_payment_id,
+        )
     except asyncpg.UniqueViolationError:
+        await conn.execute("ROLLBACK TO SAVEPOINT provider_payment_id")
         return False
+    await conn.execute("RELEASE SAVEPOINT provider_payment_id")
     return True
 
 

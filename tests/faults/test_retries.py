@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest
-from asyncpg.transaction import Transaction
 
 from app.core.settings import ApiSettings, DatabaseSettings, Settings
+from app.db import session as session_module
 from app.main import create_app
 from tests.conftest import ADMIN_TOKEN, Project, create_project
 from tests.fixtures.locks import account_locked
@@ -23,25 +23,25 @@ START = {"user_id": "u", "model": "m", "provisional_tokens": {"input_tokens": 10
 
 @pytest.fixture
 def lose_next_commit(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
-    """The next top-level COMMIT loses its reply: the connection dies right after COMMIT was
-    sent, having committed (``applied``) or not. asyncpg then raises what it raises when the
-    server goes away mid-operation."""
-    original = Transaction.commit
+    """The next COMMIT loses its reply: the connection dies right after COMMIT (with what
+    rides along with it, a stored idempotent response) was sent, having committed
+    (``applied``) or not. asyncpg then raises what it raises when the server goes away
+    mid-operation."""
+    original = session_module.send
     plan = {"armed": False, "applied": False}
 
-    async def commit(self: Transaction) -> None:
-        if not plan["armed"]:
-            await original(self)
-            return
+    async def send(raw: asyncpg.Connection, sql: str) -> str:
+        if not plan["armed"] or not sql.endswith("COMMIT"):
+            return await original(raw, sql)
         plan["armed"] = False
         if plan["applied"]:
-            await original(self)
-        self._connection.terminate()
+            await original(raw, sql)
+        raw.terminate()
         raise asyncpg.ConnectionDoesNotExistError(
             "connection was closed in the middle of operation"
         )
 
-    monkeypatch.setattr(Transaction, "commit", commit)
+    monkeypatch.setattr(session_module, "send", send)
     return plan
 
 

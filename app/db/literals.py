@@ -1,0 +1,47 @@
+"""SQL literals for the few statements sent in the simple-query protocol.
+
+Parameters cannot travel in a simple query, and only a simple query carries several statements
+in one round trip: ``BEGIN`` with the claim of an ``Idempotency-Key``, the stored response with
+``COMMIT`` (``app/db/session.py``). Those statements are server-side prepared once per
+connection and executed here with literal arguments, so the server parses a short ``EXECUTE``
+and plans nothing.
+
+The quoting relies on ``standard_conforming_strings = on`` (the default since PostgreSQL 9.1,
+and pinned per connection in ``app/db/engine.py``): inside '...' only a quote is special, and a
+doubled quote stands for itself. A NUL byte cannot be represented and is refused.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+
+def text(value: str) -> str:
+    """A text literal."""
+    if "\x00" in value:
+        raise ValueError("a text literal cannot hold NUL")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def bytea(value: bytes) -> str:
+    """A bytea literal in hex form."""
+    return "'\\x" + value.hex() + "'"
+
+
+def integer(value: int) -> str:
+    """An integer literal (``bool`` is not an integer here)."""
+    if type(value) is not int:
+        raise TypeError(f"not an int: {value!r}")
+    return str(value)
+
+
+def uuid_(value: uuid.UUID) -> str:
+    """A uuid literal."""
+    return f"'{uuid.UUID(str(value))}'"
+
+
+def interval(value: timedelta) -> str:
+    """An interval literal in whole microseconds."""
+    micros = (value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds
+    return f"'{micros} microseconds'"

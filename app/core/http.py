@@ -151,6 +151,10 @@ def _encodes(text: str) -> bool:
     return True
 
 
+# What json.loads(body, parse_float=Decimal) does, without a new decoder for every body.
+_DECIMAL_JSON = json.JSONDecoder(parse_float=Decimal)
+
+
 class DecimalRequest(Request):
     """A request whose JSON numbers with a fraction or exponent parse as ``Decimal``, and whose
     body is refused (422) when it holds what PostgreSQL cannot store: NUL characters, lone
@@ -161,7 +165,9 @@ class DecimalRequest(Request):
         if not hasattr(self, "_json"):
             body = await self.body()
             try:
-                parsed = json.loads(body, parse_float=Decimal)
+                parsed = _DECIMAL_JSON.decode(
+                    body.decode(json.detect_encoding(body), "surrogatepass")
+                )
             except json.JSONDecodeError:
                 raise
             except RecursionError:

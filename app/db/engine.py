@@ -31,8 +31,11 @@ def _exact_int(text: str) -> int | Decimal:
     return value if -_INT64 <= value <= _INT64 else Decimal(text)
 
 
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_int=_exact_int)
+
+
 def _json_loads(value: str) -> Any:
-    return json.loads(value, parse_float=Decimal, parse_int=_exact_int)
+    return _DECODER.decode(value)  # json.loads(value, ...) would build a decoder per value
 
 
 def _discard_if_closed(

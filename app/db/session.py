@@ -18,11 +18,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import structlog
 from fastapi import Depends
+from sqlalchemy import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.util import greenlet_spawn
 from starlette.requests import Request
 
 from app.db import faults
@@ -105,73 +107,109 @@ class Database:
         isolation: str | None = None,
         readonly: bool = False,
         opening: Opening | None = None,
+        autocommit: bool = False,
     ) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on error.
 
         ``isolation`` ("repeatable_read", "serializable") and ``readonly``; the default is
         the server's READ COMMITTED. ``opening`` is executed with BEGIN in one round trip; its
         status tag is ``opened(session)``. ``commit_with(session, sql)`` sends ``sql`` with
-        COMMIT in one round trip.
+        COMMIT in one round trip. With ``autocommit`` there is no transaction at all: every
+        statement commits on its own (for reads that need no common snapshot).
 
         Raises a ``DatabaseFault`` for transient failures; ``CommitOutcomeUnknown`` only when
         the connection broke while COMMIT was in flight.
         """
         try:
-            conn = await self.engine.connect()
+            # One greenlet for the pool checkout and the driver connection (SQLAlchemy's
+            # async API would spawn one for each): every greenlet costs a fresh frame stack.
+            sync_conn, raw = await greenlet_spawn(_checkout, self.engine.sync_engine)
         except Exception as exc:
             fault = _fault(exc, closed=False, connecting=True)
             if fault is None:
                 raise
             raise fault from exc
+        conn = AsyncConnection(self.engine, sync_conn)
         session: AsyncSession | None = None
+        settled = False  # committed, rolled back or dropped: fit to go back to the pool
         try:
-            raw = (await conn.get_raw_connection()).driver_connection
-            assert raw is not None
             session = AsyncSession(bind=conn, expire_on_commit=False, autoflush=False)
             session.info[_DRIVER] = raw
-            await _begin(conn, raw, session, _begin_sql(isolation, readonly), opening)
+            if not autocommit:
+                try:
+                    await _begin(conn, raw, session, _begin_sql(isolation, readonly), opening)
+                except Exception as exc:
+                    await _roll_back(conn, raw)
+                    settled = True
+                    _raise_begin_error(exc, opening)
             try:
                 yield session
             except BaseException as exc:
+                if not isinstance(exc, Exception):
+                    # Cancelled (a client gone, a timeout): nothing more may be awaited, and a
+                    # statement may be half-way. Closing the socket rolls back on the server.
+                    raw.terminate()
+                    settled = True
+                    raise
                 await _close_quietly(session)
                 await _roll_back(conn, raw)
-                fault = _fault(exc, closed=raw.is_closed()) if isinstance(exc, Exception) else None
+                settled = True
+                fault = _fault(exc, closed=raw.is_closed())
                 if fault is None or fault is exc:
                     raise
                 raise fault from exc
-            await session.close()
-            await _commit(conn, raw, session.info.get(_COMMIT_WITH))
+            if session.sync_session.in_transaction():  # the ORM was used: release its state
+                await session.close()
+            if not autocommit:
+                await _commit(conn, raw, session.info.get(_COMMIT_WITH))
+            settled = True
         finally:
             if session is not None:
                 for callback in session.info.get(_ON_END, ()):
                     callback()
+            if not settled and not raw.is_closed():
+                raw.terminate()  # left mid-way (cancelled while settling): never pool it so
             await conn.close()
 
     async def dispose(self) -> None:
         await self.engine.dispose()
 
 
+def _checkout(engine: Engine) -> tuple[Connection, Any]:
+    """A pooled connection and its asyncpg connection (runs in a greenlet)."""
+    sync_conn = engine.connect()
+    try:
+        raw = sync_conn.connection.driver_connection
+    except BaseException:
+        sync_conn.close()
+        raise
+    assert raw is not None
+    return sync_conn, raw
+
+
 async def _begin(
     conn: AsyncConnection, raw: Any, session: AsyncSession, begin: str, opening: Opening | None
 ) -> None:
     """BEGIN (with the opening statement); on a connection new to us, prepare first."""
-    try:
-        if _PREPARED and not conn.info.get(_PREPARED_FLAG):
-            await send(raw, "; ".join(_PREPARED.values()))
-            conn.info[_PREPARED_FLAG] = True
-        if opening is None:
-            await send(raw, begin)
-            return
-        session.info[_OPENED] = await send(raw, f"{begin}; {opening.sql}")
-    except BaseException as exc:
-        await _roll_back(conn, raw)
-        answer = opening.translate(exc) if opening and isinstance(exc, Exception) else None
-        if answer is not None:
-            raise answer from None
-        fault = _fault(exc, closed=True) if isinstance(exc, Exception) else None
-        if fault is None:
-            raise
-        raise fault from exc
+    if _PREPARED and not conn.info.get(_PREPARED_FLAG):
+        await send(raw, "; ".join(_PREPARED.values()))
+        conn.info[_PREPARED_FLAG] = True
+    if opening is None:
+        await send(raw, begin)
+        return
+    session.info[_OPENED] = await send(raw, f"{begin}; {opening.sql}")
+
+
+def _raise_begin_error(exc: Exception, opening: Opening | None) -> NoReturn:
+    """Raise what a failed BEGIN (or its opening statement) answers: the opening's own
+    answer, a ``DatabaseFault``, or the error itself."""
+    answer = opening.translate(exc) if opening is not None else None
+    if answer is not None:
+        raise answer from None
+    fault = _fault(exc, closed=True)
+    if fault is None or fault is exc:
+        raise exc
+    raise fault from exc
 
 
 def opened(session: AsyncSession) -> str:
@@ -187,6 +225,8 @@ def commit_with(session: AsyncSession, sql: str) -> None:
 
 
 async def _close_quietly(session: AsyncSession) -> None:
+    if not session.sync_session.in_transaction():
+        return  # the ORM was not used: nothing to release
     try:
         await session.close()
     except Exception as exc:  # already failing: the rollback below decides the connection's fate

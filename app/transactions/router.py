@@ -12,7 +12,7 @@ from app.core.pagination import Page, PageParams, make_page, uuid_page_params
 from app.db.session import Session
 from app.jobs.exceptions import UnknownJob
 from app.pricing.exceptions import CostTooLarge, ExpressionFailed, UnknownModel
-from app.routing import TransactionalRoute
+from app.routing import TransactionalRoute, read_only
 from app.teams.exceptions import NotATeamMember, TeamNotFound
 from app.transactions import service
 from app.transactions.exceptions import (
@@ -167,5 +167,6 @@ async def record_usage(session: Session, principal: UsageKey, body: UsageIn) -> 
     response_model=CheckOut,
     responses=problem_responses(*_USAGE_ERRORS, ExpressionFailed),
 )
+@read_only
 async def check(session: Session, principal: UsageKey, body: CheckIn) -> CheckOut:
     return await service.check(session, principal, body)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import cast
 
+import anyio
 import asyncpg
 import pytest
 from sqlalchemy.pool import QueuePool
@@ -27,7 +28,7 @@ from app.db.exceptions import (
     SerializationFailure,
     StatementTimeout,
 )
-from app.db.session import Database, driver
+from app.db.session import Database, Opening, driver
 
 
 @pytest.fixture
@@ -179,3 +180,46 @@ async def test_an_unreachable_database_is_database_unavailable(tmp_path: Path) -
             await _run(db, "SELECT 1")
     finally:
         await db.dispose()
+
+
+@pytest.mark.parametrize("autocommit", [False, True], ids=["transaction", "autocommit"])
+async def test_a_request_cancelled_mid_statement_never_hands_its_connection_on(
+    small: Database, autocommit: bool
+) -> None:
+    """A task cancelled while its statement runs (a client gone): the connection is dropped,
+    not pooled half-way through a read-only transaction or a statement."""
+    started = asyncio.Event()
+
+    async def slow() -> None:
+        kind = {"autocommit": True} if autocommit else {"readonly": True}
+        async with small.transaction(**kind) as session:  # type: ignore[arg-type]
+            started.set()
+            await driver(session).execute("SELECT pg_sleep(30)")
+
+    # anyio's cancellation, as Starlette's task groups cancel a request whose client left: every
+    # later await in the cancelled scope is cancelled too, so the rollback cannot be awaited.
+    async with anyio.create_task_group() as group:
+        group.start_soon(slow)
+        await started.wait()
+        await asyncio.sleep(0.1)
+        group.cancel_scope.cancel()
+    async with small.transaction() as session:
+        conn = driver(session)
+        assert await conn.fetchval("SHOW transaction_read_only") == "off"
+        await conn.execute("CREATE TEMPORARY TABLE written (a int)")
+        assert await conn.fetchval("SELECT count(*) FROM written") == 0
+
+
+async def test_a_refused_opening_statement_keeps_the_connection(small: Database) -> None:
+    """The statement riding with BEGIN failed on its own (an answer, not a fault): rolled
+    back, the connection is pooled again, and the next transaction is a fresh one."""
+    pid = await _pid(small)
+
+    class Refused(Exception):
+        pass
+
+    opening = Opening("SELECT 1/0", lambda exc: Refused())
+    with pytest.raises(Refused):
+        async with small.transaction(opening=opening):
+            pass
+    assert await _pid(small) == pid

@@ -258,7 +258,7 @@ async def test_a_business_error_is_not_stored_over_a_request_that_took_the_key_m
     it is still in flight (409); the error is not stored over it."""
     await project.user("u")
     headers = {"Idempotency-Key": "k8"}
-    real_store_refusal = routing._store_refusal
+    real_store_once = routing._store_once
     conn = await asyncpg.connect(database_url)
     tx = conn.transaction()
 
@@ -278,13 +278,13 @@ async def test_a_business_error_is_not_stored_over_a_request_that_took_the_key_m
         )
         if committed:
             await tx.commit()
-        return await real_store_refusal(*args, **kwargs)
+        return await real_store_once(*args, **kwargs)
 
     async def refusing(*args: object, **kwargs: object) -> object:
         raise InsufficientCredits()
 
     monkeypatch.setattr(credits_service, "grant", refusing)
-    monkeypatch.setattr(routing, "_store_refusal", after_another_request)
+    monkeypatch.setattr(routing, "_store_once", after_another_request)
     try:
         r = await project.post("/v1/users/u/credits", {"amount": 3}, headers=headers)
         if not committed:
@@ -347,3 +347,59 @@ async def test_operator_replay_needs_the_operator_token(client: httpx.AsyncClien
     replay = await client.post("/v1/admin/projects", json={"name": "a"}, headers=bad)
     assert replay.status_code == 401
     assert "api_key" not in replay.json()
+
+
+@pytest.mark.parametrize("key", ["it's", "a\\b'; DROP TABLE users; --", "café ü", "'" * 255])
+async def test_keys_with_quotes_backslashes_and_unicode_claim_and_replay(
+    project: Project, key: str
+) -> None:
+    """The claim rides with BEGIN and the response with COMMIT as SQL literals: a key (and a
+    path) holding quotes, backslashes or any printable text is stored and matched as sent."""
+    await project.user("u")
+    headers = {"Idempotency-Key": key.encode("latin-1")}  # HTTP header bytes are latin-1
+    first = await project.post("/v1/users/u/credits", {"amount": 3}, headers=headers)
+    second = await project.post("/v1/users/u/credits", {"amount": 3}, headers=headers)
+    assert first.status_code == second.status_code == 201, first.text
+    assert second.headers["idempotent-replayed"] == "true"
+    assert second.content == first.content
+    # A key one character longer (or shorter) is another key.
+    other_key = (key + "x") if len(key) < 255 else key[:-1]
+    other_headers = {"Idempotency-Key": other_key.encode("latin-1")}
+    other = await project.post("/v1/users/u/credits", {"amount": 3}, headers=other_headers)
+    assert other.status_code == 201
+    assert "idempotent-replayed" not in other.headers
+    assert (await balance(project, "u"))["total"] == 6
+
+
+async def test_a_keyed_check_stores_its_answer_and_replays_it(project: Project) -> None:
+    """`POST /v1/check` runs without a transaction (it only reads); with a key, its answer
+    is stored once made and replayed byte for byte, even after the balance changed."""
+    await project.price("_default", 1, 1)
+    await project.user("u", credits=5)
+    check = {"user_id": "u", "model": "m", "provisional_tokens": {"input_tokens": 1000}}
+    headers = {"Idempotency-Key": "check-1"}
+    first = await project.post("/v1/check", check, headers=headers)
+    assert first.status_code == 200, first.text
+    assert first.json()["available"] == 5
+    await project.post("/v1/users/u/credits", {"amount": 2})
+    again = await project.post("/v1/check", check, headers=headers)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    fresh = await project.post("/v1/check", check)
+    assert fresh.json()["available"] == 7
+    reused = await project.post("/v1/check", {**check, "user_id": "v"}, headers=headers)
+    assert (reused.status_code, reused.json()["code"]) == (409, "idempotency_key_reused")
+
+
+async def test_a_keyed_check_stores_a_business_error(project: Project) -> None:
+    await project.user("u", credits=5)
+    check = {"user_id": "u", "model": "unpriced", "provisional_tokens": {"input_tokens": 1}}
+    headers = {"Idempotency-Key": "check-2"}
+    first = await project.post("/v1/check", check, headers=headers)
+    assert first.status_code == 422, first.text
+    assert first.json()["code"] == "unknown_model"
+    await project.price("unpriced", 1, 1)
+    again = await project.post("/v1/check", check, headers=headers)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    assert (await project.post("/v1/check", check)).status_code == 200

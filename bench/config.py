@@ -38,6 +38,10 @@ class Options:
     # A fresh Idempotency-Key on every POST (the README's advice); the throughput pairs phase
     # then runs once more without keys in the same run, to show what a key costs.
     keys: bool = True
+    # Before/after (bench/summary.py): write this run's JSON summary; compare with an earlier one.
+    save: Path | None = None
+    before: Path | None = None
+    label: str | None = None
 
     def phases(self) -> list[PhaseSpec]:
         """The load phases of one run, in order: latency at few clients, then throughput."""
@@ -118,6 +122,24 @@ def parse_options(argv: list[str] | None = None) -> Options:
     add("--seed-users", type=int, default=0, help="seed a large population (bench/scale.py)")
     add("--seed-ledger", type=int, default=0, help="ledger entries of the large population")
     add("--hot-users", type=int, default=1000, help="users of the large population's hot phase")
+    add(
+        "--save",
+        type=Path,
+        metavar="PATH",
+        help="write this run's JSON summary here (for a later --before)",
+    )
+    add(
+        "--before",
+        type=Path,
+        metavar="PATH",
+        help="a summary an earlier run saved (--save): add a before/after section to the report",
+    )
+    add(
+        "--label",
+        metavar="TEXT",
+        help="this run's name in its summary and the before/after section "
+        "(default: `git rev-parse --short HEAD`, else 'unlabelled')",
+    )
     args = parser.parse_args(argv)
     if args.seed_ledger and args.seed_ledger < args.seed_users:
         parser.error("--seed-ledger must be >= --seed-users (one grant entry per user)")

@@ -13,6 +13,7 @@ from bench.config import Options
 from bench.postgres import PgbenchResult
 from bench.scale import Seeded
 from bench.stats import PhaseResult, median_phase
+from bench.summary import GOAL_FIGURES, OpFigures, Summary, default_label
 
 # Issue 12's goals.
 RATIO_GOAL = 0.5
@@ -24,6 +25,8 @@ START_P99_GOAL_MS = 10.0
 CPU_KEYS = ("service", "postgres", "loadgen", "other")
 PHASE_HEADER = ["phase", "clients", "users", "op", "req/s", "p50 ms", "p99 ms", "errors"]
 PHASE_HEADER += ["CPU % " + " / ".join(CPU_KEYS)]
+BEFORE_AFTER_HEADING = "## Before / after"
+DATE_FORMAT = "%Y-%m-%d %H:%M UTC"
 
 
 @dataclass(frozen=True)
@@ -125,15 +128,38 @@ def cpu_ms(phase: PhaseResult, key: str, per_charge: bool = False) -> float | No
     return phase.cpu[key] * 10 / rate
 
 
+def _pairs_ratio(bench: Benchmark) -> float:
+    """(start+complete req/s) / pgbench tps at `--clients`: the median of per-run ratios."""
+    name = f"pairs/many/{bench.options.clients}"
+    return statistics.median(_ratio(run, name) for run in bench.runs)
+
+
+def _median_usage_ratio(bench: Benchmark) -> float:
+    """One-shot usage / start+complete charges/s: the median of per-run ratios."""
+    return statistics.median(_usage_ratio(run, bench.options) for run in bench.runs)
+
+
+def _keyed_ratio(bench: Benchmark) -> float | None:
+    """start+complete req/s with keys / without (same run, median), or None with --no-keys."""
+    if not bench.options.keys:
+        return None
+    name = f"pairs/many/{bench.options.clients}"
+    return statistics.median(
+        run.phase(name).rps / run.phase(f"{name} no-keys").rps
+        for run in bench.runs
+        if run.phase(f"{name} no-keys").rps
+    )
+
+
 def _goals(bench: Benchmark, phases: list[PhaseResult]) -> list[tuple[str, str, bool]]:
     """(goal, measured, met) rows."""
     opts = bench.options
-    ratio = statistics.median(_ratio(run, f"pairs/many/{opts.clients}") for run in bench.runs)
+    ratio = _pairs_ratio(bench)
     check_p99 = next(p for p in phases if p.name == f"check/many/{opts.latency_clients}")
     start_p99 = next(p for p in phases if p.name == f"pairs/many/{opts.latency_clients}")
     errors = sum(p.errors for p in phases)
     c4 = f"{opts.latency_clients} clients"
-    usage_ratio = statistics.median(_usage_ratio(run, opts) for run in bench.runs)
+    usage_ratio = _median_usage_ratio(bench)
     rows = [
         (
             f"(start+complete req/s) / pgbench tps >= {RATIO_GOAL}",
@@ -157,13 +183,8 @@ def _goals(bench: Benchmark, phases: list[PhaseResult]) -> list[tuple[str, str, 
             start_p99.ops["start"].p99_ms <= START_P99_GOAL_MS,
         ),
     ]
-    if opts.keys:
-        name = f"pairs/many/{opts.clients}"
-        keyed = statistics.median(
-            run.phase(name).rps / run.phase(f"{name} no-keys").rps
-            for run in bench.runs
-            if run.phase(f"{name} no-keys").rps
-        )
+    keyed = _keyed_ratio(bench)
+    if keyed is not None:
         rows.append(
             (
                 f"start+complete with an Idempotency-Key on every POST >= {KEYS_RATIO_GOAL} x "
@@ -331,6 +352,129 @@ def _large_lines(bench: Benchmark) -> list[str]:
     return lines + _table(header, rows)
 
 
+def summarise(bench: Benchmark) -> Summary:
+    """What `--save` writes: the median phases, pgbench tps and the goal figures."""
+    phases = [
+        OpFigures(
+            name=phase.name,
+            op=op,
+            clients=phase.clients,
+            rps=stats.rps,
+            p50_ms=stats.p50_ms,
+            p99_ms=stats.p99_ms,
+            service_cpu_ms_per_req=cpu_ms(phase, "service"),
+            postgres_cpu_ms_per_req=cpu_ms(phase, "postgres"),
+        )
+        for phase in _median_phases(bench)
+        for op, stats in phase.ops.items()
+    ]
+    ratio = _pairs_ratio(bench)
+    goals = {"pairs_req_per_pgbench_tps": ratio, "charges_per_tpcb_txn": ratio / 2}
+    goals["usage_per_pairs_charges"] = _median_usage_ratio(bench)
+    keyed = _keyed_ratio(bench)
+    if keyed is not None:
+        goals["keyed_per_unkeyed"] = keyed
+    return Summary(
+        label=bench.options.label or default_label(),
+        date=datetime.now(UTC).strftime(DATE_FORMAT),
+        machine=machine(),
+        pgbench_tps=statistics.median(run.pgbench.tps for run in bench.runs),
+        phases=phases,
+        goals=goals,
+        postgres=f"{bench.postgres_version} ({bench.postgres_where})",
+    )
+
+
+def _x(after: float | None, before: float | None) -> str:
+    """after / before as `1.23x`, or `-` when either is missing or before is zero."""
+    return "-" if after is None or not before else f"{after / before:.2f}x"
+
+
+def _pair(before: float | None, after: float | None) -> str:
+    """`before / after`, `-` for a missing side."""
+    return " / ".join("-" if v is None else f"{v:.2f}" for v in (before, after))
+
+
+def _machine_lines(before: Summary, after: Summary) -> list[str]:
+    """Whether both runs were measured on the same machine; both machines when not."""
+    lines = []
+    if before.machine == after.machine:
+        same = ", ".join(f"{k} {v}" for k, v in after.machine.items())
+        lines.append(f"- both measured on the same machine ({same}).")
+    else:
+        lines.append("- **measured on different machines** (below): not directly comparable.")
+    if before.postgres != after.postgres:
+        lines.append(f"- PostgreSQL: before {before.postgres or '-'}, after {after.postgres}.")
+    if before.machine != after.machine:
+        keys = list(dict.fromkeys([*before.machine, *after.machine]))
+        rows = [[k, before.machine.get(k, "-"), after.machine.get(k, "-")] for k in keys]
+        lines += ["", *_table(["machine", "before", "after"], rows)]
+    return lines
+
+
+BEFORE_AFTER_HEADER = ["phase", "op", "before req/s", "after req/s", "after / before"]
+BEFORE_AFTER_HEADER += ["p50 ms before / after", "p99 ms before / after"]
+BEFORE_AFTER_HEADER += ["service CPU-ms/req before / after"]
+BEFORE_AFTER_HEADER += ["PostgreSQL CPU-ms/req before / after"]
+
+
+def _before_after_rows(before: Summary, after: Summary) -> list[list[str]]:
+    """One row per phase and operation present in both, in the after run's order."""
+    old = {p.key: p for p in before.phases}
+    rows = []
+    for new in after.phases:
+        if (b := old.get(new.key)) is None:
+            continue
+        row = [new.name, new.op, f"{b.rps:.0f}", f"{new.rps:.0f}", _x(new.rps, b.rps)]
+        row += [_pair(b.p50_ms, new.p50_ms), _pair(b.p99_ms, new.p99_ms)]
+        row += [_pair(b.service_cpu_ms_per_req, new.service_cpu_ms_per_req)]
+        row += [_pair(b.postgres_cpu_ms_per_req, new.postgres_cpu_ms_per_req)]
+        rows.append(row)
+    return rows
+
+
+def _unmatched_lines(before: Summary, after: Summary) -> list[str]:
+    """The phases (and operations) measured in only one of the runs."""
+    lines = []
+    for side, these, others in (("before", before, after), ("after", after, before)):
+        theirs = {p.key for p in others.phases}
+        only = [f"`{p.name}` {p.op}" for p in these.phases if p.key not in theirs]
+        if only:
+            lines.append(f"- only {side}: " + ", ".join(only) + ".")
+    return lines
+
+
+def _figure_rows(before: Summary, after: Summary) -> list[list[str]]:
+    """pgbench tps and the goal figures: before, after, after / before."""
+    tps = before.pgbench_tps, after.pgbench_tps
+    rows = [["pgbench TPC-B tps", f"{tps[0]:.0f}", f"{tps[1]:.0f}", _x(tps[1], tps[0])]]
+    for key in dict.fromkeys([*GOAL_FIGURES, *before.goals, *after.goals]):
+        b, a = before.goals.get(key), after.goals.get(key)
+        if b is None and a is None:
+            continue
+        cells = ["-" if v is None else f"{v:.3f}" for v in (b, a)]
+        rows.append([GOAL_FIGURES.get(key, key), *cells, _x(a, b)])
+    return rows
+
+
+def before_after_lines(before: Summary, after: Summary) -> list[str]:
+    """The `--before` section: this run against a summary an earlier run saved."""
+    lines = ["", BEFORE_AFTER_HEADING, ""]
+    lines += [
+        f"- before: **{before.label}** ({before.date or 'undated'}), read from `--before`; "
+        f"after: **{after.label}** ({after.date}), this run. Medians over each one's runs.",
+        *_machine_lines(before, after),
+    ]
+    lines += ["", *_table(BEFORE_AFTER_HEADER, _before_after_rows(before, after))]
+    unmatched = _unmatched_lines(before, after)
+    lines += ["", *unmatched] if unmatched else []
+    lines += [
+        "",
+        *_table(["figure", "before", "after", "after / before"], _figure_rows(before, after)),
+    ]
+    return lines
+
+
 def plans_markdown(bench: Benchmark) -> str:
     """EXPLAIN (ANALYZE, BUFFERS) of the hot statements at both sizes."""
     assert bench.large is not None
@@ -348,13 +492,14 @@ def plans_markdown(bench: Benchmark) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown(bench: Benchmark) -> str:
-    """The whole report."""
+def markdown(bench: Benchmark, before: Summary | None = None, after: Summary | None = None) -> str:
+    """The whole report; with `before` (`--before`), a before/after section after the goals,
+    against `after` (this run's summary, default `summarise(bench)`)."""
     opts, phases = bench.options, _median_phases(bench)
     tps = statistics.median(run.pgbench.tps for run in bench.runs)
     pg_latency = statistics.median(run.pgbench.latency_ms for run in bench.runs)
     info = {**machine(), "PostgreSQL": f"{bench.postgres_version} ({bench.postgres_where})"}
-    info["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    info["date"] = datetime.now(UTC).strftime(DATE_FORMAT)
     lines = ["# creditd benchmark results", "", "Written by `make bench` (`python -m bench`)."]
     lines += ["", "## Machine", ""] + [f"- **{k}**: {v}" for k, v in info.items()]
     lines += ["", "## Settings", ""]
@@ -375,6 +520,8 @@ def markdown(bench: Benchmark) -> str:
     lines += ["", "## Goals", ""]
     goal_rows = [[g, m, "met" if ok else "**NOT met**"] for g, m, ok in _goals(bench, phases)]
     lines += _table(["goal", "measured", ""], goal_rows)
+    if before is not None:
+        lines += before_after_lines(before, after or summarise(bench))
     lines += ["", "## Phases (medians)", "", *_table(PHASE_HEADER, _phase_rows(phases))]
     lines += ["", f"pgbench TPC-B: **{tps:.0f} tps**, latency average {pg_latency:.2f} ms."]
     lines += [

@@ -16,9 +16,19 @@ from bench.cpu import CpuSample
 from bench.loadgen import LoadSpec, PhaseSpec, large_user_id
 from bench.peer import PeerUnavailable, ensure_env, run_peer
 from bench.postgres import Postgres, open_postgres
-from bench.report import Benchmark, Large, Run, console, markdown, plans_markdown
+from bench.report import (
+    BEFORE_AFTER_HEADING,
+    Benchmark,
+    Large,
+    Run,
+    console,
+    markdown,
+    plans_markdown,
+    summarise,
+)
 from bench.service import Service, run_service, setup, verify
 from bench.stats import PhaseResult
+from bench.summary import SummaryError, load, save
 
 CREDITD_DB = "creditd_bench"
 PGBENCH_DB = "bench_pgbench"
@@ -144,10 +154,12 @@ def measure_large(opts: Options, service: Service, key: str, pg: Postgres) -> La
 
 def other_sections(path: Path, report: str) -> str:
     """The sections of the existing report that other benchmarks wrote (`make bench-prune`,
-    `make bench-webhooks`): every `## ` section whose heading this report does not have."""
+    `make bench-webhooks`): every `## ` section whose heading this report does not have (an
+    earlier run's before/after section is this benchmark's own, kept only by `--before`)."""
     if not path.exists():
         return ""
     own = {line for line in report.splitlines() if line.startswith("## ")}
+    own.add(BEFORE_AFTER_HEADING)
     kept: list[str] = []
     keeping = False
     for line in path.read_text().splitlines():
@@ -159,9 +171,18 @@ def other_sections(path: Path, report: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark, print the summary, write the Markdown report."""
+    """Run the benchmark, print the summary, write the Markdown report (with a before/after
+    section given --before) and, given --save, this run's JSON summary."""
     opts = parse_options(argv)
     opts.data_dir.mkdir(parents=True, exist_ok=True)
+    before = None
+    if opts.before is not None:
+        try:
+            before = load(opts.before)
+        except (OSError, SummaryError) as exc:
+            log(f"--before {opts.before}: {exc}")
+            return 2
+        log(f"before: {before.label} ({before.date}), from {opts.before}")
     peer_python = None
     if opts.peer:
         log(f"peer {opts.peer}: environment {opts.peer_env}")
@@ -177,7 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         plans_path = opts.output.with_name(PLANS_NAME)
         plans_path.write_text(plans_markdown(bench))
         log(f"wrote {plans_path}")
-    report = markdown(bench)
+    summary = summarise(bench)
+    report = markdown(bench, before, summary)
     opts.output.write_text(report + other_sections(opts.output, report))
     log(f"wrote {opts.output}")
+    if opts.save is not None:
+        save(summary, opts.save)
+        log(f"wrote {opts.save}")
     return 0 if bench.verified else 1

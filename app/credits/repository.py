@@ -366,41 +366,57 @@ async def insert_team(
     return True
 
 
-async def change(
-    session: AsyncSession,
-    account: LockedAccount,
-    *,
-    kind: str,
-    amount: Decimal,
-    held_amount: Decimal,
-    burn: Decimal,
-    debt_delta: Decimal,
-    transaction_id: uuid.UUID | None,
-    grant_id: uuid.UUID | None,
-    reason: str | None,
-    carry: Sequence[Write],
-) -> tuple[int, Decimal]:
-    """Write ``account``'s new total/held and one ledger entry (plus the ``carry`` writes, in
-    the same statement); returns (entry id, new debt)."""
+@dataclass(frozen=True)
+class Change:
+    """One change of an account's total/held, ledgered; ``carry``: writes made in the same
+    statement."""
+
+    kind: str
+    amount: Decimal = Decimal(0)
+    held_amount: Decimal = Decimal(0)
+    burn: Decimal = Decimal(0)
+    debt_delta: Decimal = Decimal(0)
+    transaction_id: uuid.UUID | None = None
+    grant_id: uuid.UUID | None = None
+    reason: str | None = None
+    carry: Sequence[Write] = ()
+
+
+def _change_statement(account: LockedAccount, change: Change) -> tuple[str, list[Any]]:
     args = (
         account.id,
         account.project_id,
         account.total,
         account.held,
         account.user_id,
-        kind,
-        amount,
-        held_amount,
-        transaction_id,
-        grant_id,
-        reason,
-        burn,
-        debt_delta,
+        change.kind,
+        change.amount,
+        change.held_amount,
+        change.transaction_id,
+        change.grant_id,
+        change.reason,
+        change.burn,
+        change.debt_delta,
         account.team_id,
     )
-    sql, params = writes.compose(_CHANGE, args, carry)
+    return writes.compose(_CHANGE, args, change.carry)
+
+
+async def change(
+    session: AsyncSession, account: LockedAccount, change: Change
+) -> tuple[int, Decimal]:
+    """Write ``account``'s new total/held and one ledger entry (plus the carried writes, in
+    the same statement); returns (entry id, new debt)."""
+    sql, params = _change_statement(account, change)
     row = await driver(session).fetchrow(sql, *params)
     return int(row["id"]), row["debt"]
+
+
+async def change_at_commit(session: AsyncSession, account: LockedAccount, change: Change) -> None:
+    """The same statement sent with COMMIT, in its round trip: for a request's last change,
+    whose entry id and debt nobody reads (``writes.run_at_commit``)."""
+    sql, params = _change_statement(account, change)
+    await writes.run_at_commit(session, sql, params)
 
 
 async def insert_grant(

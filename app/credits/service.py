@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,7 +20,7 @@ from app.core.money import ZERO
 from app.credits import gate
 from app.credits import repository as repo
 from app.credits.exceptions import InsufficientCredits
-from app.credits.repository import LockedAccount
+from app.credits.repository import Change, LockedAccount
 from app.credits.schemas import CreditIn, DebitIn, DebitOut, GrantCreated, GrantOut
 from app.db import writes
 from app.db.models import Grant
@@ -92,42 +92,28 @@ async def create_account_for_user(
     )
 
 
-async def _change(
-    session: AsyncSession,
-    account: LockedAccount,
-    *,
-    kind: str,
-    amount: Decimal = ZERO,
-    held_amount: Decimal = ZERO,
-    burn: Decimal = ZERO,
-    debt_delta: Decimal = ZERO,
-    transaction_id: uuid.UUID | None = None,
-    grant_id: uuid.UUID | None = None,
-    reason: str | None = None,
-    carry: Sequence[Write] = (),
-) -> int:
-    """Apply one change to ``total``/``held`` (burning grants as needed) and ledger it."""
+def _moved(account: LockedAccount, change: Change) -> Change:
+    """Apply ``change`` to the account's total and held; the change carrying the balance
+    events it emits."""
     previous = account.available
-    account.total += amount
-    account.held += held_amount
-    if account.available != previous:
-        crossings = balance_events(account, previous)
-        if crossings:
-            carry = [*carry, *crossings]
-    entry, account.debt = await repo.change(
-        session,
-        account,
-        kind=kind,
-        amount=amount,
-        held_amount=held_amount,
-        burn=burn,
-        debt_delta=debt_delta,
-        transaction_id=transaction_id,
-        grant_id=grant_id,
-        reason=reason,
-        carry=carry,
-    )
+    account.total += change.amount
+    account.held += change.held_amount
+    if account.available == previous:
+        return change
+    return replace(change, carry=[*change.carry, *balance_events(account, previous)])
+
+
+async def _change(session: AsyncSession, account: LockedAccount, change: Change) -> int:
+    """Apply one change to ``total``/``held`` (burning grants as needed) and ledger it; the
+    ledger entry's id."""
+    entry, account.debt = await repo.change(session, account, _moved(account, change))
     return entry
+
+
+async def _last_change(session: AsyncSession, account: LockedAccount, change: Change) -> None:
+    """``_change`` as the request's last statement, sent with its COMMIT in one round trip
+    (``account.debt`` is not read back)."""
+    await repo.change_at_commit(session, account, _moved(account, change))
 
 
 def balance_events(account: LockedAccount, previous: Decimal) -> list[Write]:
@@ -220,12 +206,14 @@ async def grant(
     entry = await _change(
         session,
         account,
-        kind=ledger_kind,
-        amount=amount,
-        debt_delta=-paid,
-        grant_id=grant_row.id,
-        transaction_id=transaction_id,
-        reason=reason,
+        Change(
+            kind=ledger_kind,
+            amount=amount,
+            debt_delta=-paid,
+            grant_id=grant_row.id,
+            transaction_id=transaction_id,
+            reason=reason,
+        ),
     )
     return grant_row, entry
 
@@ -241,11 +229,13 @@ async def debit(
     return await _change(
         session,
         account,
-        kind="debit",
-        amount=-amount,
-        burn=amount,
-        debt_delta=amount,
-        reason=reason,
+        Change(
+            kind="debit",
+            amount=-amount,
+            burn=amount,
+            debt_delta=amount,
+            reason=reason,
+        ),
     )
 
 
@@ -308,22 +298,21 @@ async def hold(
     amount: Decimal,
     transaction_id: uuid.UUID,
     carry: Sequence[Write] = (),
+    last: bool = False,
 ) -> None:
     """Reserve ``amount`` for a started transaction (admission was checked by the caller).
 
     ``carry``: the caller's writes, performed in the same statement (always performed).
+    ``last``: the request's last statement, sent with its COMMIT (one round trip for both).
     """
     if not amount:
-        await writes.run(session, carry)
+        await writes.run(session, carry, at_commit=last)
         return
-    await _change(
-        session,
-        account,
-        kind="hold",
-        held_amount=amount,
-        transaction_id=transaction_id,
-        carry=carry,
-    )
+    change = Change(kind="hold", held_amount=amount, transaction_id=transaction_id, carry=carry)
+    if last:
+        await _last_change(session, account, change)
+    else:
+        await _change(session, account, change)
 
 
 async def settle(
@@ -336,18 +325,18 @@ async def settle(
     kind: str,
     reason: str | None = None,
     carry: Sequence[Write] = (),
+    last: bool = False,
 ) -> None:
     """Release a hold and charge usage in one ledger entry (either may be zero).
 
     The charge is never clamped: usage already happened, so it may create debt.
     ``carry``: the caller's writes, performed in the same statement (always performed).
+    ``last``: the request's last statement, sent with its COMMIT (one round trip for both).
     """
     if not (release or charge):
-        await writes.run(session, carry)
+        await writes.run(session, carry, at_commit=last)
         return
-    await _change(
-        session,
-        account,
+    change = Change(
         kind=kind,
         amount=-charge,
         held_amount=-release,
@@ -357,6 +346,10 @@ async def settle(
         reason=reason,
         carry=carry,
     )
+    if last:
+        await _last_change(session, account, change)
+    else:
+        await _change(session, account, change)
 
 
 async def remove_from_grant(
@@ -375,11 +368,13 @@ async def remove_from_grant(
     return await _change(
         session,
         account,
-        kind=kind,
-        amount=-amount,
-        grant_id=grant_id,
-        reason=reason,
-        carry=[repo.take_from_grant(grant_id, amount, close=close), *carry],
+        Change(
+            kind=kind,
+            amount=-amount,
+            grant_id=grant_id,
+            reason=reason,
+            carry=[repo.take_from_grant(grant_id, amount, close=close), *carry],
+        ),
     )
 
 
@@ -403,12 +398,14 @@ async def clawback(
     await _change(
         session,
         account,
-        kind="clawback",
-        amount=-amount,
-        debt_delta=amount - taken,
-        grant_id=grant_id,
-        reason=reason,
-        carry=[repo.take_from_grant(grant_id, taken, close=False), *carry],
+        Change(
+            kind="clawback",
+            amount=-amount,
+            debt_delta=amount - taken,
+            grant_id=grant_id,
+            reason=reason,
+            carry=[repo.take_from_grant(grant_id, taken, close=False), *carry],
+        ),
     )
     return taken
 
@@ -435,12 +432,14 @@ async def restore(
     await _change(
         session,
         account,
-        kind="clawback_reversal",
-        amount=paid + back,
-        debt_delta=-paid,
-        grant_id=grant_id,
-        reason=reason,
-        carry=[repo.give_to_grant(grant_id, back), *carry],
+        Change(
+            kind="clawback_reversal",
+            amount=paid + back,
+            debt_delta=-paid,
+            grant_id=grant_id,
+            reason=reason,
+            carry=[repo.give_to_grant(grant_id, back), *carry],
+        ),
     )
     return paid + back
 

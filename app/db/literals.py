@@ -14,7 +14,8 @@ doubled quote stands for itself. A NUL byte cannot be represented and is refused
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 
 
 def text(value: str) -> str:
@@ -45,3 +46,22 @@ def interval(value: timedelta) -> str:
     """An interval literal in whole microseconds."""
     micros = (value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds
     return f"'{micros} microseconds'"
+
+
+def value(item: object) -> str:
+    """A parameter as an untyped literal (or NULL): PostgreSQL reads it with the input function
+    of the parameter's type, as it would a parameter sent as text. Raises ``TypeError`` for a
+    value with no such rendering here (the caller then sends it as a real parameter)."""
+    if item is None:
+        return "NULL"
+    if isinstance(item, bool):
+        return "'true'" if item else "'false'"
+    if isinstance(item, str):
+        return text(item)
+    if isinstance(item, int | Decimal | uuid.UUID):
+        return text(str(item))
+    if isinstance(item, datetime | date):
+        return text(item.isoformat())
+    if isinstance(item, bytes):
+        return bytea(item)
+    raise TypeError(f"no literal for {type(item).__name__}")

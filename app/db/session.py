@@ -54,6 +54,7 @@ _ISOLATION = {
 _PREPARED_FLAG = "creditd.prepared"
 _COMMIT_WITH = "creditd.commit_with"
 _OPENED = "creditd.opened"
+_CONN_INFO = "creditd.connection_info"
 
 # Statements that ride along with BEGIN or COMMIT (``Opening``, ``commit_with``) run in the
 # simple-query protocol, which takes no parameters: they are prepared once on each pooled
@@ -135,6 +136,7 @@ class Database:
         try:
             session = AsyncSession(bind=conn, expire_on_commit=False, autoflush=False)
             session.info[_DRIVER] = raw
+            session.info[_CONN_INFO] = conn.info
             if not autocommit:
                 try:
                     await _begin(conn, raw, session, _begin_sql(isolation, readonly), opening)
@@ -219,9 +221,18 @@ def opened(session: AsyncSession) -> str:
 
 
 def commit_with(session: AsyncSession, sql: str) -> None:
-    """Send ``sql`` (a simple-query statement) in COMMIT's round trip, just before it: applied
-    exactly when the transaction commits. Replaces an earlier one."""
-    session.info[_COMMIT_WITH] = sql
+    """Send ``sql`` (a simple-query statement) in COMMIT's round trip, after the statements
+    given before it: applied exactly when the transaction commits. An error in any of them
+    rolls the whole transaction back (``Database.transaction`` raises it, as a fault where
+    it is one)."""
+    session.info.setdefault(_COMMIT_WITH, []).append(sql)
+
+
+def connection_info(session: AsyncSession) -> dict[str, Any]:
+    """State kept with the session's pooled connection for its lifetime (cleared when the
+    connection is replaced): what was prepared on it."""
+    info: dict[str, Any] = session.info[_CONN_INFO]
+    return info
 
 
 async def _close_quietly(session: AsyncSession) -> None:
@@ -245,13 +256,13 @@ async def _roll_back(conn: AsyncConnection, raw: Any) -> None:
     await conn.invalidate()
 
 
-async def _commit(conn: AsyncConnection, raw: Any, commit_with: str | None) -> None:
+async def _commit(conn: AsyncConnection, raw: Any, commit_with: list[str] | None) -> None:
     if raw.is_closed():
         # Lost after the last statement and before COMMIT: the server rolled it back.
         await conn.invalidate()
         raise DatabaseUnavailable("The connection to the database was lost; nothing was changed.")
     try:
-        await send(raw, "COMMIT" if commit_with is None else f"{commit_with}; COMMIT")
+        await send(raw, "; ".join([*(commit_with or ()), "COMMIT"]))
     except Exception as exc:
         closed = raw.is_closed()
         await conn.invalidate()  # rare; a fresh connection is cheaper than doubt

@@ -9,6 +9,7 @@ transaction row or an outbox event riding on a balance change).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.session import driver
+from app.db import literals as lit
+from app.db.session import commit_with, connection_info, driver
+
+_PREPARED_WRITES = "creditd.prepared_writes"
 
 _PARAM = re.compile(r"\$(\d+)")
 
@@ -55,8 +59,38 @@ def compose(main: str, args: Sequence[Any], writes: Sequence[Write]) -> tuple[st
     return _compose_sql(main, len(args), carried), combined
 
 
-async def run(session: AsyncSession, writes: Sequence[Write]) -> None:
-    """Perform ``writes`` in one statement."""
+async def run(session: AsyncSession, writes: Sequence[Write], *, at_commit: bool = False) -> None:
+    """Perform ``writes`` in one statement (with ``at_commit``: in COMMIT's round trip)."""
     if writes:
         sql, args = compose(writes[0].sql, writes[0].args, writes[1:])
+        if at_commit:
+            await run_at_commit(session, sql, args)
+        else:
+            await driver(session).execute(sql, *args)
+
+
+async def run_at_commit(session: AsyncSession, sql: str, args: Sequence[Any]) -> None:
+    """Perform ``sql`` with COMMIT, in its round trip: for a request's last write, whose
+    result nobody reads. It is prepared on the connection once (its parameter types inferred
+    as for any statement) and executed with literal arguments; errors surface at COMMIT and
+    roll everything back. Arguments without a literal form go as a statement of their own."""
+    try:
+        literals = [lit.value(arg) for arg in args]
+    except (TypeError, ValueError):
         await driver(session).execute(sql, *args)
+        return
+    name = await _prepared(session, sql)
+    commit_with(
+        session, f"EXECUTE {name}({', '.join(literals)})" if literals else f"EXECUTE {name}"
+    )
+
+
+async def _prepared(session: AsyncSession, sql: str) -> str:
+    """The name ``sql`` is prepared under on the session's connection (prepared now if new:
+    a prepared statement outlives a rollback, and lasts as long as the connection)."""
+    name = "creditd_w_" + hashlib.sha256(sql.encode()).hexdigest()[:24]
+    done: set[str] = connection_info(session).setdefault(_PREPARED_WRITES, set())
+    if name not in done:
+        await driver(session).execute(f"PREPARE {name} AS {sql}")
+        done.add(name)
+    return name

@@ -319,8 +319,8 @@ async def start(session: AsyncSession, principal: Principal, body: StartIn) -> S
             for warning in admission.warnings
         ),
     ]
-    # One statement: the hold (if any), the transaction row and its events.
-    await credits.hold(session, account, amount=hold, transaction_id=txn_id, carry=carry)
+    # One statement, sent with the COMMIT: the hold (if any), the transaction row and its events.
+    await credits.hold(session, account, amount=hold, transaction_id=txn_id, carry=carry, last=True)
     return out
 
 
@@ -445,7 +445,8 @@ async def complete(
                     credits=charge,
                 )
             )
-    # One statement: release and charge, the transaction's new state and its event.
+    # One statement, sent with the COMMIT: release and charge, the transaction's new state and
+    # its event.
     await credits.settle(
         session,
         account,
@@ -454,6 +455,7 @@ async def complete(
         transaction_id=txn.id,
         kind="usage" if body.success else "hold_release",
         carry=carry,
+        last=True,
     )
     return out
 
@@ -633,6 +635,7 @@ async def record_usage(session: AsyncSession, principal: Principal, body: UsageI
         transaction_id=txn_id,
         kind="usage",
         carry=carry,
+        last=True,
     )
     return out
 

@@ -401,3 +401,33 @@ async def test_a_transaction_returns_its_token_counts_in_the_published_token_usa
     zeros = dict.fromkeys(TokenUsage.model_fields, 0)
     assert got["provisional_tokens"] == {**zeros, "input_tokens": 100, "output_tokens": 500}
     assert got["finalized_tokens"] == {**zeros, "input_tokens": 80, "output_tokens": 400}
+
+
+async def test_text_of_any_kind_survives_the_write_sent_with_the_commit(priced: Project) -> None:
+    """A start's and a completion's last write travels with the COMMIT as literals: quotes,
+    backslashes, dollar signs and any Unicode in ids, features and metadata arrive intact."""
+    odd = "it's \\ $1 $$ 'x'; -- é ✓ 𝄞"
+    user = "it's\\$1$$'x';--"  # user ids are printable ASCII without space or slash
+    await priced.user(user, credits=100)
+    started = await priced.post(
+        "/v1/transactions/start",
+        {
+            "user_id": user,
+            "model": "gpt-4o",
+            "feature_identifier": odd,
+            "provisional_tokens": {"input_tokens": 1000},
+            "metadata": {odd: odd, "nested": {"q": "'\\'"}},
+        },
+    )
+    assert started.status_code == 201, started.text
+    txn = started.json()["transaction_id"]
+    done = await priced.post(
+        f"/v1/transactions/{txn}/complete",
+        {"success": True, "finalized_tokens": {"input_tokens": 500}, "metadata": {"end": odd}},
+    )
+    assert done.status_code == 200, done.text
+    stored = (await priced.get(f"/v1/transactions/{txn}")).json()
+    assert stored["user_id"] == user
+    assert stored["feature_identifier"] == odd
+    assert stored["metadata"] == {odd: odd, "nested": {"q": "'\\'"}, "end": odd}
+    assert stored["status"] == "completed"

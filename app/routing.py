@@ -236,18 +236,21 @@ def _direct(
     """The endpoint called directly when the request is well-formed, else FastAPI's handler.
 
     For an endpoint whose parameters are request-taking dependencies (the session, the key's
-    principal), string path parameters and at most one JSON body model, FastAPI's general
-    dependency solving costs more than the rest of a metering request. The direct call runs
-    the dependencies in FastAPI's order (so auth errors come first, as they do there), takes
-    the path parameters, validates the body with its model, and calls the endpoint. Anything
+    principal), unconstrained string path parameters and at most one JSON body model,
+    FastAPI's general dependency solving costs more than the rest of a metering request. The
+    direct call keeps FastAPI's order (parse the body, run the dependencies, validate the
+    body), takes the path parameters and calls the endpoint. Anything
     else - no JSON content type, a body that does not parse or validate - goes to FastAPI's
     handler, which answers exactly as it always does (the principal is cached on the
     request, so nothing is authenticated or rate-limited twice).
     """
     if not _plain(dependant) or dependant.request_param_name or len(dependant.body_params) > 1:
         return solved
-    if any(field.field_info.annotation is not str for field in dependant.path_params):
-        return solved
+    for field in dependant.path_params:
+        # A plain `str`: constraints (a pattern, a length) sit in the metadata and need
+        # FastAPI's validation.
+        if field.field_info.annotation is not str or field.field_info.metadata:
+            return solved
     calls: list[tuple[str, Callable[[Request], Awaitable[Any]]]] = []
     for sub in dependant.dependencies:
         call = sub.call
@@ -274,8 +277,16 @@ def _direct(
     path_names = [field.name for field in dependant.path_params]
 
     async def direct(request: Request) -> Response:
-        if model is not None and not _is_json(request.headers.get("content-type", "")):
-            return await solved(request)
+        data: Any = None
+        if model is not None:
+            # FastAPI's order: the body is parsed first (malformed JSON: 422 before any
+            # dependency runs), then the dependencies, then the body is validated.
+            if not _is_json(request.headers.get("content-type", "")):
+                return await solved(request)
+            try:
+                data = await request.json()
+            except json.JSONDecodeError:
+                return await solved(request)
         kwargs: dict[str, Any] = {}
         for name, call in calls:
             kwargs[name] = await call(request)
@@ -283,8 +294,8 @@ def _direct(
             kwargs[name] = request.path_params[name]
         if model is not None:
             try:
-                kwargs[body_name] = model.model_validate(await request.json())
-            except (ValidationError, json.JSONDecodeError):
+                kwargs[body_name] = model.model_validate(data)
+            except ValidationError:
                 return await solved(request)  # FastAPI's own 422, word for word
         response: Response = await endpoint(**kwargs)
         return response
@@ -389,9 +400,9 @@ async def _keyed(
             response = refused.response
             async with db.transaction() as session:
                 response = await _store_once(driver(session), claim, response)
-    except CommitOutcomeUnknown:
+    except CommitOutcomeUnknown as unknown:
         if response is not None and response.status_code < 500:
-            return await _settle_lost_commit(db, claim, response)
+            return await _settle_lost_commit(db, claim, response, unknown.server_pid)
         raise
     return response
 
@@ -482,29 +493,47 @@ async def _store_once(conn: Any, claim: _Claim, response: Response) -> Response:
     return response
 
 
-async def _settle_lost_commit(db: Database, claim: _Claim, response: Response) -> Response:
+_BACKEND_ALIVE = "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)"
+
+
+async def _settle_lost_commit(
+    db: Database, claim: _Claim, response: Response, server_pid: int | None
+) -> Response:
     """The reply to COMMIT was lost. The response was stored under the key in the same
     transaction, so reading it back says whether the commit happened: answer the response,
-    or a 503 that changed nothing. Asks for ``COMMIT_CHECK_SECONDS`` at most."""
+    or a 503 that changed nothing. Asks for ``COMMIT_CHECK_SECONDS`` at most.
+
+    Only once the server process that was committing is gone: until then its COMMIT (and the
+    last write sent with it, which may be waiting for a lock) can still go either way, and a
+    read that finds nothing proves nothing. (A reused pid only makes this wait longer.)
+    """
     deadline = time.monotonic() + COMMIT_CHECK_SECONDS
     while True:
         try:
-            async with db.transaction() as session:
-                stored = await idem_repo.get_live(driver(session), claim.scope, claim.key)
+            async with db.transaction(autocommit=True) as session:
+                conn = driver(session)
+                if server_pid is not None and await conn.fetchval(_BACKEND_ALIVE, server_pid):
+                    raise _StillCommitting()
+                stored = await idem_repo.get_live(conn, claim.scope, claim.key)
             break
-        except DatabaseFault:
+        except (DatabaseFault, _StillCommitting):
             if time.monotonic() >= deadline:
                 raise CommitOutcomeUnknown(
-                    "The connection broke while committing and the database is still away: "
-                    "retry with the same Idempotency-Key to get the first result or apply it once."
+                    "The connection broke while committing and the outcome could not be "
+                    "learned in time: retry with the same Idempotency-Key to get the first "
+                    "result or apply it once."
                 ) from None
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.1)
     # A different stored body is a retry that ran after ours failed: ours did not commit.
     if stored is not None and stored.body == bytes(response.body):
         log.info("lost_commit_applied", status=response.status_code)
         return response
     log.info("lost_commit_not_applied")
     raise DatabaseUnavailable("The connection to the database was lost; nothing was changed.")
+
+
+class _StillCommitting(Exception):
+    """The server process that was committing still runs."""
 
 
 class OperatorRoute(TransactionalRoute):

@@ -382,7 +382,14 @@ class Change:
     carry: Sequence[Write] = ()
 
 
-def _change_statement(account: LockedAccount, change: Change) -> tuple[str, list[Any]]:
+# The same change sent with COMMIT returns nothing (nobody reads it; the data-modifying WITH
+# items run all the same, referenced or not).
+_CHANGE_AT_COMMIT = _CHANGE[: _CHANGE.rindex("RETURNING")]
+
+
+def _change_statement(
+    account: LockedAccount, change: Change, sql: str = _CHANGE
+) -> tuple[str, list[Any]]:
     args = (
         account.id,
         account.project_id,
@@ -399,7 +406,7 @@ def _change_statement(account: LockedAccount, change: Change) -> tuple[str, list
         change.debt_delta,
         account.team_id,
     )
-    return writes.compose(_CHANGE, args, change.carry)
+    return writes.compose(sql, args, change.carry)
 
 
 async def change(
@@ -415,7 +422,7 @@ async def change(
 async def change_at_commit(session: AsyncSession, account: LockedAccount, change: Change) -> None:
     """The same statement sent with COMMIT, in its round trip: for a request's last change,
     whose entry id and debt nobody reads (``writes.run_at_commit``)."""
-    sql, params = _change_statement(account, change)
+    sql, params = _change_statement(account, change, _CHANGE_AT_COMMIT)
     await writes.run_at_commit(session, sql, params)
 
 

@@ -53,5 +53,8 @@ class CommitOutcomeUnknown(DatabaseFault):
     """
 
     slug = "commit_outcome_unknown"
+    # The server process that was committing, when known: until it is gone, its COMMIT (and
+    # what rode along with it) may still be running, and a read cannot tell the outcome.
+    server_pid: int | None = None
     title = "The connection broke while committing; the change may or may not be applied"
     retry_after = 2

@@ -6,9 +6,9 @@ in one round trip: ``BEGIN`` with the claim of an ``Idempotency-Key``, the store
 connection and executed here with literal arguments, so the server parses a short ``EXECUTE``
 and plans nothing.
 
-The quoting relies on ``standard_conforming_strings = on`` (the default since PostgreSQL 9.1,
-and pinned per connection in ``app/db/engine.py``): inside '...' only a quote is special, and a
-doubled quote stands for itself. A NUL byte cannot be represented and is refused.
+Text is written as an escape string, E'...', with every backslash and quote doubled: read the
+same whether ``standard_conforming_strings`` is on or off (it is pinned on per connection in
+``app/db/engine.py`` anyway). A NUL byte cannot be represented and is refused.
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ from decimal import Decimal
 
 
 def text(value: str) -> str:
-    """A text literal."""
+    """A text literal: an escape string (E'...') with every backslash and quote doubled, read
+    the same whatever ``standard_conforming_strings`` says."""
     if "\x00" in value:
         raise ValueError("a text literal cannot hold NUL")
-    return "'" + value.replace("'", "''") + "'"
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def bytea(value: bytes) -> str:
     """A bytea literal in hex form."""
-    return "'\\x" + value.hex() + "'"
+    return "E'\\\\x" + value.hex() + "'"
 
 
 def integer(value: int) -> str:
@@ -43,9 +44,9 @@ def uuid_(value: uuid.UUID) -> str:
 
 
 def interval(value: timedelta) -> str:
-    """An interval literal in whole microseconds."""
-    micros = (value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds
-    return f"'{micros} microseconds'"
+    """An interval literal: days, seconds and microseconds (each fits the 32-bit fields
+    older servers parse into)."""
+    return f"'{value.days} days {value.seconds} seconds {value.microseconds} microseconds'"
 
 
 def value(item: object) -> str:

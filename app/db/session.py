@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends
@@ -51,7 +51,8 @@ _ISOLATION = {
     "repeatable_read": "REPEATABLE READ",
     "serializable": "SERIALIZABLE",
 }
-_PREPARED_FLAG = "creditd.prepared"
+_PREPARED_NAMES = "creditd.prepared"
+_AUTOCOMMIT = "creditd.autocommit"
 _COMMIT_WITH = "creditd.commit_with"
 _OPENED = "creditd.opened"
 _CONN_INFO = "creditd.connection_info"
@@ -137,13 +138,29 @@ class Database:
             session = AsyncSession(bind=conn, expire_on_commit=False, autoflush=False)
             session.info[_DRIVER] = raw
             session.info[_CONN_INFO] = conn.info
-            if not autocommit:
+            if autocommit:
+                if opening is not None:
+                    raise ValueError("an opening statement needs a transaction")
+                session.info[_AUTOCOMMIT] = True
+            else:
+                begin = _begin_sql(isolation, readonly)
                 try:
-                    await _begin(conn, raw, session, _begin_sql(isolation, readonly), opening)
+                    await _begin(conn, raw, session, begin, opening)
                 except Exception as exc:
-                    await _roll_back(conn, raw)
+                    answer = opening.translate(exc) if opening is not None else None
+                    if answer is not None:  # the opening's own refusal: a sound connection
+                        await _roll_back(conn, raw)
+                        settled = True
+                        raise answer from None
+                    # Anything else leaves the connection in doubt (a half-prepared batch, a
+                    # stale statement): never pooled again.
+                    closed = raw.is_closed()
+                    await conn.invalidate()
                     settled = True
-                    _raise_begin_error(exc, opening)
+                    fault = _fault(exc, closed=closed)
+                    if fault is None or fault is exc:
+                        raise
+                    raise fault from exc
             try:
                 yield session
             except BaseException as exc:
@@ -193,25 +210,15 @@ async def _begin(
     conn: AsyncConnection, raw: Any, session: AsyncSession, begin: str, opening: Opening | None
 ) -> None:
     """BEGIN (with the opening statement); on a connection new to us, prepare first."""
-    if _PREPARED and not conn.info.get(_PREPARED_FLAG):
-        await send(raw, "; ".join(_PREPARED.values()))
-        conn.info[_PREPARED_FLAG] = True
+    done: set[str] = conn.info.setdefault(_PREPARED_NAMES, set())
+    missing = [name for name in _PREPARED if name not in done]
+    if missing:
+        await send(raw, "; ".join(_PREPARED[name] for name in missing))
+        done.update(missing)
     if opening is None:
         await send(raw, begin)
         return
     session.info[_OPENED] = await send(raw, f"{begin}; {opening.sql}")
-
-
-def _raise_begin_error(exc: Exception, opening: Opening | None) -> NoReturn:
-    """Raise what a failed BEGIN (or its opening statement) answers: the opening's own
-    answer, a ``DatabaseFault``, or the error itself."""
-    answer = opening.translate(exc) if opening is not None else None
-    if answer is not None:
-        raise answer from None
-    fault = _fault(exc, closed=True)
-    if fault is None or fault is exc:
-        raise exc
-    raise fault from exc
 
 
 def opened(session: AsyncSession) -> str:
@@ -225,6 +232,8 @@ def commit_with(session: AsyncSession, sql: str) -> None:
     given before it: applied exactly when the transaction commits. An error in any of them
     rolls the whole transaction back (``Database.transaction`` raises it, as a fault where
     it is one)."""
+    if session.info.get(_AUTOCOMMIT):
+        raise RuntimeError("no COMMIT to send this with: the session is in autocommit")
     session.info.setdefault(_COMMIT_WITH, []).append(sql)
 
 
@@ -261,8 +270,9 @@ async def _commit(conn: AsyncConnection, raw: Any, commit_with: list[str] | None
         # Lost after the last statement and before COMMIT: the server rolled it back.
         await conn.invalidate()
         raise DatabaseUnavailable("The connection to the database was lost; nothing was changed.")
+    server_pid = raw.get_server_pid()
     try:
-        await send(raw, "; ".join([*(commit_with or ()), "COMMIT"]))
+        status = await send(raw, "; ".join([*(commit_with or ()), "COMMIT"]))
     except Exception as exc:
         closed = raw.is_closed()
         await conn.invalidate()  # rare; a fresh connection is cheaper than doubt
@@ -270,11 +280,15 @@ async def _commit(conn: AsyncConnection, raw: Any, commit_with: list[str] | None
         if fault is None:
             raise
         if closed or isinstance(fault, DatabaseUnavailable):
-            raise CommitOutcomeUnknown(
+            unknown = CommitOutcomeUnknown(
                 "The connection broke while committing: the change may or may not be applied. "
                 "Retry with the same Idempotency-Key to get the first result or apply it once."
-            ) from exc
+            )
+            unknown.server_pid = server_pid
+            raise unknown from exc
         raise fault from exc  # the server refused the COMMIT (or what rode along): rolled back
+    if status != "COMMIT":  # "ROLLBACK": the transaction had failed and someone swallowed it
+        raise RuntimeError(f"COMMIT answered {status!r}: the transaction had failed")
 
 
 def on_end(session: AsyncSession, callback: Callable[[], None]) -> None:

@@ -5,12 +5,15 @@ COMMIT, is settled through the stored idempotent response when the request had a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
 import pytest
 
+from app import routing
 from app.core.settings import ApiSettings, DatabaseSettings, Settings
 from app.db import session as session_module
 from app.main import create_app
@@ -138,3 +141,56 @@ async def test_a_keyed_request_that_timed_out_on_a_lock_changed_nothing_and_its_
     ).status_code == 201
     assert await _transactions(p) == [retried.json()["transaction_id"]]
     assert await balance(p, "u") == {"available": 14, "held": 1, "total": 15}
+
+
+async def test_a_lost_commit_whose_server_process_still_runs_is_not_called_unapplied(
+    project: Project, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection dies while the last write (sent with COMMIT) still waits for a lock on
+    the server. A read then finds nothing, yet the server may still commit: the answer is
+    `commit_outcome_unknown`, never "nothing was changed"; once the write went through, a
+    retry with the key replays it, and it was applied once."""
+    await project.price("_default", 1, 1)
+    await project.user("u", credits=10)
+    original = session_module.send
+    armed = {"on": True}
+
+    async def send(raw: asyncpg.Connection, sql: str) -> str:
+        if not (armed["on"] and sql.endswith("COMMIT")):
+            return await original(raw, sql)
+        armed["on"] = False
+        sending = asyncio.ensure_future(original(raw, sql))
+        await asyncio.sleep(0.3)  # sent: the server now waits for the events table's lock
+        raw.terminate()
+        with contextlib.suppress(Exception):
+            await sending
+        raise asyncpg.ConnectionDoesNotExistError(
+            "connection was closed in the middle of operation"
+        )
+
+    # Warm the pooled connection: its statements are prepared once (parse analysis of an
+    # INSERT would wait for the lock below too).
+    warm = await project.post("/v1/transactions/start", START, headers={"Idempotency-Key": "w"})
+    assert warm.status_code == 201
+    blocker = await asyncpg.connect(database_url)
+    try:
+        await blocker.execute("BEGIN; LOCK TABLE events IN SHARE MODE")  # inserts wait
+        monkeypatch.setattr(session_module, "send", send)
+        monkeypatch.setattr(routing, "COMMIT_CHECK_SECONDS", 1.0)
+        r = await project.post("/v1/transactions/start", START, headers={"Idempotency-Key": "k9"})
+        assert r.status_code == 503, r.text
+        assert r.json()["code"] == "commit_outcome_unknown"
+        await blocker.execute("ROLLBACK")  # the waiting write goes on and commits
+    finally:
+        await blocker.close()
+    for _ in range(100):  # until the server process has finished
+        again = await project.post(
+            "/v1/transactions/start", START, headers={"Idempotency-Key": "k9"}
+        )
+        if again.status_code != 409:
+            break
+        await asyncio.sleep(0.05)
+    assert again.status_code == 201, again.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert len(await _transactions(project)) == 2  # the warm-up's and this one's, once
+    assert await balance(project, "u") == {"available": 8, "held": 2, "total": 10}

@@ -63,10 +63,17 @@ async def test_malformed_bodies_get_fastapis_answer(
     assert (await project.get("/v1/transactions", params={"user_id": "u"})).json()["data"] == []
 
 
-async def test_auth_is_checked_before_the_body(project: Project) -> None:
-    r = await project.client.post(
-        "/v1/transactions/start",
-        content=b"not json",
-        headers={"content-type": "application/json", "authorization": "Bearer wrong"},
-    )
-    assert r.status_code == 401
+async def test_fastapis_order_parse_then_authenticate_then_validate(project: Project) -> None:
+    """As FastAPI orders it: malformed JSON is a 422 before the key is looked at; a body
+    that parses but does not validate is checked after the key."""
+    wrong = {"content-type": "application/json", "authorization": "Bearer wrong"}
+    malformed = await project.client.post("/v1/transactions/start", content=b"{", headers=wrong)
+    assert malformed.status_code == 422
+    invalid = await project.client.post("/v1/transactions/start", content=b"{}", headers=wrong)
+    assert invalid.status_code == 401
+
+
+async def test_constrained_path_parameters_take_fastapis_way(project: Project) -> None:
+    """A path parameter with a pattern or a length limit is validated by FastAPI."""
+    r = await project.put("/v1/jobs/has space", {"price": 1})
+    assert r.status_code == 422, r.text

@@ -22,13 +22,15 @@ from app.idempotency.exceptions import IdempotencyKeyInFlight
 # (status 0, uncommitted: nobody else sees it) or takes over an expired row. A concurrent
 # request with the same key waits on our uncommitted row (PostgreSQL's unique check waits
 # for the inserting transaction to end) or on the row lock of a replaced expired one, but
-# only for 1 ms (a lock_timeout of 0 would mean forever): then it fails with
-# lock_not_available, the 409 idempotency_key_in_flight. The request's own lock_timeout is
+# only for 100 ms (a lock_timeout of 0 would mean forever): then it fails with
+# lock_not_available, the 409 idempotency_key_in_flight. (Not less: the insert may also wait
+# a moment for the table's extension lock, and at 1 ms a busy server turned such waits into
+# 409s for requests that had no duplicate.) The request's own lock_timeout is
 # read first and restored by the RETURNING (evaluated after the insert), so the handler's
 # statements keep it. With a live row there is nothing to return: the caller reads it.
 _CLAIM = """
 WITH prev AS MATERIALIZED (SELECT current_setting('lock_timeout') AS lock_timeout),
-nowait AS MATERIALIZED (SELECT set_config('lock_timeout', '1ms', true) FROM prev)
+nowait AS MATERIALIZED (SELECT set_config('lock_timeout', '100ms', true) FROM prev)
 INSERT INTO idempotency_keys AS k
     (project_id, key, method, path, request_hash, status_code, headers, body, expires_at)
 SELECT $1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, now() + $9::interval FROM nowait
@@ -143,7 +145,7 @@ async def claim(
     """Claim ``key`` for this transaction (or store a finished response right away).
 
     True when claimed; False when a live row holds the key (read it with ``get_live``).
-    Raises ``IdempotencyKeyInFlight`` when another transaction holds the key past 1 ms.
+    Raises ``IdempotencyKeyInFlight`` when another transaction holds the key past 100 ms.
     """
     try:
         row = await conn.fetchrow(

@@ -1,4 +1,5 @@
-"""Room on each page for HOT updates of the rows the hot path rewrites
+"""Room on each page for HOT updates of the rows the hot path rewrites; no vacuum truncation of
+idempotency_keys
 
 Every keyed request inserts its ``idempotency_keys`` row as in flight and then rewrites it with
 the stored response; every charge rewrites the user's ``accounts`` row and, on completion, its
@@ -30,8 +31,12 @@ FILL = {"idempotency_keys": 70, "accounts": 80, "usage_daily": 80}
 def upgrade() -> None:
     for table, percent in FILL.items():
         op.execute(f"ALTER TABLE {table} SET (fillfactor = {percent})")
+    # A key's claim waits briefly for locks (app/idempotency/repository.py); (auto)vacuum's
+    # truncation of empty trailing pages takes an ACCESS EXCLUSIVE lock: not on this table.
+    op.execute("ALTER TABLE idempotency_keys SET (vacuum_truncate = false)")
 
 
 def downgrade() -> None:
+    op.execute("ALTER TABLE idempotency_keys RESET (vacuum_truncate)")
     for table in FILL:
         op.execute(f"ALTER TABLE {table} RESET (fillfactor)")

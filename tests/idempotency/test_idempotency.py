@@ -210,7 +210,7 @@ async def test_an_expired_key_being_taken_over_by_a_request_in_flight_is_409(
 async def test_a_keyed_request_keeps_its_lock_timeout_for_its_own_locks(
     project: Project, database_url: str
 ) -> None:
-    """The claim waits 1 ms for a concurrent holder of the key; the handler's own lock waits
+    """The claim waits 0.1 s for a concurrent holder of the key; the handler's own lock waits
     still get the configured lock_timeout (here: an account row held for 0.3 s)."""
     await project.user("u", credits=5)
     async with account_locked(database_url, project.id, "u"):

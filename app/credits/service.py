@@ -110,10 +110,15 @@ async def _change(session: AsyncSession, account: LockedAccount, change: Change)
     return entry
 
 
-async def _last_change(session: AsyncSession, account: LockedAccount, change: Change) -> None:
-    """``_change`` as the request's last statement, sent with its COMMIT in one round trip
-    (``account.debt`` is not read back)."""
-    await repo.change_at_commit(session, account, _moved(account, change))
+async def _change_unread(
+    session: AsyncSession, account: LockedAccount, change: Change, *, last: bool
+) -> None:
+    """``_change`` for a caller that reads nothing back. ``last``: the request's last
+    statement, sent with its COMMIT in one round trip (``account.debt`` is not read back)."""
+    if last:
+        await repo.change_at_commit(session, account, _moved(account, change))
+    else:
+        await _change(session, account, change)
 
 
 def balance_events(account: LockedAccount, previous: Decimal) -> list[Write]:
@@ -309,10 +314,7 @@ async def hold(
         await writes.run(session, carry, at_commit=last)
         return
     change = Change(kind="hold", held_amount=amount, transaction_id=transaction_id, carry=carry)
-    if last:
-        await _last_change(session, account, change)
-    else:
-        await _change(session, account, change)
+    await _change_unread(session, account, change, last=last)
 
 
 async def settle(
@@ -346,10 +348,7 @@ async def settle(
         reason=reason,
         carry=carry,
     )
-    if last:
-        await _last_change(session, account, change)
-    else:
-        await _change(session, account, change)
+    await _change_unread(session, account, change, last=last)
 
 
 async def remove_from_grant(

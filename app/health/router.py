@@ -80,7 +80,14 @@ async def readyz(request: Request) -> Response:
     response_class=Response,
     openapi_extra=_PUBLIC,
     responses={
-        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}
+        200: {
+            "content": {
+                CONTENT_TYPE_LATEST: {
+                    "schema": {"type": "string", "description": "Prometheus text format 1.0.0"}
+                }
+            },
+            "description": "Prometheus text format",
+        }
     },
 )
 async def metrics(request: Request) -> Response:

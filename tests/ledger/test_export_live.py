@@ -221,6 +221,8 @@ async def _kill_the_next_batch(conn: Any, locked: asyncio.Event) -> None:
         # A wait bound, not a speed goal: on a loaded machine the next batch can take seconds.
         deadline = asyncio.get_running_loop().time() + 30
         while asyncio.get_running_loop().time() < deadline:
+            # pg_stat_activity is read once per transaction and kept: read it afresh.
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
             waiting = await conn.fetch(_WAITING)
             if waiting:
                 await conn.execute("SELECT pg_terminate_backend($1)", waiting[0]["pid"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -152,6 +153,10 @@ async def test_a_lost_commit_whose_server_process_still_runs_is_not_called_unapp
     retry with the key replays it, and it was applied once."""
     await project.price("_default", 1, 1)
     await project.user("u", credits=10)
+    first = (await project.post("/v1/transactions/start", START)).json()["transaction_id"]
+    done = await project.post(f"/v1/transactions/{first}/complete", {"success": True})
+    assert done.status_code == 200  # today's usage row of u exists now
+    txn = (await project.post("/v1/transactions/start", START)).json()["transaction_id"]
     original = session_module.send
     armed = {"on": True}
 
@@ -160,7 +165,7 @@ async def test_a_lost_commit_whose_server_process_still_runs_is_not_called_unapp
             return await original(raw, sql)
         armed["on"] = False
         sending = asyncio.ensure_future(original(raw, sql))
-        await asyncio.sleep(0.3)  # sent: the server now waits for the events table's lock
+        await asyncio.sleep(0.3)  # sent: the server now waits for the usage row's lock
         raw.terminate()
         with contextlib.suppress(Exception):
             await sending
@@ -168,29 +173,30 @@ async def test_a_lost_commit_whose_server_process_still_runs_is_not_called_unapp
             "connection was closed in the middle of operation"
         )
 
-    # Warm the pooled connection: its statements are prepared once (parse analysis of an
-    # INSERT would wait for the lock below too).
-    warm = await project.post("/v1/transactions/start", START, headers={"Idempotency-Key": "w"})
-    assert warm.status_code == 201
+    complete = f"/v1/transactions/{txn}/complete"
     blocker = await asyncpg.connect(database_url)
     try:
-        await blocker.execute("BEGIN; LOCK TABLE events IN SHARE MODE")  # inserts wait
+        # A row lock: the completion's usage upsert waits for it (preparing it would not).
+        await blocker.execute("BEGIN")
+        locked = await blocker.fetch(
+            "SELECT 1 FROM usage_daily WHERE project_id = $1 AND user_id = 'u' FOR UPDATE",
+            uuid.UUID(project.id),
+        )
+        assert len(locked) == 1
         monkeypatch.setattr(session_module, "send", send)
         monkeypatch.setattr(routing, "COMMIT_CHECK_SECONDS", 1.0)
-        r = await project.post("/v1/transactions/start", START, headers={"Idempotency-Key": "k9"})
+        r = await project.post(complete, {"success": True}, headers={"Idempotency-Key": "k9"})
         assert r.status_code == 503, r.text
         assert r.json()["code"] == "commit_outcome_unknown"
         await blocker.execute("ROLLBACK")  # the waiting write goes on and commits
     finally:
         await blocker.close()
     for _ in range(100):  # until the server process has finished
-        again = await project.post(
-            "/v1/transactions/start", START, headers={"Idempotency-Key": "k9"}
-        )
+        again = await project.post(complete, {"success": True}, headers={"Idempotency-Key": "k9"})
         if again.status_code != 409:
             break
         await asyncio.sleep(0.05)
-    assert again.status_code == 201, again.text
+    assert again.status_code == 200, again.text
     assert again.headers["idempotent-replayed"] == "true"
-    assert len(await _transactions(project)) == 2  # the warm-up's and this one's, once
-    assert await balance(project, "u") == {"available": 8, "held": 2, "total": 10}
+    assert (await project.get(f"/v1/transactions/{txn}")).json()["status"] == "completed"
+    assert await balance(project, "u") == {"available": 8, "held": 0, "total": 8}

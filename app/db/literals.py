@@ -14,8 +14,10 @@ same whether ``standard_conforming_strings`` is on or off (it is pinned on per c
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 
 def text(value: str) -> str:
@@ -49,20 +51,42 @@ def interval(value: timedelta) -> str:
     return f"'{value.days} days {value.seconds} seconds {value.microseconds} microseconds'"
 
 
+def _quoted(item: object) -> str:
+    """A literal of a value whose text holds no quote, backslash or NUL (digits, signs, hex,
+    ISO dates): quoted as it is."""
+    return "'" + str(item) + "'"
+
+
+def _iso(item: date) -> str:
+    return "'" + item.isoformat() + "'"
+
+
+_RENDER: dict[type, Callable[[Any], str]] = {
+    type(None): lambda _: "NULL",
+    bool: lambda item: "'true'" if item else "'false'",
+    str: text,
+    int: _quoted,
+    Decimal: _quoted,
+    uuid.UUID: _quoted,
+    datetime: _iso,
+    date: _iso,
+    bytes: bytea,
+}
+
+
 def value(item: object) -> str:
     """A parameter as an untyped literal (or NULL): PostgreSQL reads it with the input function
     of the parameter's type, as it would a parameter sent as text. Raises ``TypeError`` for a
-    value with no such rendering here (the caller then sends it as a real parameter)."""
-    if item is None:
-        return "NULL"
+    value with no such rendering here (the caller then sends it as a real parameter).
+
+    Looked up by exact type (a request's last write has dozens of arguments); a subclass of
+    one of those types goes through ``isinstance``."""
+    render = _RENDER.get(type(item))
+    if render is not None:
+        return render(item)
     if isinstance(item, bool):
-        return "'true'" if item else "'false'"
-    if isinstance(item, str):
-        return text(item)
-    if isinstance(item, int | Decimal | uuid.UUID):
-        return text(str(item))
-    if isinstance(item, datetime | date):
-        return text(item.isoformat())
-    if isinstance(item, bytes):
-        return bytea(item)
+        return _RENDER[bool](item)
+    for kind in (str, int, Decimal, uuid.UUID, datetime, date, bytes):
+        if isinstance(item, kind):
+            return _RENDER[kind](item)
     raise TypeError(f"no literal for {type(item).__name__}")

@@ -46,6 +46,7 @@ from app.events.router import router as events_router
 from app.health.router import expected_revision
 from app.health.router import router as health_router
 from app.jobs.router import router as jobs_router
+from app.lane import CreditdAPI
 from app.ledger.router import router as ledger_router
 from app.ledger.slots import ExportSlots
 from app.payments.router import router as payments_router
@@ -176,7 +177,7 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
             await app.state.rate_limits.close()
             await db.dispose()
 
-    app = FastAPI(
+    app = CreditdAPI(
         title="creditd",
         version=VERSION,
         summary="Credits for AI/LLM products: holds, usage, grants and an exact ledger.",
@@ -193,6 +194,7 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         # The OpenAPI `webhooks` section: the events creditd sends (never served).
         webhooks=event_webhooks.router(),
     )
+    app.lane_max_body_bytes = settings.api.max_body_bytes
     install_docs(app)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     app.state.settings = settings

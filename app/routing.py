@@ -182,7 +182,8 @@ class TransactionalRoute(APIRoute):
         async def route_handler(request: Request) -> Response:
             if "\x00" in request.scope["path"] or b"%00" in request.scope["query_string"]:
                 raise UnstorableInput()
-            request = DecimalRequest(request.scope, request.receive)
+            if not isinstance(request, DecimalRequest):  # the lane's has its body parsed
+                request = DecimalRequest(request.scope, request.receive)
             db: Database = request.app.state.db
             key = request.headers.get("idempotency-key")
             keyed = self.idempotent and key is not None and request.method == "POST"
@@ -196,7 +197,22 @@ class TransactionalRoute(APIRoute):
                 request.state.session = session
                 return await handler(request)
 
+        # For the metering lane (app/lane.py): the handler, for a body that validates.
+        self.lane_handler: Callable[[Request], Coroutine[Any, Any, Response]] | None = (
+            route_handler if self.calls_directly else None
+        )
         return route_handler
+
+    @property
+    def body_model(self) -> type[BaseModel] | None:
+        """The route's one JSON body model, if it takes one."""
+        params = self.dependant.body_params
+        if len(params) != 1:
+            return None
+        annotation = params[0].field_info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return annotation
+        return None
 
     async def idempotency_scope(self, request: Request) -> uuid.UUID:
         """Authorise the caller and name the scope its idempotency keys live in (its project).
@@ -281,7 +297,7 @@ def _direct(
         if model is not None:
             # FastAPI's order: the body is parsed first (malformed JSON: 422 before any
             # dependency runs), then the dependencies, then the body is validated.
-            if not _is_json(request.headers.get("content-type", "")):
+            if not is_json(request.headers.get("content-type", "")):
                 return await solved(request)
             try:
                 data = await request.json()
@@ -293,17 +309,21 @@ def _direct(
         for name in path_names:
             kwargs[name] = request.path_params[name]
         if model is not None:
-            try:
-                kwargs[body_name] = model.model_validate(data)
-            except ValidationError:
-                return await solved(request)  # FastAPI's own 422, word for word
+            validated = getattr(request, "validated", None)  # by the lane (app/lane.py)
+            if type(validated) is model:
+                kwargs[body_name] = validated
+            else:
+                try:
+                    kwargs[body_name] = model.model_validate(data)
+                except ValidationError:
+                    return await solved(request)  # FastAPI's own 422, word for word
         response: Response = await endpoint(**kwargs)
         return response
 
     return direct
 
 
-def _is_json(content_type: str) -> bool:
+def is_json(content_type: str) -> bool:
     return content_type.partition(";")[0].strip().lower() == "application/json"
 
 

@@ -161,6 +161,8 @@ class DecimalRequest(Request):
     surrogates, integers outside the signed 64-bit range, exponents beyond 1000, nesting
     deeper than the parser goes."""
 
+    validated: Any = None  # the body's model, when the metering lane validated it already
+
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             body = await self.body()

@@ -201,6 +201,12 @@ class BodyLimitMiddleware:
         await problem_from_error(Request(scope), error)(scope, receive, send)
 
 
+def replay(pending: list[Message], receive: Receive) -> Receive:
+    """A receive that hands out ``pending`` (last item first), then defers to ``receive``:
+    for messages already read from the server."""
+    return _Replay(pending, receive)
+
+
 class _Replay:
     """A receive that hands out ``pending`` (last item first), then defers to the server's."""
 

@@ -31,10 +31,12 @@ DATE_FORMAT = "%Y-%m-%d %H:%M UTC"
 
 @dataclass(frozen=True)
 class Run:
-    """One repetition: pgbench, then every load phase."""
+    """One repetition: pgbench TPC-B, pgbench on one hot row, then every load phase."""
 
     pgbench: PgbenchResult
     pgbench_cpu: dict[str, float]
+    hot_row: PgbenchResult
+    hot_row_cpu: dict[str, float]
     phases: list[PhaseResult]
     peer: PhaseResult | None = None
 

@@ -60,7 +60,9 @@ def fake_bench(*, speed: float = 1.0, keys: bool = True, label: str = "after") -
         }
         cpu = {"service": 80.0, "postgres": 40.0, "loadgen": 30.0, "other": 1.0}
         phases.append(PhaseResult(spec.name, spec.clients, opts.users, 5.0, ops, cpu))
-    run = Run(PgbenchResult(tps=1000.0, latency_ms=8.0), {"postgres": 150.0}, phases)
+    pg_cpu = {"postgres": 150.0}
+    tpcb, hot_row = PgbenchResult(tps=1000.0, latency_ms=8.0), PgbenchResult(1600.0, 10.0)
+    run = Run(tpcb, pg_cpu, hot_row, pg_cpu, phases)
     return Benchmark(opts, [run], "18.0", "embedded", True, "ok")
 
 

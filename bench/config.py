@@ -82,7 +82,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
     add("--duration", type=int, default=10, help="measured seconds per phase (default 10)")
     add("--warmup", type=float, default=1.0, help="unmeasured seconds before each phase")
     add("--runs", type=int, default=3, help="repeat pgbench + every phase; report medians")
-    add("--clients", type=int, default=16, help="clients of the throughput phases")
+    add(
+        "--clients",
+        type=int,
+        default=16,
+        help="clients of the throughput phases and of pgbench on the hot row",
+    )
     add("--latency-clients", type=int, default=4, help="clients of the latency phases")
     add("--users", type=int, default=1000, help="users of the many-users phases")
     add("--pgbench-clients", type=int, default=8)

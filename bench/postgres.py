@@ -15,11 +15,13 @@ from app.db import embedded
 
 TPS_LINE = re.compile(r"^tps = ([\d.]+) \(without initial connection time\)", re.MULTILINE)
 LATENCY_LINE = re.compile(r"^latency average = ([\d.]+) ms", re.MULTILINE)
+# TPC-B's transaction on one account row: every client updates aid = 1 (the hot-row rate).
+HOT_ROW_SCRIPT = Path(__file__).parent / "hot_row.sql"
 
 
 @dataclass(frozen=True)
 class PgbenchResult:
-    """TPC-B throughput and mean latency."""
+    """A pgbench run's throughput and mean latency."""
 
     tps: float
     latency_ms: float
@@ -61,10 +63,13 @@ class Postgres:
         argv = [str(embedded.BIN_DIR / "pgbench"), "-i", "-q", "-s", str(scale)]
         subprocess.run([*argv, self.url(database)], check=True, capture_output=True)
 
-    def pgbench_run(self, database: str, clients: int, seconds: int) -> PgbenchResult:
-        """Run the default TPC-B script for `seconds` and parse its tps."""
+    def pgbench_run(
+        self, database: str, clients: int, seconds: int, script: Path | None = None
+    ) -> PgbenchResult:
+        """Run `script` (default: the built-in TPC-B) for `seconds` and parse its tps."""
         argv = [str(embedded.BIN_DIR / "pgbench"), "-n", "-c", str(clients), "-j", "2"]
-        argv += ["-T", str(seconds), self.url(database)]
+        argv += ["-T", str(seconds)] + ([] if script is None else ["-f", str(script)])
+        argv.append(self.url(database))
         out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
         tps, latency = TPS_LINE.search(out), LATENCY_LINE.search(out)
         if tps is None or latency is None:

@@ -17,6 +17,7 @@ from bench.summary import GOAL_FIGURES, OpFigures, Summary, default_label
 
 # Issue 12's goals.
 RATIO_GOAL = 0.5
+HOT_RATIO_GOAL = 0.5  # pairs/hot start+complete req/s / pgbench hot-row tps, same run
 USAGE_RATIO_GOAL = 1.5
 KEYS_RATIO_GOAL = 0.9  # keyed / unkeyed start+complete throughput, same run
 LARGE_RATIO_GOAL = 1.2
@@ -31,10 +32,12 @@ DATE_FORMAT = "%Y-%m-%d %H:%M UTC"
 
 @dataclass(frozen=True)
 class Run:
-    """One repetition: pgbench, then every load phase."""
+    """One repetition: pgbench TPC-B, pgbench on one hot row, then every load phase."""
 
     pgbench: PgbenchResult
     pgbench_cpu: dict[str, float]
+    hot_row: PgbenchResult
+    hot_row_cpu: dict[str, float]
     phases: list[PhaseResult]
     peer: PhaseResult | None = None
 
@@ -93,9 +96,14 @@ def _median_phases(bench: Benchmark) -> list[PhaseResult]:
     return [median_phase([run.phase(name) for run in bench.runs]) for name in names]
 
 
-def _ratio(run: Run, name: str) -> float:
-    """start+complete requests/s of phase `name` over pgbench tps of the same run."""
-    return run.phase(name).rps / run.pgbench.tps if run.pgbench.tps else 0.0
+def _ratio(phase: PhaseResult, pgbench: PgbenchResult) -> float:
+    """start+complete requests/s of a phase over the tps of a pgbench of the same run."""
+    return phase.rps / pgbench.tps if pgbench.tps else 0.0
+
+
+def _hot_ratio(run: Run, opts: Options) -> float:
+    """One user's start+complete req/s (pairs/hot) over the hot-row pgbench tps, same run."""
+    return _ratio(run.phase(f"pairs/hot/{opts.clients}"), run.hot_row)
 
 
 def charges(phase: PhaseResult) -> float:
@@ -131,7 +139,12 @@ def cpu_ms(phase: PhaseResult, key: str, per_charge: bool = False) -> float | No
 def _pairs_ratio(bench: Benchmark) -> float:
     """(start+complete req/s) / pgbench tps at `--clients`: the median of per-run ratios."""
     name = f"pairs/many/{bench.options.clients}"
-    return statistics.median(_ratio(run, name) for run in bench.runs)
+    return statistics.median(_ratio(run.phase(name), run.pgbench) for run in bench.runs)
+
+
+def _median_hot_ratio(bench: Benchmark) -> float:
+    """pairs/hot req/s / pgbench hot-row tps: the median of per-run ratios."""
+    return statistics.median(_hot_ratio(run, bench.options) for run in bench.runs)
 
 
 def _median_usage_ratio(bench: Benchmark) -> float:
@@ -160,11 +173,18 @@ def _goals(bench: Benchmark, phases: list[PhaseResult]) -> list[tuple[str, str, 
     errors = sum(p.errors for p in phases)
     c4 = f"{opts.latency_clients} clients"
     usage_ratio = _median_usage_ratio(bench)
+    hot = _median_hot_ratio(bench)
     rows = [
         (
             f"(start+complete req/s) / pgbench tps >= {RATIO_GOAL}",
             f"{ratio:.3f} (charges per TPC-B transaction: {ratio / 2:.3f})",
             ratio >= RATIO_GOAL,
+        ),
+        (
+            "hot single user: (pairs/hot start+complete req/s) / pgbench hot-row tps >= "
+            f"{HOT_RATIO_GOAL} ({opts.clients} clients)",
+            f"{hot:.3f} (charges per hot-row transaction: {hot / 2:.3f})",
+            hot >= HOT_RATIO_GOAL,
         ),
         (
             f"one-shot `POST /v1/usage` charges/s >= {USAGE_RATIO_GOAL} x start+complete "
@@ -239,23 +259,30 @@ def _phase_rows(phases: list[PhaseResult]) -> list[list[str]]:
 
 
 def _run_rows(bench: Benchmark) -> list[list[str]]:
-    """One row per run: pgbench, the throughput phase and the ratio."""
+    """One row per run: each pgbench (TPC-B, hot row), the phase it is the baseline of
+    (pairs/many, pairs/hot) and their ratio; usage; latency; CPU."""
     opts = bench.options
-    name = f"pairs/many/{opts.clients}"
+    name, hot = f"pairs/many/{opts.clients}", f"pairs/hot/{opts.clients}"
     rows = []
     for i, run in enumerate(bench.runs, 1):
         check = run.phase(f"check/many/{opts.latency_clients}").ops["check"]
         start = run.phase(f"pairs/many/{opts.latency_clients}").ops["start"]
         usage = run.phase(f"usage/many/{opts.clients}")
-        ratio = _ratio(run, name)
+        ratio = _ratio(run.phase(name), run.pgbench)
         row = [str(i), f"{run.pgbench.tps:.0f}", f"{run.phase(name).rps:.0f}"]
         row += [f"{ratio:.3f}", f"{charges(run.phase(name)):.0f}", f"{ratio / 2:.3f}"]
+        row += [
+            f"{run.hot_row.tps:.0f}",
+            f"{run.phase(hot).rps:.0f}",
+            f"{_hot_ratio(run, opts):.3f}",
+        ]
         row += [f"{charges(usage):.0f}", f"{_usage_ratio(run, opts):.2f}"]
         if bench.runs[0].peer is not None:
             peer = f"{charges(run.peer):.0f}" if run.peer else "-"
             row += [peer, f"{_peer_ratio(run, usage.name):.2f}", f"{_peer_ratio(run, name):.2f}"]
         row += [f"{start.p99_ms:.2f}", f"{check.p99_ms:.2f}"]
-        row += [_cpu_cell(run.pgbench_cpu), _cpu_cell(run.phase(name).cpu)]
+        row += [_cpu_cell(run.pgbench_cpu), _cpu_cell(run.hot_row_cpu)]
+        row += [_cpu_cell(run.phase(name).cpu)]
         rows.append(row)
     return rows
 
@@ -353,7 +380,8 @@ def _large_lines(bench: Benchmark) -> list[str]:
 
 
 def summarise(bench: Benchmark) -> Summary:
-    """What `--save` writes: the median phases, pgbench tps and the goal figures."""
+    """What `--save` writes: the median phases, pgbench tps (TPC-B, hot row) and the goal
+    figures."""
     phases = [
         OpFigures(
             name=phase.name,
@@ -370,6 +398,8 @@ def summarise(bench: Benchmark) -> Summary:
     ]
     ratio = _pairs_ratio(bench)
     goals = {"pairs_req_per_pgbench_tps": ratio, "charges_per_tpcb_txn": ratio / 2}
+    hot = _median_hot_ratio(bench)
+    goals |= {"hot_pairs_req_per_hot_row_tps": hot, "charges_per_hot_row_txn": hot / 2}
     goals["usage_per_pairs_charges"] = _median_usage_ratio(bench)
     keyed = _keyed_ratio(bench)
     if keyed is not None:
@@ -381,6 +411,7 @@ def summarise(bench: Benchmark) -> Summary:
         pgbench_tps=statistics.median(run.pgbench.tps for run in bench.runs),
         phases=phases,
         goals=goals,
+        pgbench_hot_row_tps=statistics.median(run.hot_row.tps for run in bench.runs),
         postgres=f"{bench.postgres_version} ({bench.postgres_where})",
     )
 
@@ -445,9 +476,14 @@ def _unmatched_lines(before: Summary, after: Summary) -> list[str]:
 
 
 def _figure_rows(before: Summary, after: Summary) -> list[list[str]]:
-    """pgbench tps and the goal figures: before, after, after / before."""
-    tps = before.pgbench_tps, after.pgbench_tps
-    rows = [["pgbench TPC-B tps", f"{tps[0]:.0f}", f"{tps[1]:.0f}", _x(tps[1], tps[0])]]
+    """pgbench tps (TPC-B, hot row) and the goal figures: before, after, after / before."""
+    rows = []
+    for label, tps in (
+        ("pgbench TPC-B tps", (before.pgbench_tps, after.pgbench_tps)),
+        ("pgbench hot-row tps", (before.pgbench_hot_row_tps, after.pgbench_hot_row_tps)),
+    ):
+        cells = ["-" if v is None else f"{v:.0f}" for v in tps]
+        rows.append([label, *cells, _x(tps[1], tps[0])])
     for key in dict.fromkeys([*GOAL_FIGURES, *before.goals, *after.goals]):
         b, a = before.goals.get(key), after.goals.get(key)
         if b is None and a is None:
@@ -498,17 +534,24 @@ def markdown(bench: Benchmark, before: Summary | None = None, after: Summary | N
     opts, phases = bench.options, _median_phases(bench)
     tps = statistics.median(run.pgbench.tps for run in bench.runs)
     pg_latency = statistics.median(run.pgbench.latency_ms for run in bench.runs)
+    hot_tps = statistics.median(run.hot_row.tps for run in bench.runs)
+    hot_latency = statistics.median(run.hot_row.latency_ms for run in bench.runs)
     info = {**machine(), "PostgreSQL": f"{bench.postgres_version} ({bench.postgres_where})"}
     info["date"] = datetime.now(UTC).strftime(DATE_FORMAT)
     lines = ["# creditd benchmark results", "", "Written by `make bench` (`python -m bench`)."]
     lines += ["", "## Machine", ""] + [f"- **{k}**: {v}" for k, v in info.items()]
     lines += ["", "## Settings", ""]
     lines += [
-        f"- {opts.runs} run(s); each: pgbench, then every phase for {opts.duration} s "
-        f"(+{opts.warmup:g} s warm-up). Numbers below are medians over the runs.",
+        f"- {opts.runs} run(s); each: pgbench TPC-B, pgbench hot row, then every phase for "
+        f"{opts.duration} s (+{opts.warmup:g} s warm-up). Numbers below are medians over the "
+        "runs.",
         f"- many users = {opts.users} seeded users picked at random; hot = one user.",
         f"- pgbench: TPC-B default script, scale {opts.pgbench_scale}, "
         f"{opts.pgbench_clients} clients, 2 threads, {opts.duration} s, database `bench_pgbench`.",
+        f"- pgbench hot row: `bench/hot_row.sql`, TPC-B's transaction (UPDATE, SELECT, INSERT "
+        f"into history) always on account `aid = 1`, {opts.clients} clients (as "
+        f"`pairs/hot/{opts.clients}`), 2 threads, {opts.duration} s, same database: the "
+        "baseline of one hot user.",
         f"- service: `creditd serve --workers {opts.service_workers} --no-workers` (HTTP worker "
         "processes; background jobs off), production settings, rate limit off; "
         "load generator: one asyncio process with a minimal HTTP/1.1 keep-alive client.",
@@ -525,6 +568,10 @@ def markdown(bench: Benchmark, before: Summary | None = None, after: Summary | N
     lines += ["", "## Phases (medians)", "", *_table(PHASE_HEADER, _phase_rows(phases))]
     lines += ["", f"pgbench TPC-B: **{tps:.0f} tps**, latency average {pg_latency:.2f} ms."]
     lines += [
+        f"pgbench hot row: **{hot_tps:.0f} tps**, latency average {hot_latency:.2f} ms "
+        f"({opts.clients} clients)."
+    ]
+    lines += [
         "",
         "## CPU per request (medians)",
         "",
@@ -536,11 +583,13 @@ def markdown(bench: Benchmark, before: Summary | None = None, after: Summary | N
     lines += ["", "## Runs", ""]
     many = opts.clients
     run_header = ["run", "pgbench tps", f"pairs/many/{many} req/s", "ratio (req/tps)"]
-    run_header += ["charges/s", "charges per TPC-B txn", f"usage/many/{many} charges/s"]
+    run_header += ["charges/s", "charges per TPC-B txn", "hot-row tps"]
+    run_header += [f"pairs/hot/{many} req/s", "hot ratio (req/tps)", f"usage/many/{many} charges/s"]
     run_header += ["usage / pairs charges"]
     if bench.runs[0].peer is not None:
         run_header += [f"{opts.peer} charges/s", "usage / peer", "pairs / peer"]
-    run_header += ["start p99 ms", "check p99 ms", "CPU % during pgbench", "during pairs"]
+    run_header += ["start p99 ms", "check p99 ms", "CPU % during pgbench", "during hot row"]
+    run_header += ["during pairs"]
     lines += _table(run_header, _run_rows(bench))
     lines += _peer_lines(bench) + _large_lines(bench)
     return "\n".join(lines) + "\n"
@@ -550,6 +599,7 @@ def console(bench: Benchmark) -> str:
     """The short summary printed at the end of a run."""
     phases = _median_phases(bench)
     tps = statistics.median(run.pgbench.tps for run in bench.runs)
+    hot_tps = statistics.median(run.hot_row.tps for run in bench.runs)
     lines = [f"\n{'phase':<18} {'op':<9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"]
     for phase in phases:
         for op, s in phase.ops.items():
@@ -566,6 +616,11 @@ def console(bench: Benchmark) -> str:
     lines.append(
         f"pgbench TPC-B: {tps:.0f} tps; {pairs.name} start+complete: {pairs.rps:.0f} req/s "
         f"= {charges(pairs):.0f} charges/s"
+    )
+    hot = next(p for p in phases if p.name == f"pairs/hot/{bench.options.clients}")
+    lines.append(
+        f"pgbench hot row: {hot_tps:.0f} tps; {hot.name} start+complete: {hot.rps:.0f} req/s "
+        f"= {charges(hot):.0f} charges/s"
     )
     peers = [run.peer for run in bench.runs if run.peer is not None]
     if peers:

@@ -15,7 +15,7 @@ from bench.config import Options, parse_options
 from bench.cpu import CpuSample
 from bench.loadgen import LoadSpec, PhaseSpec, large_user_id
 from bench.peer import PeerUnavailable, ensure_env, run_peer
-from bench.postgres import Postgres, open_postgres
+from bench.postgres import HOT_ROW_SCRIPT, PgbenchResult, Postgres, open_postgres
 from bench.report import (
     BEFORE_AFTER_HEADING,
     Benchmark,
@@ -87,8 +87,18 @@ def prime(opts: Options, service: Service, key: str, pg: Postgres) -> None:
     pg.psql("VACUUM ANALYZE", CREDITD_DB)
 
 
+def run_pgbench(
+    pg: Postgres, service: Service, clients: int, seconds: int, script: Path | None = None
+) -> tuple[PgbenchResult, dict[str, float]]:
+    """pgbench on its database (`script`, default TPC-B) and the CPU use meanwhile."""
+    before = CpuSample.take(service.process.pid, pg.postmaster_pid())
+    result = pg.pgbench_run(PGBENCH_DB, clients, seconds, script)
+    return result, CpuSample.take(service.process.pid, pg.postmaster_pid()).percent_since(before)
+
+
 def measure(opts: Options, pg: Postgres, peer_python: Path | None = None) -> Benchmark:
-    """Prepare both databases, then run pgbench and the phases `opts.runs` times, then verify."""
+    """Prepare both databases, then run pgbench (TPC-B, then the hot row) and the phases
+    `opts.runs` times, then verify."""
     log(f"databases: {CREDITD_DB}, {PGBENCH_DB} (pgbench -i -s {opts.pgbench_scale})")
     pg.recreate_database(CREDITD_DB)
     pg.recreate_database(PGBENCH_DB)
@@ -102,10 +112,13 @@ def measure(opts: Options, pg: Postgres, peer_python: Path | None = None) -> Ben
         prime(opts, service, key, pg)
         for i in range(1, opts.runs + 1):
             log(f"run {i}/{opts.runs}: pgbench ({opts.duration} s)")
-            before = CpuSample.take(service.process.pid, pg.postmaster_pid())
-            pgbench = pg.pgbench_run(PGBENCH_DB, opts.pgbench_clients, opts.duration)
-            cpu = CpuSample.take(service.process.pid, pg.postmaster_pid()).percent_since(before)
+            pgbench, cpu = run_pgbench(pg, service, opts.pgbench_clients, opts.duration)
             log(f"  pgbench: {pgbench.tps:.0f} tps")
+            # The hot-row baseline of pairs/hot: as many clients, all on one account row.
+            hot_row, hot_row_cpu = run_pgbench(
+                pg, service, opts.clients, opts.duration, HOT_ROW_SCRIPT
+            )
+            log(f"  pgbench hot row ({opts.clients} clients): {hot_row.tps:.0f} tps")
             phases = run_load(opts, service, key, pg)
             peer = None
             if peer_python is not None:
@@ -119,7 +132,7 @@ def measure(opts: Options, pg: Postgres, peer_python: Path | None = None) -> Ben
                     warmup=opts.warmup,
                 )
                 log(f"  {peer.name}: {peer.rps:.0f} charges/s, {peer.errors} errors")
-            runs.append(Run(pgbench, cpu, phases, peer))
+            runs.append(Run(pgbench, cpu, hot_row, hot_row_cpu, phases, peer))
         large = measure_large(opts, service, key, pg) if opts.seed_users else None
     if profile is not None:
         log(f"service profile: {profile}")

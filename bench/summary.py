@@ -20,6 +20,8 @@ UNLABELLED = "unlabelled"
 GOAL_FIGURES = {
     "pairs_req_per_pgbench_tps": "(start+complete req/s) / pgbench tps",
     "charges_per_tpcb_txn": "charges per TPC-B transaction",
+    "hot_pairs_req_per_hot_row_tps": "(pairs/hot start+complete req/s) / pgbench hot-row tps",
+    "charges_per_hot_row_txn": "charges per hot-row transaction",
     "usage_per_pairs_charges": "one-shot usage / start+complete charges/s",
     "keyed_per_unkeyed": "keyed / unkeyed start+complete req/s",
 }
@@ -60,13 +62,15 @@ class Summary:
     phases: list[OpFigures]
     goals: dict[str, float] = field(default_factory=dict)
     postgres: str = ""
+    pgbench_hot_row_tps: float | None = None  # None: saved before the bench measured it
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict, `schema` first."""
         data: dict[str, Any] = {"schema": self.schema, "label": self.label, "date": self.date}
         data |= {"machine": self.machine, "postgres": self.postgres}
-        data |= {"pgbench_tps": self.pgbench_tps, "goals": self.goals}
+        data |= {"pgbench_tps": self.pgbench_tps, "pgbench_hot_row_tps": self.pgbench_hot_row_tps}
+        data["goals"] = self.goals
         data["phases"] = [{f.name: getattr(p, f.name) for f in fields(p)} for p in self.phases]
         return data
 
@@ -77,6 +81,7 @@ class Summary:
             raise SummaryError("not a benchmark summary (no `schema` version)")
         try:
             known = {f.name for f in fields(OpFigures)}
+            hot_row = data.get("pgbench_hot_row_tps")
             phases = [
                 OpFigures(**{k: v for k, v in p.items() if k in known}) for p in data["phases"]
             ]
@@ -88,6 +93,7 @@ class Summary:
                 phases=phases,
                 goals={str(k): float(v) for k, v in data.get("goals", {}).items()},
                 postgres=str(data.get("postgres", "")),
+                pgbench_hot_row_tps=None if hot_row is None else float(hot_row),
                 schema=data["schema"],
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:

@@ -35,7 +35,8 @@ MACHINE = {"CPU": "Test CPU", "cores": "2", "RAM": "4.0 GiB", "Python": "3.11.7"
 
 
 def fake_bench(*, speed: float = 1.0, keys: bool = True, label: str = "after") -> Benchmark:
-    """A benchmark of one run whose phases all ran at `speed` x RPS, pgbench at 1000 tps."""
+    """A benchmark of one run whose phases all ran at `speed` x RPS, pgbench at 1000 tps
+    (TPC-B) and 1600 tps (hot row)."""
     opts = Options(
         duration=5,
         warmup=1.0,
@@ -60,7 +61,9 @@ def fake_bench(*, speed: float = 1.0, keys: bool = True, label: str = "after") -
         }
         cpu = {"service": 80.0, "postgres": 40.0, "loadgen": 30.0, "other": 1.0}
         phases.append(PhaseResult(spec.name, spec.clients, opts.users, 5.0, ops, cpu))
-    run = Run(PgbenchResult(tps=1000.0, latency_ms=8.0), {"postgres": 150.0}, phases)
+    pg_cpu = {"postgres": 150.0}
+    tpcb, hot_row = PgbenchResult(tps=1000.0, latency_ms=8.0), PgbenchResult(1600.0, 10.0)
+    run = Run(tpcb, pg_cpu, hot_row, pg_cpu, phases)
     return Benchmark(opts, [run], "18.0", "embedded", True, "ok")
 
 
@@ -84,6 +87,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert data["schema"] == SCHEMA_VERSION
     assert data["label"] == "abc1234"
     assert data["pgbench_tps"] == 1000.0
+    assert data["pgbench_hot_row_tps"] == 1600.0
     assert data["postgres"] == "18.0 (embedded)"
     first = data["phases"][0]
     assert first == {
@@ -100,6 +104,9 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert data["goals"] == {
         "pairs_req_per_pgbench_tps": 0.8,
         "charges_per_tpcb_txn": 0.4,
+        # pairs/hot/16: 800 req/s over 1600 hot-row tps
+        "hot_pairs_req_per_hot_row_tps": 0.5,
+        "charges_per_hot_row_txn": 0.25,
         "usage_per_pairs_charges": 1.5,
         "keyed_per_unkeyed": 1.0,
     }
@@ -164,6 +171,13 @@ def test_table_rows_and_ratios() -> None:
     assert table_rows(lines, "pgbench TPC-B tps") == [
         ["pgbench TPC-B tps", "1000", "1000", "1.00x"]
     ]
+    assert table_rows(lines, "pgbench hot-row tps") == [
+        ["pgbench hot-row tps", "1600", "1600", "1.00x"]
+    ]
+    hot = table_rows(lines, "(pairs/hot start+complete req/s) / pgbench hot-row tps")
+    assert [row[1:] for row in hot] == [["0.500", "0.625", "1.25x"]]
+    hot_charges = table_rows(lines, "charges per hot-row transaction")
+    assert [row[1:] for row in hot_charges] == [["0.250", "0.312", "1.25x"]]
     ratio = table_rows(lines, "(start+complete req/s) / pgbench tps")
     assert ratio == [["(start+complete req/s) / pgbench tps", "0.800", "1.000", "1.25x"]]
     charges = table_rows(lines, "charges per TPC-B transaction")
@@ -171,6 +185,26 @@ def test_table_rows_and_ratios() -> None:
     usage = table_rows(lines, "one-shot usage / start+complete charges/s")
     assert usage[0][1:] == ["1.500", "1.500", "1.00x"]
     assert table_rows(lines, "keyed / unkeyed start+complete req/s")[0][1:3] == ["1.000", "1.000"]
+
+
+def test_summary_without_hot_row_shows_dashes(tmp_path: Path) -> None:
+    """A summary saved before the hot-row pgbench existed: its side of those rows is `-`."""
+    data: dict[str, Any] = summarise(fake_bench(label="old")).to_json()
+    del data["pgbench_hot_row_tps"]
+    del data["goals"]["hot_pairs_req_per_hot_row_tps"]
+    del data["goals"]["charges_per_hot_row_txn"]
+    path = tmp_path / "old.json"
+    path.write_bytes(orjson.dumps(data))
+    before = with_machine(load(path))
+    assert before.pgbench_hot_row_tps is None
+    lines = before_after_lines(before, with_machine(summarise(fake_bench())))
+    assert table_rows(lines, "pgbench hot-row tps") == [["pgbench hot-row tps", "-", "1600", "-"]]
+    hot = table_rows(lines, "(pairs/hot start+complete req/s) / pgbench hot-row tps")
+    assert [row[1:] for row in hot] == [["-", "0.500", "-"]]
+    assert table_rows(lines, "charges per hot-row transaction")[0][1:] == ["-", "0.250", "-"]
+    # and the other way round: this run's summary as the before of an old checkout's
+    reverse = before_after_lines(with_machine(summarise(fake_bench())), before)
+    assert table_rows(reverse, "pgbench hot-row tps") == [["pgbench hot-row tps", "1600", "-", "-"]]
 
 
 def test_phase_on_one_side_only_is_reported() -> None:
@@ -229,6 +263,40 @@ def test_markdown_has_the_section_only_with_before() -> None:
     assert headings.index(BEFORE_AFTER_HEADING) == headings.index("## Goals") + 1
     assert "before: **old**" in report
     assert "- both measured on the same machine" in report  # machine() both times
+
+
+HOT_GOAL = "hot single user: (pairs/hot start+complete req/s) / pgbench hot-row tps >= 0.5"
+
+
+@pytest.mark.parametrize(
+    ("speed", "measured", "verdict"),
+    [
+        (1.0, "0.500 (charges per hot-row transaction: 0.250)", "met"),
+        (0.5, "0.250 (charges per hot-row transaction: 0.125)", "**NOT met**"),
+    ],
+)
+def test_hot_single_user_goal(speed: float, measured: str, verdict: str) -> None:
+    """pairs/hot/16 req/s (800 x speed) over the same run's hot-row pgbench tps (1600)."""
+    lines = markdown(fake_bench(speed=speed)).splitlines()
+    assert table_rows(lines, f"{HOT_GOAL} (16 clients)") == [
+        [f"{HOT_GOAL} (16 clients)", measured, verdict]
+    ]
+
+
+def test_runs_table_and_settings_have_the_hot_row() -> None:
+    lines = markdown(fake_bench()).splitlines()
+    header = table_rows(lines, "run")[0]
+    (row,) = table_rows(lines, "1")
+    cells = dict(zip(header, row, strict=True))
+    assert cells["hot-row tps"] == "1600"
+    assert cells["pairs/hot/16 req/s"] == "800"
+    assert cells["hot ratio (req/tps)"] == "0.500"
+    assert cells["during hot row"] == "- / 150 / - / -"
+    assert any(
+        line.startswith("- pgbench hot row: `bench/hot_row.sql`") and "16 clients" in line
+        for line in lines
+    )
+    assert "pgbench hot row: **1600 tps**, latency average 10.00 ms (16 clients)." in lines
 
 
 def test_stale_section_is_not_kept(tmp_path: Path) -> None:

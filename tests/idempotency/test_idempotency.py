@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -113,33 +114,48 @@ async def test_a_first_attempt_failing_with_5xx_does_not_hold_the_key(
     assert (await balance(project, "u"))["total"] == 3, "the crashed attempt's write rolled back"
 
 
+@dataclass
+class _Held:
+    """A request paused inside its handler."""
+
+    request: asyncio.Task[httpx.Response]
+    go_on: asyncio.Event
+
+    async def finish(self) -> httpx.Response:
+        """Let it go on (to its COMMIT); its response."""
+        self.go_on.set()
+        return await self.request
+
+
 @asynccontextmanager
-async def key_claimed(database_url: str, project_id: str, key: str) -> AsyncIterator[None]:
-    """Claim ``key`` from a connection of our own and keep the transaction open, as a request
-    still in flight does (its row is uncommitted: in flight, never visible to others)."""
-    conn = await asyncpg.connect(database_url)
+async def held_in_flight(
+    project: Project, monkeypatch: pytest.MonkeyPatch, key: str, amount: int = 1
+) -> AsyncIterator[_Held]:
+    """A real grant to u with ``key``, paused in its handler once its grant is written (its
+    COMMIT not sent) until ``finish()`` or the end of the block; later requests run freely."""
+    entered, go_on = asyncio.Event(), asyncio.Event()
+    real_grant = credits_service.grant
+
+    async def paused(*args: Any, **kwargs: Any) -> Any:
+        result = await real_grant(*args, **kwargs)
+        entered.set()
+        await go_on.wait()
+        return result
+
+    monkeypatch.setattr(credits_service, "grant", paused)
+    payload = {"amount": amount}
+    held = _Held(
+        asyncio.create_task(
+            project.post("/v1/users/u/credits", payload, headers={"Idempotency-Key": key})
+        ),
+        go_on,
+    )
     try:
-        async with conn.transaction():
-            claimed = await idem_repo.claim(
-                conn,
-                project_id=uuid.UUID(project_id),
-                key=key,
-                method="POST",
-                path="/v1/users/u/credits",
-                request_hash="in-flight",
-                ttl=timedelta(hours=1),
-            )
-            assert claimed
-            yield
-            raise _Abandon()  # roll the claim back, as a 5xx would
-    except _Abandon:
-        pass
+        await asyncio.wait_for(entered.wait(), 10)
+        monkeypatch.setattr(credits_service, "grant", real_grant)
+        yield held
     finally:
-        await conn.close()
-
-
-class _Abandon(Exception):
-    pass
+        await held.finish()
 
 
 async def _expire(database_url: str, project_id: str, key: str) -> None:
@@ -156,25 +172,22 @@ async def _expire(database_url: str, project_id: str, key: str) -> None:
         await conn.close()
 
 
-async def test_a_key_held_by_a_request_in_flight_is_409(
-    project: Project, database_url: str
+async def test_a_duplicate_of_a_request_in_flight_is_409_at_once_and_the_first_applies_once(
+    project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await project.user("u")
-    async with key_claimed(database_url, project.id, "busy"):
+    headers = {"Idempotency-Key": "busy"}
+    async with held_in_flight(project, monkeypatch, "busy") as first:
         started = time.monotonic()
-        r = await project.post(
-            "/v1/users/u/credits", {"amount": 1}, headers={"Idempotency-Key": "busy"}
-        )
-        assert time.monotonic() - started < 2, "answered without waiting for the other request"
-    assert r.status_code == 409
-    assert r.json()["code"] == "idempotency_key_in_flight"
-    assert (await balance(project, "u"))["total"] == 0
-    # The in-flight request went away without a response (a 5xx): the key is free again.
-    again = await project.post(
-        "/v1/users/u/credits", {"amount": 1}, headers={"Idempotency-Key": "busy"}
-    )
-    assert again.status_code == 201
-    assert "idempotent-replayed" not in again.headers
+        r = await project.post("/v1/users/u/credits", {"amount": 1}, headers=headers)
+        assert time.monotonic() - started < 1, "answered without waiting for the first request"
+        assert (r.status_code, r.json()["code"]) == (409, "idempotency_key_in_flight")
+        assert not first.request.done()
+    assert first.request.result().status_code == 201
+    assert "idempotent-replayed" not in first.request.result().headers
+    replay = await project.post("/v1/users/u/credits", {"amount": 1}, headers=headers)
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert replay.content == first.request.result().content
     assert (await balance(project, "u"))["total"] == 1
 
 
@@ -195,16 +208,22 @@ async def test_an_expired_key_is_used_afresh(project: Project, database_url: str
 
 
 async def test_an_expired_key_being_taken_over_by_a_request_in_flight_is_409(
-    project: Project, database_url: str
+    project: Project, monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:
     await project.user("u")
     headers = {"Idempotency-Key": "old-busy"}
     await project.post("/v1/users/u/credits", {"amount": 2}, headers=headers)
     await _expire(database_url, project.id, "old-busy")
-    async with key_claimed(database_url, project.id, "old-busy"):  # locks the expired row
-        r = await project.post("/v1/users/u/credits", {"amount": 2}, headers=headers)
-    assert (r.status_code, r.json()["code"]) == (409, "idempotency_key_in_flight")
-    assert (await balance(project, "u"))["total"] == 2
+    async with held_in_flight(project, monkeypatch, "old-busy", amount=3) as first:
+        r = await project.post("/v1/users/u/credits", {"amount": 3}, headers=headers)
+        assert (r.status_code, r.json()["code"]) == (409, "idempotency_key_in_flight")
+    taken_over = first.request.result()
+    assert taken_over.status_code == 201
+    assert "idempotent-replayed" not in taken_over.headers
+    replay = await project.post("/v1/users/u/credits", {"amount": 3}, headers=headers)
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert replay.content == taken_over.content
+    assert (await balance(project, "u"))["total"] == 5
 
 
 async def test_a_keyed_request_keeps_its_lock_timeout_for_its_own_locks(

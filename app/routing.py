@@ -1,9 +1,9 @@
 """The route class every /v1 route uses: one request = one database transaction.
 
 It opens the session, runs the handler, and commits before the response leaves. For a POST
-with ``Idempotency-Key`` it claims the key with the transaction's BEGIN, replays a stored
-response, and stores the new one with its COMMIT, *in the same transaction* as the effect it
-describes, so a stored response exists exactly when its effect was committed.
+with ``Idempotency-Key`` it locks the key and looks for its row with the transaction's BEGIN,
+replays a stored response, and stores the new one with its COMMIT, *in the same transaction*
+as the effect it describes, so a stored response exists exactly when its effect was committed.
 
 Transient database failures leave ``Database.transaction()`` as 503s. When only the reply to
 COMMIT was lost, a request with a key reads its stored response back to learn whether the
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import structlog
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
@@ -372,7 +373,13 @@ class _Claim:
     ttl: timedelta
 
     def opening(self) -> Opening:
-        return idem_repo.claim_opening(
+        return idem_repo.key_opening(project_id=self.scope, key=self.key)
+
+    async def take(self, conn: Any) -> bool:
+        """Claim the key's existing row for this transaction (an expired one is taken over);
+        False when a live row holds it."""
+        return await idem_repo.claim(
+            conn,
             project_id=self.scope,
             key=self.key,
             method=self.method,
@@ -398,24 +405,47 @@ async def _keyed(
 ) -> Response:
     """A POST with ``Idempotency-Key``: replay its stored response, or run it and store one.
 
-    Common path, one transaction and no round trip of its own: the claim of the key rides
-    with BEGIN, the handler runs, the response rides with COMMIT (``app/db/session.py``).
-    No advisory lock and no savepoint: a business error rolls the whole transaction back (its
-    effects and the claim) and is stored by a second, short transaction instead.
+    Common path, one transaction and no round trip of its own: the lock on the key and the
+    look-up of its row ride with BEGIN; with no row, the handler runs and the key's row is
+    inserted, response and all, with COMMIT: written once. A key that has a row (a retry, an
+    expired key) is claimed in the same transaction: replayed, or taken over and updated with
+    the response at COMMIT. No savepoint: a business error rolls the whole transaction back
+    (its effects and the lock) and is stored by a second, short transaction instead.
     """
     # Authorised before anything can be replayed; a key this process has not verified lately
     # is looked up in a short transaction of its own (app/auth/dependencies.py).
     scope = await route.idempotency_scope(request)
     claim = await _claim_for(request, scope, key)
+    try:
+        return await _keyed_once(request, handler, db, claim)
+    except asyncpg.UniqueViolationError as exc:
+        if not idem_repo.duplicate(exc):
+            raise
+    # A writer that does not take the lock (a business error or a read stored by
+    # ``_store_once``) wrote the key's row between our look-up and our COMMIT, which failed
+    # and rolled everything back. Once more: the look-up now finds that row, so this ends in
+    # its replay or a 409, never in a second effect.
+    log.info("idempotency_key_stored_meanwhile")
+    return await _keyed_once(request, handler, db, claim)
+
+
+async def _keyed_once(
+    request: Request,
+    handler: Callable[[Request], Awaitable[Response]],
+    db: Database,
+    claim: _Claim,
+) -> Response:
+    """One transaction of a keyed request (``_keyed``)."""
     response: Response | None = None
     try:
         try:
             async with db.transaction(opening=claim.opening()) as session:
                 gate.attach(session, request.app.state.account_gate)
                 request.state.session = session
-                if not idem_repo.claimed(session):
+                found = idem_repo.found(session)
+                if found and not await claim.take(driver(session)):
                     return await _replay(driver(session), claim)
-                response = await _run_claimed(request, handler, session, claim)
+                response = await _run_keyed(request, handler, session, claim, claimed=found)
         except _Refused as refused:
             response = refused.response
             async with db.transaction() as session:
@@ -456,13 +486,16 @@ async def _replay(conn: Any, claim: _Claim) -> Response:
     return Response(stored.body, status_code=stored.status_code, headers=headers)
 
 
-async def _run_claimed(
+async def _run_keyed(
     request: Request,
     handler: Callable[[Request], Awaitable[Response]],
     session: AsyncSession,
     claim: _Claim,
+    *,
+    claimed: bool,
 ) -> Response:
-    """Run the handler under the claimed key; its response is stored with the COMMIT."""
+    """Run the handler under the locked key; its response is stored with the COMMIT, as the
+    key's new row or (``claimed``) into the row this transaction claimed."""
     refused: AppError | None = None
     try:
         response = await handler(request)
@@ -475,12 +508,27 @@ async def _run_claimed(
         # the transaction's rollback does not mistake it for a database fault.
         raise _Refused(problem_from_error(request, refused))
     if response.status_code >= 500:
-        await idem_repo.release(driver(session), project_id=claim.scope, key=claim.key)
+        if claimed:
+            await idem_repo.release(driver(session), project_id=claim.scope, key=claim.key)
         return response
-    idem_repo.store_with_commit(
+    if claimed:
+        idem_repo.store_with_commit(
+            session,
+            project_id=claim.scope,
+            key=claim.key,
+            status_code=response.status_code,
+            headers=_stored_headers(response),
+            body=bytes(response.body),
+        )
+        return response
+    idem_repo.insert_with_commit(
         session,
         project_id=claim.scope,
         key=claim.key,
+        method=claim.method,
+        path=claim.path,
+        request_hash=claim.request_hash,
+        ttl=claim.ttl,
         status_code=response.status_code,
         headers=_stored_headers(response),
         body=bytes(response.body),
@@ -492,9 +540,11 @@ async def _store_once(conn: Any, claim: _Claim, response: Response) -> Response:
     """Store a response that changed nothing (a business error whose effects were rolled
     back, or a read) under the key, in one statement.
 
-    The key was free while the response was made; a concurrent request may have claimed it
-    since: then its stored response is replayed (or it is still in flight), so every answer
-    for one key is still its one stored response or a 409.
+    This takes no lock on the key: the key was free while the response was made, and a
+    concurrent request may have taken it since. Its response committed first: that one is
+    replayed (its row still uncommitted past 100 ms: 409 in flight). Ours first: its COMMIT
+    meets our row and it runs again to replay ours (``_keyed``). Either way every answer for
+    one key is its one stored response or a 409.
     """
     claimed = await idem_repo.claim(
         conn,

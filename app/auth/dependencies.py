@@ -47,7 +47,7 @@ def client_address(request: Request) -> str:
 
 async def _authenticate(request: Request, cache: KeyCache, raw_key: str | None) -> Principal:
     """Look the key up in the request's transaction, or, before it has one (a keyed POST
-    authorises before its transaction opens with the key's claim), in a short one."""
+    authorises before its transaction opens with the key's lock), in a short one."""
     session = getattr(request.state, "session", None)
     if session is not None:
         return await authenticate(session, cache, raw_key)

@@ -1,10 +1,10 @@
 """SQL literals for the few statements sent in the simple-query protocol.
 
 Parameters cannot travel in a simple query, and only a simple query carries several statements
-in one round trip: ``BEGIN`` with the claim of an ``Idempotency-Key``, the stored response with
-``COMMIT`` (``app/db/session.py``). Those statements are server-side prepared once per
-connection and executed here with literal arguments, so the server parses a short ``EXECUTE``
-and plans nothing.
+in one round trip: ``BEGIN`` with the lock and look-up of an ``Idempotency-Key``, the stored
+response with ``COMMIT`` (``app/db/session.py``). Those statements are server-side prepared
+once per connection and executed here with literal arguments, so the server parses a short
+``EXECUTE`` and plans nothing.
 
 Text is written as an escape string, E'...', with every backslash and quote doubled: read the
 same whether ``standard_conforming_strings`` is on or off (it is pinned on per connection in

@@ -81,9 +81,9 @@ def _begin_sql(isolation: str | None, readonly: bool) -> str:
 
 @dataclass(frozen=True)
 class Opening:
-    """A statement sent in the same round trip as BEGIN (a simple query, literal arguments):
-    the claim of an ``Idempotency-Key``. ``translate`` turns its own errors into the request's
-    answer (None: handled as any database error)."""
+    """Statements sent in the same round trip as BEGIN (a simple query, literal arguments):
+    the lock on an ``Idempotency-Key`` and the look-up of its row. ``translate`` turns their
+    own errors into the request's answer (None: handled as any database error)."""
 
     sql: str
     translate: Callable[[Exception], Exception | None] = lambda exc: None
@@ -114,10 +114,10 @@ class Database:
         """A session inside one transaction: committed on success, rolled back on error.
 
         ``isolation`` ("repeatable_read", "serializable") and ``readonly``; the default is
-        the server's READ COMMITTED. ``opening`` is executed with BEGIN in one round trip; its
-        status tag is ``opened(session)``. ``commit_with(session, sql)`` sends ``sql`` with
-        COMMIT in one round trip. With ``autocommit`` there is no transaction at all: every
-        statement commits on its own (for reads that need no common snapshot).
+        the server's READ COMMITTED. ``opening`` is executed with BEGIN in one round trip; the
+        status tag of its last statement is ``opened(session)``. ``commit_with(session, sql)``
+        sends ``sql`` with COMMIT in one round trip. With ``autocommit`` there is no transaction
+        at all: every statement commits on its own (for reads that need no common snapshot).
 
         Raises a ``DatabaseFault`` for transient failures; ``CommitOutcomeUnknown`` only when
         the connection broke while COMMIT was in flight.
@@ -222,7 +222,7 @@ async def _begin(
 
 
 def opened(session: AsyncSession) -> str:
-    """The status tag of the transaction's ``Opening`` statement."""
+    """The status tag of the transaction's ``Opening`` (of its last statement)."""
     status: str = session.info[_OPENED]
     return status
 

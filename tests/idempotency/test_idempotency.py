@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -19,8 +20,10 @@ from app import routing
 from app.core.http import render_json
 from app.credits import service as credits_service
 from app.credits.exceptions import InsufficientCredits
+from app.db import session as session_module
+from app.db.session import Database
 from app.idempotency import repository as idem_repo
-from tests.conftest import ADMIN_TOKEN, Project
+from tests.conftest import ADMIN_TOKEN, Project, assert_ledger_consistent
 from tests.fixtures.locks import account_locked
 from tests.helpers import balance, body
 
@@ -113,33 +116,61 @@ async def test_a_first_attempt_failing_with_5xx_does_not_hold_the_key(
     assert (await balance(project, "u"))["total"] == 3, "the crashed attempt's write rolled back"
 
 
+@dataclass
+class _Held:
+    """A request paused inside its handler."""
+
+    request: asyncio.Task[httpx.Response]
+    go_on: asyncio.Event
+
+    async def finish(self) -> httpx.Response:
+        """Let it go on (to its COMMIT); its response."""
+        self.go_on.set()
+        return await self.request
+
+
 @asynccontextmanager
-async def key_claimed(database_url: str, project_id: str, key: str) -> AsyncIterator[None]:
-    """Claim ``key`` from a connection of our own and keep the transaction open, as a request
-    still in flight does (its row is uncommitted: in flight, never visible to others)."""
-    conn = await asyncpg.connect(database_url)
+async def held_in_flight(
+    project: Project, monkeypatch: pytest.MonkeyPatch, key: str, amount: int = 1
+) -> AsyncIterator[_Held]:
+    """A real grant to u with ``key``, paused in its handler once its grant is written (its
+    COMMIT not sent) until ``finish()`` or the end of the block; later requests run freely."""
+    entered, go_on = asyncio.Event(), asyncio.Event()
+    real_grant = credits_service.grant
+
+    async def paused(*args: Any, **kwargs: Any) -> Any:
+        result = await real_grant(*args, **kwargs)
+        entered.set()
+        await go_on.wait()
+        return result
+
+    monkeypatch.setattr(credits_service, "grant", paused)
+    payload = {"amount": amount}
+    held = _Held(
+        asyncio.create_task(
+            project.post("/v1/users/u/credits", payload, headers={"Idempotency-Key": key})
+        ),
+        go_on,
+    )
     try:
-        async with conn.transaction():
-            claimed = await idem_repo.claim(
-                conn,
-                project_id=uuid.UUID(project_id),
-                key=key,
-                method="POST",
-                path="/v1/users/u/credits",
-                request_hash="in-flight",
-                ttl=timedelta(hours=1),
-            )
-            assert claimed
-            yield
-            raise _Abandon()  # roll the claim back, as a 5xx would
-    except _Abandon:
-        pass
+        await asyncio.wait_for(entered.wait(), 10)
+        monkeypatch.setattr(credits_service, "grant", real_grant)
+        yield held
     finally:
-        await conn.close()
+        await held.finish()
 
 
-class _Abandon(Exception):
-    pass
+_WAITING_FOR_A_LOCK = (
+    "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)"
+)
+
+
+async def _until(conn: asyncpg.Connection, query: str, *args: Any) -> None:
+    """Poll ``query`` (a live view such as pg_locks) until it is true."""
+    deadline = time.monotonic() + 10
+    while not await conn.fetchval(query, *args):
+        assert time.monotonic() < deadline, query
+        await asyncio.sleep(0.005)
 
 
 async def _expire(database_url: str, project_id: str, key: str) -> None:
@@ -156,26 +187,63 @@ async def _expire(database_url: str, project_id: str, key: str) -> None:
         await conn.close()
 
 
-async def test_a_key_held_by_a_request_in_flight_is_409(
-    project: Project, database_url: str
+async def test_a_duplicate_of_a_request_in_flight_is_409_at_once_and_the_first_applies_once(
+    project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await project.user("u")
-    async with key_claimed(database_url, project.id, "busy"):
+    headers = {"Idempotency-Key": "busy"}
+    async with held_in_flight(project, monkeypatch, "busy") as first:
         started = time.monotonic()
-        r = await project.post(
-            "/v1/users/u/credits", {"amount": 1}, headers={"Idempotency-Key": "busy"}
-        )
-        assert time.monotonic() - started < 2, "answered without waiting for the other request"
-    assert r.status_code == 409
-    assert r.json()["code"] == "idempotency_key_in_flight"
-    assert (await balance(project, "u"))["total"] == 0
-    # The in-flight request went away without a response (a 5xx): the key is free again.
-    again = await project.post(
-        "/v1/users/u/credits", {"amount": 1}, headers={"Idempotency-Key": "busy"}
-    )
-    assert again.status_code == 201
-    assert "idempotent-replayed" not in again.headers
+        r = await project.post("/v1/users/u/credits", {"amount": 1}, headers=headers)
+        assert time.monotonic() - started < 1, "answered without waiting for the first request"
+        assert (r.status_code, r.json()["code"]) == (409, "idempotency_key_in_flight")
+        assert not first.request.done()
+    assert first.request.result().status_code == 201
+    assert "idempotent-replayed" not in first.request.result().headers
+    replay = await project.post("/v1/users/u/credits", {"amount": 1}, headers=headers)
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert replay.content == first.request.result().content
     assert (await balance(project, "u"))["total"] == 1
+
+
+async def test_a_duplicate_that_waited_for_the_first_replays_what_it_committed(
+    project: Project, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    """The look-up of the key's row runs once the key's lock is granted, in a snapshot of its
+    own: a duplicate that waited (under 0.1 s) for the first request sees the row the first
+    committed, and replays it without running its handler."""
+    await project.user("u")
+    grants: list[object] = []
+    real_grant = credits_service.grant
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        grants.append(kwargs)
+        return await real_grant(*args, **kwargs)
+
+    monkeypatch.setattr(credits_service, "grant", counted)
+    watcher = await asyncpg.connect(database_url)
+    try:
+        for attempt in range(10):
+            key, ran_before = f"waited-{attempt}", len(grants)
+            async with held_in_flight(project, monkeypatch, key) as held:
+                duplicate = asyncio.create_task(
+                    project.post(
+                        "/v1/users/u/credits", {"amount": 1}, headers={"Idempotency-Key": key}
+                    )
+                )
+                await _until(watcher, _WAITING_FOR_A_LOCK)
+                first = await held.finish()
+            again = await duplicate
+            assert len(grants) - ran_before == 1, "the duplicate did not run its handler"
+            if again.status_code != 409:  # 409 in flight: waited past 0.1 s (a slow machine)
+                break
+        else:
+            pytest.fail("every duplicate waited past 0.1 s")
+    finally:
+        await watcher.close()
+    assert (again.status_code, again.content) == (201, first.content)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert (await balance(project, "u"))["total"] == attempt + 1
 
 
 async def test_an_expired_key_is_used_afresh(project: Project, database_url: str) -> None:
@@ -195,16 +263,22 @@ async def test_an_expired_key_is_used_afresh(project: Project, database_url: str
 
 
 async def test_an_expired_key_being_taken_over_by_a_request_in_flight_is_409(
-    project: Project, database_url: str
+    project: Project, monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:
     await project.user("u")
     headers = {"Idempotency-Key": "old-busy"}
     await project.post("/v1/users/u/credits", {"amount": 2}, headers=headers)
     await _expire(database_url, project.id, "old-busy")
-    async with key_claimed(database_url, project.id, "old-busy"):  # locks the expired row
-        r = await project.post("/v1/users/u/credits", {"amount": 2}, headers=headers)
-    assert (r.status_code, r.json()["code"]) == (409, "idempotency_key_in_flight")
-    assert (await balance(project, "u"))["total"] == 2
+    async with held_in_flight(project, monkeypatch, "old-busy", amount=3) as first:
+        r = await project.post("/v1/users/u/credits", {"amount": 3}, headers=headers)
+        assert (r.status_code, r.json()["code"]) == (409, "idempotency_key_in_flight")
+    taken_over = first.request.result()
+    assert taken_over.status_code == 201
+    assert "idempotent-replayed" not in taken_over.headers
+    replay = await project.post("/v1/users/u/credits", {"amount": 3}, headers=headers)
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert replay.content == taken_over.content
+    assert (await balance(project, "u"))["total"] == 5
 
 
 async def test_a_keyed_request_keeps_its_lock_timeout_for_its_own_locks(
@@ -403,3 +477,161 @@ async def test_a_keyed_check_stores_a_business_error(project: Project) -> None:
     assert again.headers["idempotent-replayed"] == "true"
     assert again.content == first.content
     assert (await project.post("/v1/check", check)).status_code == 200
+
+
+@pytest.fixture
+def key_row_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """For every transaction that commits: the rows of idempotency_keys it inserted and
+    updated. Read from the backend's own counters (pg_stat_xact_user_tables) right after
+    BEGIN and right before COMMIT: those also hold earlier transactions' counts not yet
+    flushed, but nothing is flushed inside a transaction, so the difference is exact."""
+    original = session_module.send
+    at_begin: dict[int, tuple[int, int]] = {}
+    writes: list[tuple[int, int]] = []
+
+    async def counts(raw: asyncpg.Connection) -> tuple[int, int]:
+        row = await raw.fetchrow(
+            "SELECT n_tup_ins, n_tup_upd FROM pg_stat_xact_user_tables "
+            "WHERE relid = 'idempotency_keys'::regclass"
+        )
+        return row["n_tup_ins"], row["n_tup_upd"]
+
+    async def send(raw: asyncpg.Connection, sql: str) -> str:
+        if sql.startswith("BEGIN"):
+            status = await original(raw, sql)
+            at_begin[id(raw)] = await counts(raw)
+            return status
+        if not sql.endswith("COMMIT"):
+            return await original(raw, sql)
+        riding = sql.removesuffix("COMMIT").rstrip().removesuffix(";")
+        if riding:
+            await original(raw, riding)
+        (ins, upd), (ins0, upd0) = await counts(raw), at_begin.pop(id(raw))
+        writes.append((ins - ins0, upd - upd0))
+        return await original(raw, "COMMIT")
+
+    monkeypatch.setattr(session_module, "send", send)
+    return writes
+
+
+START = {"user_id": "u", "model": "m", "provisional_tokens": {"input_tokens": 1000}}
+
+
+async def test_a_keyed_start_and_complete_each_write_their_key_row_once(
+    project: Project, key_row_writes: list[tuple[int, int]]
+) -> None:
+    """The common path inserts the key's row, response and all, with COMMIT: one heap write,
+    no in-flight row updated later. A replay writes nothing."""
+    await project.price("_default", 1, 1)
+    await project.user("u", credits=10)
+    key_row_writes.clear()
+    started = await project.post("/v1/transactions/start", START, headers={"Idempotency-Key": "s"})
+    assert started.status_code == 201, started.text
+    assert [w for w in key_row_writes if w != (0, 0)] == [(1, 0)]
+    key_row_writes.clear()
+    replay = await project.post("/v1/transactions/start", START, headers={"Idempotency-Key": "s"})
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert [w for w in key_row_writes if w != (0, 0)] == []
+    key_row_writes.clear()
+    txn = started.json()["transaction_id"]
+    done = await project.post(
+        f"/v1/transactions/{txn}/complete", {"success": True}, headers={"Idempotency-Key": "c"}
+    )
+    assert done.status_code == 200, done.text
+    assert [w for w in key_row_writes if w != (0, 0)] == [(1, 0)]
+
+
+@pytest.mark.parametrize("same_body", [True, False], ids=["replayed", "reused"])
+@pytest.mark.parametrize("committed", [True, False], ids=["before-commit", "during-commit"])
+async def test_a_key_row_stored_meanwhile_without_the_lock_rolls_the_request_back_to_it(
+    project: Project,
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    db: Database,
+    same_body: bool,
+    committed: bool,
+) -> None:
+    """A writer that does not take the key's lock (``_store_once``: a business error, a read)
+    may store the key's row while a request that found none runs. That request's COMMIT then
+    fails on the primary key (at once, or once the writer commits), everything it did rolls
+    back, and it runs again: the stored row is replayed (409 reused for another body), never
+    a second effect."""
+    await project.user("u")
+    stored_for = {"amount": 3} if same_body else {"amount": 4}
+    writer = await asyncpg.connect(database_url)
+    try:
+        async with held_in_flight(project, monkeypatch, "meanwhile", amount=3) as first:
+            tx = writer.transaction()
+            await tx.start()
+            assert await idem_repo.claim(
+                writer,
+                project_id=uuid.UUID(project.id),
+                key="meanwhile",
+                method="POST",
+                path="/v1/users/u/credits",
+                request_hash=_hash("/v1/users/u/credits", stored_for),
+                ttl=timedelta(hours=1),
+                status_code=402,
+                headers={"content-type": "application/problem+json"},
+                body=b'{"stored":true}',
+            )
+            if committed:
+                await tx.commit()
+                r = await first.finish()
+            else:
+                finishing = asyncio.create_task(first.finish())
+                # Its INSERT at COMMIT waits for our uncommitted row; then we commit.
+                await _until(writer, _WAITING_FOR_US)
+                await tx.commit()
+                r = await finishing
+    finally:
+        await writer.close()
+    if same_body:
+        assert (r.status_code, r.content) == (402, b'{"stored":true}')
+        assert r.headers["idempotent-replayed"] == "true"
+    else:
+        assert (r.status_code, r.json()["code"]) == (409, "idempotency_key_reused")
+    assert (await balance(project, "u"))["total"] == 0, "the request's grant rolled back"
+    assert body(await project.get("/v1/users/u/grants"))["data"] == []
+    await assert_ledger_consistent(db)
+
+
+_WAITING_FOR_US = """
+SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted
+               AND transactionid::text = pg_current_xact_id()::text)
+"""
+
+
+async def test_only_the_key_rows_primary_key_is_a_row_stored_meanwhile(database_url: str) -> None:
+    """The one unique violation that sends a keyed request round again is its key's row
+    meeting another; any other stays the error it is."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            key_row = (uuid.uuid4(), "k", "POST", "/p", "h", 201, "{}", b"", timedelta(hours=1))
+            insert = (
+                "INSERT INTO idempotency_keys (project_id, key, method, path, request_hash, "
+                "status_code, headers, body, expires_at) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, now() + $9)"
+            )
+            await conn.execute(insert, *key_row)
+            with pytest.raises(asyncpg.UniqueViolationError) as same_key:
+                async with conn.transaction():
+                    await conn.execute(insert, *key_row)
+            await conn.execute("CREATE TEMP TABLE other (k int PRIMARY KEY) ON COMMIT DROP")
+            await conn.execute("INSERT INTO other VALUES (1)")
+            with pytest.raises(asyncpg.UniqueViolationError) as other_table:
+                async with conn.transaction():
+                    await conn.execute("INSERT INTO other VALUES (1)")
+            raise _RollBack()
+    except _RollBack:
+        pass
+    finally:
+        await conn.close()
+    assert idem_repo.duplicate(same_key.value)
+    assert not idem_repo.duplicate(other_table.value)
+    assert not idem_repo.duplicate(asyncpg.LockNotAvailableError("lock timeout"))
+
+
+class _RollBack(Exception):
+    pass

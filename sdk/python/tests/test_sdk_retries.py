@@ -158,15 +158,13 @@ async def test_a_key_in_flight_is_retried_with_the_same_key_until_the_first_fini
 ) -> None:
     client.users.create("u")
     key = "grant-in-flight"
-    # Claim the key and keep the transaction open, as a first attempt still in progress does
-    # (app/idempotency/repository.py: claim): its uncommitted row holds the key.
+    # Lock the key and keep the transaction open, as a first attempt still in progress does
+    # (app/idempotency/repository.py: _LOCK): its advisory lock on the key holds the key.
     conn = await asyncpg.connect(live.database_url.replace("+asyncpg", ""))
     tx = conn.transaction()
     await tx.start()
     await conn.execute(
-        "INSERT INTO idempotency_keys (project_id, key, method, path, request_hash, "
-        "status_code, headers, body, expires_at) "
-        "VALUES ($1, $2, 'POST', '/v1/users/u/credits', '', 0, '{}', '', now() + interval '1h')",
+        "SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text || ':' || $2, 0))",
         uuid.UUID(project.id),
         key,
     )

@@ -80,8 +80,8 @@ class Lane:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, full: ASGIApp) -> bool:
-        """Serve the request in the lane and return True, or return False having done
-        nothing but read the body (``scope`` then carries it for ``full``)."""
+        """Serve the request and return True: in the lane, or (a body it does not take) by
+        ``full``, given what was read of the body. False: not for the lane, nothing read."""
         found = self.entry(scope)
         if found is None:
             return False
@@ -92,7 +92,7 @@ class Lane:
                 value.isdigit() and int(value) <= self.max_body_bytes
             ):
                 return False
-            if name == b"content-type":
+            if name == b"content-type" and not content_type:  # the first, as Starlette reads
                 content_type = value.decode("latin-1")
         if not is_json(content_type):
             return False

@@ -215,3 +215,22 @@ async def test_verify_cli_passes_then_fails_on_a_tampered_balance(
                 ),
                 {"p": project.id},
             )
+
+
+async def test_hot_tables_storage_options(database_url: str) -> None:
+    """Room for HOT updates where the hot path rewrites rows (0013); idempotency_keys, whose
+    rows are written once, filled (0014) and never truncated by vacuum."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT relname, reloptions FROM pg_class WHERE relname = ANY($1::text[])",
+            ["accounts", "usage_daily", "idempotency_keys"],
+        )
+    finally:
+        await conn.close()
+    options = {row["relname"]: sorted(row["reloptions"] or []) for row in rows}
+    assert options == {
+        "accounts": ["fillfactor=80"],
+        "usage_daily": ["fillfactor=80"],
+        "idempotency_keys": ["vacuum_truncate=false"],
+    }

@@ -232,19 +232,6 @@ async def claim(
     return row is not None
 
 
-async def store(
-    conn: asyncpg.Connection,
-    *,
-    project_id: uuid.UUID,
-    key: str,
-    status_code: int,
-    headers: dict[str, str],
-    body: bytes,
-) -> None:
-    """Write the response into the row this transaction claimed."""
-    await conn.execute(_STORE, project_id, key, status_code, orjson.dumps(headers).decode(), body)
-
-
 async def release(conn: asyncpg.Connection, *, project_id: uuid.UUID, key: str) -> None:
     """Drop this transaction's claim (its response is not to be kept)."""
     await conn.execute(_RELEASE, project_id, key)

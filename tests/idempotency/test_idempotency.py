@@ -338,17 +338,8 @@ async def test_a_business_error_is_not_stored_over_a_request_that_took_the_key_m
 
     async def after_another_request(*args: Any, **kwargs: Any) -> Any:
         await tx.start()
-        assert await idem_repo.claim(
-            conn,
-            project_id=uuid.UUID(project.id),
-            key="k8",
-            method="POST",
-            path="/v1/users/u/credits",
-            request_hash=_hash("/v1/users/u/credits", {"amount": 3}),
-            ttl=timedelta(hours=1),
-            status_code=201,
-            headers={"content-type": "application/json"},
-            body=b'{"winner":true}',
+        assert await _store_grant_answer(
+            conn, project, "k8", {"amount": 3}, 201, "application/json", b'{"winner":true}'
         )
         if committed:
             await tx.commit()
@@ -374,6 +365,31 @@ async def test_a_business_error_is_not_stored_over_a_request_that_took_the_key_m
     replay = await project.post("/v1/users/u/credits", {"amount": 3}, headers=headers)
     assert (replay.status_code, replay.content) == (201, b'{"winner":true}')
     assert (await balance(project, "u"))["total"] == 0
+
+
+async def _store_grant_answer(
+    conn: asyncpg.Connection,
+    project: Project,
+    key: str,
+    payload: object,
+    status_code: int,
+    content_type: str,
+    answer: bytes,
+) -> bool:
+    """Store ``answer`` under ``key`` for a grant of ``payload`` to user u, as a writer that
+    takes no lock on the key does (``_store_once``), in ``conn``'s transaction."""
+    return await idem_repo.claim(
+        conn,
+        project_id=uuid.UUID(project.id),
+        key=key,
+        method="POST",
+        path="/v1/users/u/credits",
+        request_hash=_hash("/v1/users/u/credits", payload),
+        ttl=timedelta(hours=1),
+        status_code=status_code,
+        headers={"content-type": content_type},
+        body=answer,
+    )
 
 
 def _hash(path: str, payload: object) -> str:
@@ -563,17 +579,14 @@ async def test_a_key_row_stored_meanwhile_without_the_lock_rolls_the_request_bac
         async with held_in_flight(project, monkeypatch, "meanwhile", amount=3) as first:
             tx = writer.transaction()
             await tx.start()
-            assert await idem_repo.claim(
+            assert await _store_grant_answer(
                 writer,
-                project_id=uuid.UUID(project.id),
-                key="meanwhile",
-                method="POST",
-                path="/v1/users/u/credits",
-                request_hash=_hash("/v1/users/u/credits", stored_for),
-                ttl=timedelta(hours=1),
-                status_code=402,
-                headers={"content-type": "application/problem+json"},
-                body=b'{"stored":true}',
+                project,
+                "meanwhile",
+                stored_for,
+                402,
+                "application/problem+json",
+                b'{"stored":true}',
             )
             if committed:
                 await tx.commit()

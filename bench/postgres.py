@@ -61,9 +61,14 @@ class Postgres:
         argv = [str(embedded.BIN_DIR / "pgbench"), "-i", "-q", "-s", str(scale)]
         subprocess.run([*argv, self.url(database)], check=True, capture_output=True)
 
-    def pgbench_run(self, database: str, clients: int, seconds: int) -> PgbenchResult:
-        """Run the default TPC-B script for `seconds` and parse its tps."""
+    def pgbench_run(
+        self, database: str, clients: int, seconds: int, script: Path | None = None
+    ) -> PgbenchResult:
+        """Run the default TPC-B script (or a custom `script` file) for `seconds` and parse
+        its tps."""
         argv = [str(embedded.BIN_DIR / "pgbench"), "-n", "-c", str(clients), "-j", "2"]
+        if script is not None:
+            argv += ["-f", str(script)]
         argv += ["-T", str(seconds), self.url(database)]
         out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
         tps, latency = TPS_LINE.search(out), LATENCY_LINE.search(out)

@@ -316,7 +316,8 @@ def markdown(opts: FloorOptions, measured: Measured, pg_version: str, where: str
         f"{RATIO_GOAL}. CPU: ms per request of the service, PostgreSQL, and the two plus the "
         "load generator; percent of one core per process group (`other`: the rest of the "
         "machine, other tenants included).",
-        f"The floor database afterwards: {measured.verify_line}.",
+        f"The floor database afterwards: {measured.verify_line}. Sections after `Every run` "
+        "are written by hand and kept when the report is written again.",
         "## pgbench",
         pgbench_table(runs),
         "## Medians",

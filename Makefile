@@ -11,7 +11,7 @@ RUN := $(UV) run --frozen
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help install run test check lint format typecheck openapi openapi-check sdk-sync contract fuzz bench bench-prune bench-webhooks bench-export migrate worker verify clean
+.PHONY: help install run test check lint format typecheck openapi openapi-check sdk-sync contract fuzz bench bench-prune bench-webhooks bench-export bench-floor migrate worker verify clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ bench-webhooks: install ## Benchmark webhook dispatch: deliveries per second to 
 
 bench-export: install ## Export 1 M seeded ledger entries over HTTP and the CLI: peak RSS, rate (bench/RESULTS.md)
 	$(RUN) python -m bench.ledger_export $(BENCH_EXPORT_ARGS)
+
+bench-floor: install ## A minimal Python service's start/complete against pgbench, same run (bench/FLOOR.md)
+	$(RUN) python -m bench.floor $(BENCH_FLOOR_ARGS)
 
 migrate: install ## Apply migrations (DATABASE_URL, or the embedded database)
 	$(RUN) creditd migrate

@@ -41,7 +41,8 @@ def large_user_id(i: int) -> str:
 class PhaseSpec:
     """One phase: `pairs` (start then complete), `check` or `usage` (one-shot POST /v1/usage),
     over many users or the hot one; `population` > 0: over the first `population` users of the
-    SQL-seeded large population instead (bench/scale.py)."""
+    SQL-seeded large population instead (bench/scale.py); `prefix` goes before every path (another
+    service's variants of the same endpoints, bench/floor.py)."""
 
     name: str
     kind: str
@@ -49,6 +50,7 @@ class PhaseSpec:
     hot: bool
     population: int = 0
     keys: bool = True  # a fresh Idempotency-Key (uuid4) on every POST, as the README advises
+    prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -135,28 +137,34 @@ class LargePopulation:
 Users = list[str] | LargePopulation
 
 
-async def pairs_client(conn: Connection, rec: Recorder, users: Users, keys: bool) -> None:
+async def pairs_client(
+    conn: Connection, rec: Recorder, users: Users, keys: bool, prefix: str = ""
+) -> None:
     """Start then complete transactions until the window closes."""
     while time.perf_counter() < rec.window_end:
         body = {"user_id": random.choice(users), "model": "gpt-4o", "provisional_tokens": TOKENS}
-        started = await _call(conn, rec, "start", "/v1/transactions/start", body, keys)
+        started = await _call(conn, rec, "start", f"{prefix}/v1/transactions/start", body, keys)
         if started is not None:
-            path = f"/v1/transactions/{started['transaction_id']}/complete"
+            path = f"{prefix}/v1/transactions/{started['transaction_id']}/complete"
             await _call(conn, rec, "complete", path, COMPLETE_BODY, keys)
 
 
-async def usage_client(conn: Connection, rec: Recorder, users: Users, keys: bool) -> None:
+async def usage_client(
+    conn: Connection, rec: Recorder, users: Users, keys: bool, prefix: str = ""
+) -> None:
     """Record one-shot usage (POST /v1/usage: one charge per request) until the window closes."""
     while time.perf_counter() < rec.window_end:
         body = {"user_id": random.choice(users), "model": "gpt-4o", "tokens": USAGE_TOKENS}
-        await _call(conn, rec, "usage", "/v1/usage", body, keys)
+        await _call(conn, rec, "usage", f"{prefix}/v1/usage", body, keys)
 
 
-async def check_client(conn: Connection, rec: Recorder, users: Users, keys: bool) -> None:
+async def check_client(
+    conn: Connection, rec: Recorder, users: Users, keys: bool, prefix: str = ""
+) -> None:
     """Check admission until the window closes."""
     while time.perf_counter() < rec.window_end:
         body = {"user_id": random.choice(users), "model": "gpt-4o", "provisional_tokens": TOKENS}
-        await _call(conn, rec, "check", "/v1/check", body, keys)
+        await _call(conn, rec, "check", f"{prefix}/v1/check", body, keys)
 
 
 async def run_phase(spec: LoadSpec, phase: PhaseSpec) -> PhaseResult:
@@ -168,7 +176,9 @@ async def run_phase(spec: LoadSpec, phase: PhaseSpec) -> PhaseResult:
     rec = Recorder(now + spec.warmup, now + spec.warmup + spec.duration)
     client = CLIENTS[phase.kind]
     conns = [Connection(spec.port, spec.token) for _ in range(phase.clients)]
-    tasks = [asyncio.create_task(client(conn, rec, users, phase.keys)) for conn in conns]
+    tasks = [
+        asyncio.create_task(client(conn, rec, users, phase.keys, phase.prefix)) for conn in conns
+    ]
     await asyncio.sleep(spec.warmup)
     before = CpuSample.take(spec.service_pid, spec.postmaster_pid)
     await asyncio.sleep(spec.duration)

@@ -68,13 +68,21 @@ def run_service(
     if profile is not None:
         argv = [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(profile)]
         argv += ["-m", "app.cli", *serve]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            argv, env=service_env(database_url, token), stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        asyncio.run(_wait_ready(process, port, log_path))
+    with run_process(argv, service_env(database_url, token), port, log_path) as process:
         yield Service(process, port, token)
+
+
+@contextmanager
+def run_process(
+    argv: list[str], env: dict[str, str], port: int, log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start an HTTP service (output to `log_path`), wait until its GET /readyz on `port`
+    answers 200, and stop it afterwards with SIGINT (then SIGKILL after 30 s)."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        asyncio.run(wait_ready(process, port, log_path))
+        yield process
     finally:
         process.send_signal(signal.SIGINT)  # like Ctrl-C: lets pyinstrument write its report
         try:
@@ -84,13 +92,13 @@ def run_service(
             process.wait()
 
 
-async def _wait_ready(process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-    """Poll GET /readyz until 200 (at most 60 s)."""
+async def wait_ready(process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    """Poll GET /readyz until 200 (at most 60 s); the service's log is at `log_path`."""
     conn = Connection(port, "")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"creditd exited with {process.returncode}; see {log_path}")
+            raise RuntimeError(f"the service exited with {process.returncode}; see {log_path}")
         try:
             if (await conn.request("GET", "/readyz")).status == 200:
                 await conn.close()
@@ -98,7 +106,7 @@ async def _wait_ready(process: subprocess.Popen[bytes], port: int, log_path: Pat
         except (OSError, asyncio.IncompleteReadError):
             pass
         await asyncio.sleep(0.2)
-    raise RuntimeError(f"creditd was not ready within 60 s; see {log_path}")
+    raise RuntimeError(f"the service was not ready within 60 s; see {log_path}")
 
 
 async def _must(conn: Connection, method: str, path: str, payload: object) -> object:

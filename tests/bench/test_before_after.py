@@ -283,6 +283,18 @@ def test_hot_single_user_goal(speed: float, measured: str, verdict: str) -> None
     ]
 
 
+CHECK_CPU_GOAL = "check: service (Python) CPU per request <= 0.5 ms (the worse of 4 and 16 clients)"
+
+
+@pytest.mark.parametrize(
+    ("speed", "measured", "verdict"), [(1.0, "0.40 ms", "met"), (0.5, "0.80 ms", "**NOT met**")]
+)
+def test_check_cpu_goal(speed: float, measured: str, verdict: str) -> None:
+    """The service's 80 % of a core over the check phases' 2000 x speed req/s."""
+    lines = markdown(fake_bench(speed=speed)).splitlines()
+    assert table_rows(lines, CHECK_CPU_GOAL) == [[CHECK_CPU_GOAL, measured, verdict]]
+
+
 def test_runs_table_and_settings_have_the_hot_row() -> None:
     lines = markdown(fake_bench()).splitlines()
     header = table_rows(lines, "run")[0]

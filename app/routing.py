@@ -375,6 +375,36 @@ class _Claim:
     def opening(self) -> Opening:
         return idem_repo.key_opening(project_id=self.scope, key=self.key)
 
+    def store_with_commit(
+        self, session: AsyncSession, response: Response, *, claimed: bool
+    ) -> None:
+        """Store ``response`` with the COMMIT: into the row this transaction claimed, or as
+        the key's new row."""
+        status_code, headers = response.status_code, _stored_headers(response)
+        body = bytes(response.body)
+        if claimed:
+            idem_repo.store_with_commit(
+                session,
+                project_id=self.scope,
+                key=self.key,
+                status_code=status_code,
+                headers=headers,
+                body=body,
+            )
+            return
+        idem_repo.insert_with_commit(
+            session,
+            project_id=self.scope,
+            key=self.key,
+            method=self.method,
+            path=self.path,
+            request_hash=self.request_hash,
+            ttl=self.ttl,
+            status_code=status_code,
+            headers=headers,
+            body=body,
+        )
+
     async def take(self, conn: Any) -> bool:
         """Claim the key's existing row for this transaction (an expired one is taken over);
         False when a live row holds it."""
@@ -511,28 +541,7 @@ async def _run_keyed(
         if claimed:
             await idem_repo.release(driver(session), project_id=claim.scope, key=claim.key)
         return response
-    if claimed:
-        idem_repo.store_with_commit(
-            session,
-            project_id=claim.scope,
-            key=claim.key,
-            status_code=response.status_code,
-            headers=_stored_headers(response),
-            body=bytes(response.body),
-        )
-        return response
-    idem_repo.insert_with_commit(
-        session,
-        project_id=claim.scope,
-        key=claim.key,
-        method=claim.method,
-        path=claim.path,
-        request_hash=claim.request_hash,
-        ttl=claim.ttl,
-        status_code=response.status_code,
-        headers=_stored_headers(response),
-        body=bytes(response.body),
-    )
+    claim.store_with_commit(session, response, claimed=claimed)
     return response
 
 

@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core.http import DecimalRequest
 from app.core.middleware import RequestContextMiddleware, replay
 from app.routing import TransactionalRoute, is_json
+from app.transactions import fast
 
 # The metering routes, by path template.
 LANE_PATHS = frozenset(
@@ -48,11 +49,35 @@ LANE_PATHS = frozenset(
 _Handler = Callable[[Request], Awaitable[Response]]
 
 
+_Fast = Callable[[Request, TransactionalRoute, Any], Awaitable[Response | None]]
+
+
+async def _fast_start(request: Request, route: TransactionalRoute, body: Any) -> Response | None:
+    return await fast.start(request, route, body)
+
+
+async def _fast_complete(request: Request, route: TransactionalRoute, body: Any) -> Response | None:
+    return await fast.complete(request, route, request.path_params["transaction_id"], body)
+
+
+async def _fast_usage(request: Request, route: TransactionalRoute, body: Any) -> Response | None:
+    return await fast.usage(request, route, body)
+
+
+# The routes with a fast path (app/transactions/fast.py): tried first, None = the handler.
+_FAST: dict[str, _Fast] = {
+    "/v1/transactions/start": _fast_start,
+    "/v1/transactions/{transaction_id}/complete": _fast_complete,
+    "/v1/usage": _fast_usage,
+}
+
+
 @dataclass(frozen=True)
 class _Entry:
     route: TransactionalRoute
     model: type[BaseModel]
     handler: _Handler
+    fast: _Fast | None = None
 
 
 class Lane:
@@ -130,7 +155,11 @@ class Lane:
         request = DecimalRequest(scope, receive, send)
         request._body, request._json, request.validated = body, parsed, validated
         try:
-            response = await entry.handler(request)
+            response = None
+            if entry.fast is not None:
+                response = await entry.fast(request, entry.route, validated)
+            if response is None:
+                response = await entry.handler(request)
         except Exception as exc:
             handler = _exception_handler(self.app, exc)
             if handler is None:
@@ -168,8 +197,9 @@ def _routes(routes: list[BaseRoute]) -> list[BaseRoute]:
     return found
 
 
-def build(app: FastAPI, max_body_bytes: int) -> Lane | None:
-    """The app's lane, or None when the app runs layers the lane would skip."""
+def build(app: FastAPI, max_body_bytes: int, *, fast: bool = True) -> Lane | None:
+    """The app's lane, or None when the app runs layers the lane would skip. ``fast``: the
+    start and complete routes try their fast path first."""
     if getattr(app, "max_body_size", None) is not None:
         return None
     telemetry = getattr(app, "_native_telemetry", None)
@@ -184,7 +214,8 @@ def build(app: FastAPI, max_body_bytes: int) -> Lane | None:
             and route.lane_handler is not None
             and route.body_model is not None
         ):
-            entries.append(_Entry(route, route.body_model, route.lane_handler))
+            quick = _FAST.get(route.path) if fast else None
+            entries.append(_Entry(route, route.body_model, route.lane_handler, quick))
     return Lane(app, entries, max_body_bytes)
 
 
@@ -192,13 +223,14 @@ class CreditdAPI(FastAPI):
     """FastAPI with the metering lane beside its router."""
 
     lane_max_body_bytes: int = 0
+    fast_metering: bool = True
     _lane: Lane | None = None
     _lane_built = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             if not self._lane_built:
-                self._lane = build(self, self.lane_max_body_bytes)
+                self._lane = build(self, self.lane_max_body_bytes, fast=self.fast_metering)
                 self._lane_built = True
             lane = self._lane
             if lane is not None and await lane(scope, receive, send, super().__call__):

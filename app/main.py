@@ -195,6 +195,7 @@ def create_app(settings: Settings | None = None, *, run_background: bool = False
         webhooks=event_webhooks.router(),
     )
     app.lane_max_body_bytes = settings.api.max_body_bytes
+    app.fast_metering = settings.api.fast_metering
     install_docs(app)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     app.state.settings = settings

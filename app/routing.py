@@ -341,7 +341,7 @@ async def _read(
     a claim to guard, so the key is taken when there is a response to keep."""
     claim = None
     if key is not None:
-        claim = await _claim_for(request, await route.idempotency_scope(request), key)
+        claim = await claim_for(request, await route.idempotency_scope(request), key)
     async with db.transaction(autocommit=True) as session:
         request.state.session = session
         refused: AppError | None = None
@@ -362,7 +362,7 @@ async def _read(
 
 
 @dataclass(frozen=True)
-class _Claim:
+class Claim:
     """A keyed request: where its key lives and what it asked."""
 
     scope: uuid.UUID
@@ -445,7 +445,7 @@ async def _keyed(
     # Authorised before anything can be replayed; a key this process has not verified lately
     # is looked up in a short transaction of its own (app/auth/dependencies.py).
     scope = await route.idempotency_scope(request)
-    claim = await _claim_for(request, scope, key)
+    claim = await claim_for(request, scope, key)
     try:
         return await _keyed_once(request, handler, db, claim)
     except asyncpg.UniqueViolationError as exc:
@@ -463,7 +463,7 @@ async def _keyed_once(
     request: Request,
     handler: Callable[[Request], Awaitable[Response]],
     db: Database,
-    claim: _Claim,
+    claim: Claim,
 ) -> Response:
     """One transaction of a keyed request (``_keyed``)."""
     response: Response | None = None
@@ -482,12 +482,12 @@ async def _keyed_once(
                 response = await _store_once(driver(session), claim, response)
     except CommitOutcomeUnknown as unknown:
         if response is not None and response.status_code < 500:
-            return await _settle_lost_commit(db, claim, response, unknown.server_pid)
+            return await settle_lost_commit(db, claim, response, unknown.server_pid)
         raise
     return response
 
 
-async def _claim_for(request: Request, scope: uuid.UUID, key: str) -> _Claim:
+async def claim_for(request: Request, scope: uuid.UUID, key: str) -> Claim:
     if not key or len(key) > 255 or not key.isprintable():
         raise InvalidIdempotencyKey()
     body = await request.body()
@@ -497,14 +497,14 @@ async def _claim_for(request: Request, scope: uuid.UUID, key: str) -> _Claim:
     ).hexdigest()
     settings: Settings = request.app.state.settings
     ttl = timedelta(hours=settings.api.idempotency_ttl_hours)
-    return _Claim(scope, key, request.method, path, request_hash, ttl)
+    return Claim(scope, key, request.method, path, request_hash, ttl)
 
 
 def _stored_headers(response: Response) -> dict[str, str]:
     return {k: v for k, v in response.headers.items() if k in _STORED_HEADERS}
 
 
-async def _replay(conn: Any, claim: _Claim) -> Response:
+async def _replay(conn: Any, claim: Claim) -> Response:
     """The live response stored under the claim's key, for this same request."""
     stored = await idem_repo.get_live(conn, claim.scope, claim.key)
     if stored is None or stored.status_code == idem_repo.IN_FLIGHT:
@@ -520,7 +520,7 @@ async def _run_keyed(
     request: Request,
     handler: Callable[[Request], Awaitable[Response]],
     session: AsyncSession,
-    claim: _Claim,
+    claim: Claim,
     *,
     claimed: bool,
 ) -> Response:
@@ -545,7 +545,7 @@ async def _run_keyed(
     return response
 
 
-async def _store_once(conn: Any, claim: _Claim, response: Response) -> Response:
+async def _store_once(conn: Any, claim: Claim, response: Response) -> Response:
     """Store a response that changed nothing (a business error whose effects were rolled
     back, or a read) under the key, in one statement.
 
@@ -575,12 +575,14 @@ async def _store_once(conn: Any, claim: _Claim, response: Response) -> Response:
 _BACKEND_ALIVE = "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)"
 
 
-async def _settle_lost_commit(
-    db: Database, claim: _Claim, response: Response, server_pid: int | None
+async def settle_lost_commit(
+    db: Database, claim: Claim, response: Response | None, server_pid: int | None
 ) -> Response:
     """The reply to COMMIT was lost. The response was stored under the key in the same
     transaction, so reading it back says whether the commit happened: answer the response,
-    or a 503 that changed nothing. Asks for ``COMMIT_CHECK_SECONDS`` at most.
+    or a 503 that changed nothing. Asks for ``COMMIT_CHECK_SECONDS`` at most. Without the
+    response (a statement that committed on its own and built its answer in the database,
+    app/transactions/fast.py): the one stored for this same request is the answer.
 
     Only once the server process that was committing is gone: until then its COMMIT (and the
     last write sent with it, which may be waiting for a lock) can still go either way, and a
@@ -604,7 +606,11 @@ async def _settle_lost_commit(
                 ) from None
             await asyncio.sleep(0.1)
     # A different stored body is a retry that ran after ours failed: ours did not commit.
-    if stored is not None and stored.body == bytes(response.body):
+    if response is None:
+        if stored is not None and stored.request_hash == claim.request_hash:
+            log.info("lost_commit_applied", status=stored.status_code)
+            return Response(stored.body, status_code=stored.status_code, headers=stored.headers)
+    elif stored is not None and stored.body == bytes(response.body):
         log.info("lost_commit_applied", status=response.status_code)
         return response
     log.info("lost_commit_not_applied")

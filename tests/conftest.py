@@ -20,6 +20,7 @@ from app.core.http import render_json
 from app.core.settings import ApiSettings, DatabaseSettings, PaymentsSettings, Settings
 from app.credits.verify import verify
 from app.db.session import Database
+from app.lane import CreditdAPI, build
 from app.main import create_app
 from tests.fakes.razorpay_server import (  # noqa: F401 - fixtures
     FakeRazorpayServer,
@@ -75,6 +76,19 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
     async with application.router.lifespan_context(application):
         yield application
+
+
+@pytest.fixture
+def general_path(app: FastAPI) -> Iterator[None]:
+    """The app without the metering fast path (app/transactions/fast.py): for tests of how
+    the general path runs a start or a completion (its BEGIN, its COMMIT)."""
+    assert isinstance(app, CreditdAPI)
+    saved = app._lane, app._lane_built
+    app._lane, app._lane_built = build(app, app.lane_max_body_bytes, fast=False), True
+    try:
+        yield
+    finally:
+        app._lane, app._lane_built = saved
 
 
 @pytest.fixture(scope="session")

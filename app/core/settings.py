@@ -120,6 +120,9 @@ class ApiSettings(BaseModel):
     idempotency_ttl_hours: int = 48
     # Larger request bodies are refused (413) before they are read, parsed or authenticated.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    # Start and complete on a user's own account as one server-side call each (the account
+    # lock held only inside it; app/transactions/fast.py). Off: always the general path.
+    fast_metering: bool = True
 
     @field_validator("rate_limit_storage_url")
     @classmethod

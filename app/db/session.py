@@ -15,21 +15,22 @@ leave as ``DatabaseFault`` subclasses (503, see ``app/db/faults.py``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import structlog
 from fastapi import Depends
 from sqlalchemy import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util import await_only, greenlet_spawn
 from starlette.requests import Request
 
 from app.db import faults
 from app.db.exceptions import CommitOutcomeUnknown, DatabaseFault, DatabaseUnavailable
 
+T = TypeVar("T")
 _DRIVER = "creditd.driver"
 _ON_END = "creditd.on_end"
 
@@ -190,8 +191,46 @@ class Database:
                 raw.terminate()  # left mid-way (cancelled while settling): never pool it so
             await conn.close()
 
+    async def autocommit(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        """``await work(raw)`` on a pooled connection's asyncpg connection, with no session
+        and no transaction: each statement commits on its own (the metering fast path,
+        app/transactions/fast.py). One greenlet carries the pool checkout, the work and the
+        check-in (``transaction()`` needs one for each end). Transient failures leave as
+        ``DatabaseFault``; a connection that failed is never pooled again."""
+        result: T = await greenlet_spawn(_autocommit, self.engine.sync_engine, work)
+        return result
+
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def _autocommit(engine: Engine, work: Callable[[Any], Awaitable[T]]) -> T:
+    """``Database.autocommit`` inside its greenlet."""
+    try:
+        sync_conn, raw = _checkout(engine)
+    except Exception as exc:
+        fault = _fault(exc, closed=False, connecting=True)
+        if fault is None:
+            raise
+        raise fault from exc
+    try:
+        result: T = await_only(work(raw))
+        return result
+    except Exception as exc:
+        closed = raw.is_closed()
+        if closed:
+            sync_conn.invalidate()
+        fault = _fault(exc, closed=closed)
+        if fault is None or fault is exc:
+            raise
+        raise fault from exc
+    except BaseException:
+        # Cancelled (a client gone, a timeout): a statement may be half-way. Closing the
+        # socket ends it on the server; the pool discards the connection at its next checkout.
+        raw.terminate()
+        raise
+    finally:
+        sync_conn.close()
 
 
 def _checkout(engine: Engine) -> tuple[Connection, Any]:

@@ -83,6 +83,22 @@ _LOCK_ACCOUNT_FOR_JOB = _LOCK_ACCOUNT.replace(
 ).replace(PRICE_COLUMNS, JOB_PRICE_COLUMNS)
 # /v1/check reads the same without locking anything.
 _READ_ACCOUNT = _LOCK_ACCOUNT.replace("FOR UPDATE OF a", "")
+# The fast path's reads (app/transactions/fast.py), without locks: a start's, as the lock
+# reads them, and a completion's transaction; with both, whether the request's key ($4, $3;
+# NULL without one) has a row.
+_KEY_FOUND = "EXISTS (SELECT 1 FROM idempotency_keys k WHERE k.project_id = $1 AND k.key = {})"
+FAST_START_READ = _READ_ACCOUNT.replace(
+    "AS in_teams", f"AS in_teams, {_KEY_FOUND.format('$4')} AS key_found"
+)
+FAST_JOB_READ = _LOCK_ACCOUNT_FOR_JOB.replace("FOR UPDATE OF a", "").replace(
+    "AS in_teams", f"AS in_teams, {_KEY_FOUND.format('$4')} AS key_found"
+)
+FAST_COMPLETE_READ = f"""
+    SELECT t.team_id, t.model, t.status, t.hold_amount, t.provisional_tokens, t.metadata,
+           t.price_snapshot, {_KEY_FOUND.format("$3")} AS key_found
+    FROM transactions t
+    WHERE t.project_id = $1 AND t.id = $2
+"""
 # Start on a team's account ($4): the team's account locked, with the member's tier rules and
 # spend caps flag, the member's team caps flag and the price, in one statement. No row: no
 # such (live) team, or the user is no (live) member; ``team_refusal`` then tells which.

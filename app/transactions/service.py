@@ -140,7 +140,7 @@ async def _admission(
     return Admission(None, warnings)
 
 
-_MESSAGES = {
+MESSAGES = {
     None: "Credits held; complete the transaction when usage is known.",
     "insufficient_credits": "Not enough available credits for this request.",
     "spend_cap_reached": "A spend cap of this user does not allow this request.",
@@ -148,7 +148,7 @@ _MESSAGES = {
 }
 
 
-def _tokens_json(tokens: TokenUsage | None) -> dict[str, Any] | None:
+def tokens_json(tokens: TokenUsage | None) -> dict[str, Any] | None:
     return tokens.dump() if tokens is not None else None
 
 
@@ -276,7 +276,7 @@ async def start(session: AsyncSession, principal: Principal, body: StartIn) -> S
         hold_amount=hold,
         status=status,
         expires_at=expires_at,
-        message=_MESSAGES[reason],
+        message=MESSAGES[reason],
         reason=reason,
     )
     carry = [
@@ -291,7 +291,7 @@ async def start(session: AsyncSession, principal: Principal, body: StartIn) -> S
             reason=reason,
             hold_amount=hold,
             credits_used=ZERO,
-            provisional_tokens=_tokens_json(body.provisional_tokens),
+            provisional_tokens=tokens_json(body.provisional_tokens),
             finalized_tokens=None,
             metadata=body.metadata,
             expires_at=expires_at,
@@ -343,7 +343,7 @@ async def _lock_with_account(
     return locked
 
 
-def _completion_hash(body: CompleteIn) -> str:
+def completion_hash(body: CompleteIn) -> str:
     data = body.model_dump(mode="json")
     if body.finalized_tokens is not None:  # metrics at 0 are left out, as before they existed
         data["finalized_tokens"] = body.finalized_tokens.dump(mode="json")
@@ -361,7 +361,7 @@ async def complete(
     session: AsyncSession, principal: Principal, txn_id: uuid.UUID, body: CompleteIn
 ) -> CompleteOut:
     txn, account, rules = await _lock_with_account(session, principal, txn_id)
-    digest = _completion_hash(body)
+    digest = completion_hash(body)
     if txn.status in FINAL:
         return _replay(txn, digest)
     if txn.status == "denied":
@@ -405,7 +405,7 @@ async def complete(
             txn.id,
             status=status,
             credits_used=charge,
-            finalized_tokens=_tokens_json(tokens if body.success else body.finalized_tokens),
+            finalized_tokens=tokens_json(tokens if body.success else body.finalized_tokens),
             metadata=metadata,
             late=late,
             completion_hash=digest,
@@ -586,7 +586,7 @@ async def record_usage(session: AsyncSession, principal: Principal, body: UsageI
             hold_amount=ZERO,
             credits_used=charge,
             provisional_tokens=None,
-            finalized_tokens=_tokens_json(body.tokens),
+            finalized_tokens=tokens_json(body.tokens),
             metadata=body.metadata,
             expires_at=None,
             completed_at=now,

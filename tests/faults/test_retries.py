@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import httpx
@@ -18,6 +19,7 @@ from app import routing
 from app.core.settings import ApiSettings, DatabaseSettings, Settings
 from app.db import session as session_module
 from app.main import create_app
+from app.transactions import fast
 from tests.conftest import ADMIN_TOKEN, Project, create_project
 from tests.fixtures.locks import account_locked
 from tests.helpers import balance
@@ -49,17 +51,42 @@ def lose_next_commit(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
     return plan
 
 
+@pytest.fixture(params=["general", "fast"])
+def lose_next_change(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``lose_next_commit`` for a start: on the general path, its COMMIT; on the fast path
+    (app/transactions/fast.py), its one call, which commits on its own."""
+    if request.param == "general":
+        request.getfixturevalue("general_path")
+        return request.getfixturevalue("lose_next_commit")
+    plan = {"armed": False, "applied": False}
+    execute = fast.execute
+
+    async def call(raw: asyncpg.Connection, sql: str, args: tuple[Any, ...]) -> str | None:
+        if not plan["armed"]:
+            return await execute(raw, sql, args)
+        plan["armed"] = False
+        if plan["applied"]:
+            await execute(raw, sql, args)
+        raw.terminate()
+        raise asyncpg.ConnectionDoesNotExistError(
+            "connection was closed in the middle of operation"
+        )
+
+    monkeypatch.setattr(fast, "execute", call)
+    return plan
+
+
 async def _transactions(project: Project) -> list[str]:
     r = await project.get("/v1/transactions", params={"user_id": "u"})
     return [t["id"] for t in r.json()["data"]]
 
 
 async def test_a_lost_commit_reply_of_a_keyed_request_that_committed_answers_its_result(
-    project: Project, lose_next_commit: dict[str, bool]
+    project: Project, lose_next_change: dict[str, bool]
 ) -> None:
     await project.price("_default", 1, 1)
     await project.user("u", credits=10)
-    lose_next_commit.update(armed=True, applied=True)
+    lose_next_change.update(armed=True, applied=True)
     r = await project.post("/v1/transactions/start", START, headers={"Idempotency-Key": "k1"})
     assert r.status_code == 201, r.text
     assert await _transactions(project) == [r.json()["transaction_id"]]
@@ -70,11 +97,11 @@ async def test_a_lost_commit_reply_of_a_keyed_request_that_committed_answers_its
 
 
 async def test_a_lost_commit_of_a_keyed_request_that_did_not_commit_is_503_and_retry_applies_once(
-    project: Project, lose_next_commit: dict[str, bool]
+    project: Project, lose_next_change: dict[str, bool]
 ) -> None:
     await project.price("_default", 1, 1)
     await project.user("u", credits=10)
-    lose_next_commit.update(armed=True, applied=False)
+    lose_next_change.update(armed=True, applied=False)
     r = await project.post("/v1/transactions/start", START, headers={"Idempotency-Key": "k2"})
     assert r.status_code == 503, r.text
     assert r.json()["code"] == "database_unavailable"
@@ -87,11 +114,11 @@ async def test_a_lost_commit_of_a_keyed_request_that_did_not_commit_is_503_and_r
 
 
 async def test_a_lost_commit_reply_without_a_key_is_503_commit_outcome_unknown(
-    project: Project, lose_next_commit: dict[str, bool]
+    project: Project, lose_next_change: dict[str, bool]
 ) -> None:
     await project.price("_default", 1, 1)
     await project.user("u", credits=10)
-    lose_next_commit.update(armed=True, applied=True)
+    lose_next_change.update(armed=True, applied=True)
     r = await project.post("/v1/transactions/start", START)
     assert r.status_code == 503
     assert r.json()["code"] == "commit_outcome_unknown"
@@ -144,8 +171,13 @@ async def test_a_keyed_request_that_timed_out_on_a_lock_changed_nothing_and_its_
     assert await balance(p, "u") == {"available": 14, "held": 1, "total": 15}
 
 
+@pytest.mark.parametrize("path", ["general", "fast"])
 async def test_a_lost_commit_whose_server_process_still_runs_is_not_called_unapplied(
-    project: Project, database_url: str, monkeypatch: pytest.MonkeyPatch
+    path: str,
+    project: Project,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     """The connection dies while the last write (sent with COMMIT) still waits for a lock on
     the server. A read then finds nothing, yet the server may still commit: the answer is
@@ -157,14 +189,10 @@ async def test_a_lost_commit_whose_server_process_still_runs_is_not_called_unapp
     done = await project.post(f"/v1/transactions/{first}/complete", {"success": True})
     assert done.status_code == 200  # today's usage row of u exists now
     txn = (await project.post("/v1/transactions/start", START)).json()["transaction_id"]
-    original = session_module.send
     armed = {"on": True}
 
-    async def send(raw: asyncpg.Connection, sql: str) -> str:
-        if not (armed["on"] and sql.endswith("COMMIT")):
-            return await original(raw, sql)
+    async def lose(raw: asyncpg.Connection, sending: asyncio.Future[Any]) -> None:
         armed["on"] = False
-        sending = asyncio.ensure_future(original(raw, sql))
         await asyncio.sleep(0.3)  # sent: the server now waits for the usage row's lock
         raw.terminate()
         with contextlib.suppress(Exception):
@@ -172,6 +200,25 @@ async def test_a_lost_commit_whose_server_process_still_runs_is_not_called_unapp
         raise asyncpg.ConnectionDoesNotExistError(
             "connection was closed in the middle of operation"
         )
+
+    if path == "general":  # the write sent with COMMIT
+        request.getfixturevalue("general_path")
+        original = session_module.send
+
+        async def send(raw: asyncpg.Connection, sql: str) -> str:
+            if not (armed["on"] and sql.endswith("COMMIT")):
+                return await original(raw, sql)
+            await lose(raw, asyncio.ensure_future(original(raw, sql)))
+            raise AssertionError("lost")  # pragma: no cover - lose() raises
+
+    else:  # the fast path's one call, which commits on its own
+        execute = fast.execute
+
+        async def call(raw: asyncpg.Connection, sql: str, args: tuple[Any, ...]) -> str | None:
+            if not (armed["on"] and "complete" in sql):
+                return await execute(raw, sql, args)
+            await lose(raw, asyncio.ensure_future(execute(raw, sql, args)))
+            raise AssertionError("lost")  # pragma: no cover - lose() raises
 
     complete = f"/v1/transactions/{txn}/complete"
     blocker = await asyncpg.connect(database_url)
@@ -183,7 +230,10 @@ async def test_a_lost_commit_whose_server_process_still_runs_is_not_called_unapp
             uuid.UUID(project.id),
         )
         assert len(locked) == 1
-        monkeypatch.setattr(session_module, "send", send)
+        if path == "general":
+            monkeypatch.setattr(session_module, "send", send)
+        else:
+            monkeypatch.setattr(fast, "execute", call)
         monkeypatch.setattr(routing, "COMMIT_CHECK_SECONDS", 1.0)
         r = await project.post(complete, {"success": True}, headers={"Idempotency-Key": "k9"})
         assert r.status_code == 503, r.text

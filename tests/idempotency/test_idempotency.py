@@ -534,10 +534,11 @@ START = {"user_id": "u", "model": "m", "provisional_tokens": {"input_tokens": 10
 
 
 async def test_a_keyed_start_and_complete_each_write_their_key_row_once(
-    project: Project, key_row_writes: list[tuple[int, int]]
+    project: Project, key_row_writes: list[tuple[int, int]], general_path: None
 ) -> None:
-    """The common path inserts the key's row, response and all, with COMMIT: one heap write,
-    no in-flight row updated later. A replay writes nothing."""
+    """The general path inserts the key's row, response and all, with COMMIT: one heap
+    write, no in-flight row updated later. A replay writes nothing. (The fast path inserts
+    it once in the one statement that makes the change: tests/transactions/test_fast.py.)"""
     await project.price("_default", 1, 1)
     await project.user("u", credits=10)
     key_row_writes.clear()

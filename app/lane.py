@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.http import DecimalRequest
 from app.core.middleware import RequestContextMiddleware, replay
-from app.routing import TransactionalRoute, is_json
+from app.routing import TransactionalRoute, is_json, unstorable
 from app.transactions import fast
 
 # The metering routes, by path template.
@@ -64,11 +64,16 @@ async def _fast_usage(request: Request, route: TransactionalRoute, body: Any) ->
     return await fast.usage(request, route, body)
 
 
+async def _fast_check(request: Request, route: TransactionalRoute, body: Any) -> Response | None:
+    return await fast.check(request, route, body)
+
+
 # The routes with a fast path (app/transactions/fast.py): tried first, None = the handler.
 _FAST: dict[str, _Fast] = {
     "/v1/transactions/start": _fast_start,
     "/v1/transactions/{transaction_id}/complete": _fast_complete,
     "/v1/usage": _fast_usage,
+    "/v1/check": _fast_check,
 }
 
 
@@ -156,7 +161,7 @@ class Lane:
         request._body, request._json, request.validated = body, parsed, validated
         try:
             response = None
-            if entry.fast is not None:
+            if entry.fast is not None and not unstorable(scope):
                 response = await entry.fast(request, entry.route, validated)
             if response is None:
                 response = await entry.handler(request)

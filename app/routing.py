@@ -94,6 +94,11 @@ class UnstorableInput(InvalidRequest):
     loc = ("path",)
 
 
+def unstorable(scope: Any) -> bool:
+    """A NUL character in the path or query: ``UnstorableInput`` (PostgreSQL cannot store it)."""
+    return "\x00" in scope["path"] or b"%00" in scope["query_string"]
+
+
 _STORED_HEADERS = ("content-type", "location")
 
 
@@ -181,7 +186,7 @@ class TransactionalRoute(APIRoute):
         self.calls_directly = handler is not solved
 
         async def route_handler(request: Request) -> Response:
-            if "\x00" in request.scope["path"] or b"%00" in request.scope["query_string"]:
+            if unstorable(request.scope):
                 raise UnstorableInput()
             if not isinstance(request, DecimalRequest):  # the lane's has its body parsed
                 request = DecimalRequest(request.scope, request.receive)
@@ -358,7 +363,7 @@ async def _read(
         elif claim is None or response.status_code >= 500:
             return response
         assert claim is not None
-        return await _store_once(driver(session), claim, response)
+        return await store_once(driver(session), claim, response)
 
 
 @dataclass(frozen=True)
@@ -452,7 +457,7 @@ async def _keyed(
         if not idem_repo.duplicate(exc):
             raise
     # A writer that does not take the lock (a business error or a read stored by
-    # ``_store_once``) wrote the key's row between our look-up and our COMMIT, which failed
+    # ``store_once``) wrote the key's row between our look-up and our COMMIT, which failed
     # and rolled everything back. Once more: the look-up now finds that row, so this ends in
     # its replay or a 409, never in a second effect.
     log.info("idempotency_key_stored_meanwhile")
@@ -479,7 +484,7 @@ async def _keyed_once(
         except _Refused as refused:
             response = refused.response
             async with db.transaction() as session:
-                response = await _store_once(driver(session), claim, response)
+                response = await store_once(driver(session), claim, response)
     except CommitOutcomeUnknown as unknown:
         if response is not None and response.status_code < 500:
             return await settle_lost_commit(db, claim, response, unknown.server_pid)
@@ -545,7 +550,7 @@ async def _run_keyed(
     return response
 
 
-async def _store_once(conn: Any, claim: Claim, response: Response) -> Response:
+async def store_once(conn: Any, claim: Claim, response: Response) -> Response:
     """Store a response that changed nothing (a business error whose effects were rolled
     back, or a read) under the key, in one statement.
 

@@ -72,6 +72,11 @@ class DatabaseSettings(BaseModel):
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     statement_timeout_ms: int = 15_000
     lock_timeout_ms: int = 5_000
+    # How often a server process running a statement checks that its client is still there
+    # (PostgreSQL's client_connection_check_interval; 0: never). A request cancelled while its
+    # statement waits for a lock (a client that hung up) is then rolled back within this long,
+    # even a fast-path call that would otherwise commit on its own (app/transactions/fast.py).
+    client_check_interval_ms: int = Field(default=100, ge=0)
     echo: bool = False
 
 
@@ -120,8 +125,9 @@ class ApiSettings(BaseModel):
     idempotency_ttl_hours: int = 48
     # Larger request bodies are refused (413) before they are read, parsed or authenticated.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
-    # Start and complete on a user's own account as one server-side call each (the account
-    # lock held only inside it; app/transactions/fast.py). Off: always the general path.
+    # Start, complete and one-shot usage on a user's own account as one server-side call each
+    # (the account lock held only inside it), check without an ORM session
+    # (app/transactions/fast.py). Off: always the general path.
     fast_metering: bool = True
 
     @field_validator("rate_limit_storage_url")

@@ -85,6 +85,15 @@ class AccountGate:
         account.progress_at = self._clock()
         return account.progress_at
 
+    def now(self) -> float:
+        return self._clock()
+
+    def passed(self, key: Key, account: _Account, since: float) -> None:
+        """A waiter whose one statement, begun at ``since``, got and released the lock (the
+        fast path, app/transactions/fast.py): the statement's time counts as its hold."""
+        self.acquired(key, account)
+        self.released(key, account, since)
+
     def gave_up(self, key: Key, account: _Account) -> None:
         account.waiting -= 1
         self._forget_if_idle(key, account)

@@ -69,6 +69,7 @@ def create_engine(settings: DatabaseSettings, *, pool_size: int | None = None) -
                 "application_name": "creditd",
                 "statement_timeout": str(settings.statement_timeout_ms),
                 "lock_timeout": str(settings.lock_timeout_ms),
+                "client_connection_check_interval": str(settings.client_check_interval_ms),
                 "idle_in_transaction_session_timeout": "60000",
                 "timezone": "UTC",
                 # app/db/literals.py quotes for this (the default since 9.1): pinned anyway.

@@ -226,7 +226,9 @@ def _autocommit(engine: Engine, work: Callable[[Any], Awaitable[T]]) -> T:
         raise fault from exc
     except BaseException:
         # Cancelled (a client gone, a timeout): a statement may be half-way. Closing the
-        # socket ends it on the server; the pool discards the connection at its next checkout.
+        # socket ends it on the server if it is still waiting for a lock (PostgreSQL checks
+        # the client every client_check_interval_ms); one past its locks completes and, outside
+        # a transaction, commits. The pool discards the connection at its next checkout.
         raw.terminate()
         raise
     finally:

@@ -19,9 +19,16 @@ Anything else takes the general path, which answers exactly as it always has: a 
 caps, a concurrency limit, a user to auto-create, a key that has a row (a retry), a
 transaction not pending or started before price snapshots, a price that fails, and any
 refusal (a business error is answered and stored by the general path). The call returns NULL
-having changed nothing when the rows moved since the read (the transaction was completed
-meanwhile, the user deleted), and a key stored meanwhile fails it as a unique violation: both
-go to the general path too, which then replays or refuses.
+having changed nothing when the rows it locks are no longer as read (the transaction no longer
+pending with that hold, the user or account gone), and a key stored meanwhile fails it as a
+unique violation: both go to the general path too, which then replays or refuses. The tier,
+price, caps and team membership come from the read, as the general path's locking statement
+reads them in a snapshot taken before its lock wait: here that window is one round trip longer.
+
+The call commits on its own, so a request cancelled while it runs (a client that hung up) is
+rolled back only while the call waits for a lock (``client_connection_check_interval``); once
+it holds the locks it completes. That outcome, and a connection lost meanwhile, are settled
+through the key's stored response, as a lost COMMIT is on the general path.
 """
 
 from __future__ import annotations
@@ -40,10 +47,9 @@ from starlette.responses import Response
 
 from app.auth.dependencies import get_principal
 from app.auth.service import Principal
-from app.core.clock import utcnow
 from app.core.errors import AppError
 from app.core.freeform import require_freeform
-from app.core.http import render_json
+from app.core.http import JSONResponse, render_json
 from app.core.ids import uuid7
 from app.core.money import ZERO, fmt
 from app.credits.gate import AccountGate
@@ -53,19 +59,30 @@ from app.idempotency import repository as idem_repo
 from app.pricing import service as pricing
 from app.pricing.exceptions import CostTooLarge, ExpressionFailed
 from app.pricing.schemas import TokenUsage
-from app.routing import Claim, TransactionalRoute, claim_for, settle_lost_commit
+from app.routing import Claim, TransactionalRoute, claim_for, settle_lost_commit, store_once
 from app.tiers.rules import Rules
 from app.transactions import repository as repo
-from app.transactions.schemas import CompleteIn, CompleteOut, StartIn, StartOut, UsageIn, UsageOut
-from app.transactions.service import MESSAGES, completion_hash, tokens_json
+from app.transactions.schemas import (
+    CheckIn,
+    CheckOut,
+    CompleteIn,
+    CompleteOut,
+    StartIn,
+    StartOut,
+    UsageIn,
+    UsageOut,
+)
+from app.transactions.service import MESSAGES, admits, completion_hash, tokens_json
 
-# Where the function puts the balance (as a canonical decimal) into the prepared texts.
-_BALANCE = orjson.Fragment(b"@B@")
+# Where the function puts the balance (a canonical decimal) and a hold's expiry (a UTC time)
+# into the prepared texts: raw \x01 never occurs in rendered JSON otherwise (creditd_fill).
+_BALANCE = orjson.Fragment(b"\x01B\x01")
+_EXPIRES = orjson.Fragment(b"\x01E\x01")
 _JSON = "application/json"
 _HEADERS = orjson.dumps({"content-type": _JSON}).decode()
 _START = "SELECT creditd_fast_start(" + ", ".join(f"${i}" for i in range(1, 24)) + ")"
 _COMPLETE = "SELECT creditd_fast_complete(" + ", ".join(f"${i}" for i in range(1, 21)) + ")"
-_USAGE = "SELECT creditd_fast_usage(" + ", ".join(f"${i}" for i in range(1, 22)) + ")"
+_USAGE = "SELECT creditd_fast_usage(" + ", ".join(f"${i}" for i in range(1, 21)) + ")"
 
 
 async def _claim(request: Request, route: TransactionalRoute) -> tuple[Principal, Claim | None]:
@@ -134,20 +151,28 @@ async def _serve(
         if call is None:
             return None
         server_pid = conn.get_server_pid()
-        waiter = gate.enter(call.gate_key) if call.gate_key is not None else None
+        # The call waits for the account's lock and releases it before it returns: it counts
+        # as waiting until then, and its whole time as the hold (app/credits/gate.py).
+        key = call.gate_key
+        waiter = gate.enter(key) if key is not None else None
+        began, ended = gate.now(), False
         try:
-            body = await execute(conn, call.sql, call.args)
-        except asyncpg.UniqueViolationError as exc:
-            if not idem_repo.duplicate(exc):
-                raise
-            body = None  # the key's row was written meanwhile: replayed by the general path
+            try:
+                body = await execute(conn, call.sql, call.args)
+            except asyncpg.UniqueViolationError as exc:
+                if not idem_repo.duplicate(exc):
+                    raise
+                body = None  # the key's row was written meanwhile: replayed by the general path
+            ended = True
         except BaseException:
-            if call.gate_key is not None and waiter is not None:
-                gate.gave_up(call.gate_key, waiter)
             lost = conn.is_closed()
             raise
-        if call.gate_key is not None and waiter is not None:
-            gate.released(call.gate_key, waiter, gate.acquired(call.gate_key, waiter))
+        finally:
+            if key is not None and waiter is not None:
+                if ended:
+                    gate.passed(key, waiter, began)
+                else:
+                    gate.gave_up(key, waiter)
         if body is None:
             return None
         return Response(body.encode(), status_code=call.status_code, media_type=_JSON)
@@ -191,12 +216,11 @@ async def start(request: Request, route: TransactionalRoute, body: StartIn) -> R
         except AppError:
             return None
         txn_id = uuid7()
-        ttl = body.hold_ttl_seconds or settings.default_hold_ttl_seconds
-        expires_at = utcnow() + timedelta(seconds=ttl)
+        ttl = timedelta(seconds=body.hold_ttl_seconds or settings.default_hold_ttl_seconds)
         admitted = StartOut(
             transaction_id=txn_id, continue_=True, balance=ZERO, credits_used=hold,
-            hold_amount=hold, status="pending", expires_at=expires_at,
-            message=MESSAGES[None], reason=None,
+            hold_amount=hold, status="pending", expires_at=None, message=MESSAGES[None],
+            reason=None,
         )  # fmt: skip
         denied = StartOut(
             transaction_id=txn_id, continue_=False, balance=ZERO, credits_used=ZERO,
@@ -204,6 +228,7 @@ async def start(request: Request, route: TransactionalRoute, body: StartIn) -> R
             message=MESSAGES["insufficient_credits"], reason="insufficient_credits",
         )  # fmt: skip
         admitted_data, denied_data = _with_balance(admitted), _with_balance(denied)
+        admitted_data["expires_at"] = _EXPIRES  # the lock's time plus the ttl
         args = (
             principal.project_id,
             body.user_id,
@@ -212,7 +237,7 @@ async def start(request: Request, route: TransactionalRoute, body: StartIn) -> R
             body.feature_identifier,
             hold,
             rules.floor,
-            expires_at,
+            ttl,
             _text(tokens_json(body.provisional_tokens)),
             _text(body.metadata),
             _text(price.snapshot(multiplier)),
@@ -331,7 +356,6 @@ async def usage(request: Request, route: TransactionalRoute, body: UsageIn) -> R
         except AppError:
             return None
         txn_id = uuid7()
-        now = utcnow()
         out = UsageOut(transaction_id=txn_id, status="completed", credits_used=charge, balance=ZERO)
         data = _with_balance(out)
         # The keys of a completion's event: no hold, so all of the charge is the adjustment.
@@ -344,7 +368,6 @@ async def usage(request: Request, route: TransactionalRoute, body: UsageIn) -> R
             name,
             body.feature_identifier,
             charge,
-            now,
             _text(tokens_json(body.tokens)),
             _text(body.metadata),
             _text(price.snapshot(multiplier)),
@@ -358,6 +381,54 @@ async def usage(request: Request, route: TransactionalRoute, body: UsageIn) -> R
         return _Call(_USAGE, args, 201, (principal.project_id, body.user_id))
 
     return await _serve(request, claim, read, prepare)
+
+
+async def check(request: Request, route: TransactionalRoute, body: CheckIn) -> Response | None:
+    """``POST /v1/check`` for an existing user without spend caps or a concurrency limit, on
+    their own account: its read and (with a key) the statement storing its answer on one
+    pooled connection, without the general path's session. None: the general path."""
+    principal, claim = await _claim(request, route)
+    if body.team_id is not None or principal.settings.team_usage_default != "user":
+        return None
+    model = body.model or ""
+    key = None if claim is None else claim.key
+    read = (repo.FAST_START_READ, principal.project_id, body.user_id, model, key)
+
+    async def work(conn: asyncpg.Connection) -> Response | None:
+        row = await conn.fetchrow(*read)
+        if row is None or row["key_found"] or row["has_spend_caps"]:
+            return None
+        rules = Rules.from_row(row)
+        if rules.max_concurrent is not None:
+            return None
+        available: Decimal = row["total"] - row["held"]
+        try:
+            if body.amount is not None:
+                required = body.amount
+            elif body.model is not None:
+                price, multiplier = pricing.for_tier(
+                    pricing.optional_price(row), rules.price_multiplier, rules.override(model)
+                )
+                price = pricing.require(price, model)
+                required = pricing.cost(price, body.provisional_tokens, multiplier)
+            else:
+                required = ZERO
+        except AppError:
+            return None
+        allowed = admits(available, required, rules.floor)
+        out = CheckOut(
+            allowed=allowed,
+            reason=None if allowed else "insufficient_credits",
+            available=available,
+            required=required,
+        )
+        response = JSONResponse(out, status_code=200)
+        if claim is None:
+            return response
+        return await store_once(conn, claim, response)
+
+    db: Database = request.app.state.db
+    return await db.autocommit(work)
 
 
 def _thresholds(thresholds: Any) -> list[str]:

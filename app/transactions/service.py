@@ -70,7 +70,7 @@ FINAL = ("completed", "failed")
 log = structlog.get_logger("creditd.transactions")
 
 
-def _admits(available: Decimal, need: Decimal, floor: Decimal | None) -> bool:
+def admits(available: Decimal, need: Decimal, floor: Decimal | None) -> bool:
     if floor is None:
         return True
     if need > 0:
@@ -104,7 +104,7 @@ async def _admission(
     serializes every charge of the team, so the member caps are race-free too). With
     ``locked`` (a start), a user who charges several accounts (a member of a team) also takes
     the per-user limits lock before their own caps and concurrency are read."""
-    if not _admits(available, need, rules.floor):
+    if not admits(available, need, rules.floor):
         return Admission("insufficient_credits", [])
     own_limits = rules.has_spend_caps or rules.max_concurrent is not None
     if locked and own_limits and (team_id is not None or rules.in_teams):

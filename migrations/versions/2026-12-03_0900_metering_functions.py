@@ -52,6 +52,26 @@ LANGUAGE sql AS $$
 $$
 """
 
+# The prepared texts (responses, events) with what only the locked rows decide put in: the
+# balance where they say \x01B\x01 (a canonical decimal, as the general path renders it) and
+# the hold's expiry where they say \x01E\x01 (a JSON string as orjson writes a UTC datetime,
+# or null). A raw \x01 never occurs in rendered JSON otherwise (a string's control characters
+# are escaped), so no user-supplied text can be taken for a marker.
+_FILL = """
+CREATE FUNCTION creditd_fill(p_text text, p_balance numeric, p_expires_at timestamptz)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT replace(
+        replace(p_text, chr(1) || 'B' || chr(1), trim_scale(p_balance)::text),
+        chr(1) || 'E' || chr(1),
+        coalesce(
+            '"' || to_char(p_expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+            || CASE WHEN date_part('microseconds', p_expires_at)::bigint % 1000000 = 0 THEN ''
+                    ELSE to_char(p_expires_at AT TIME ZONE 'UTC', '.US') END
+            || 'Z"',
+            'null'))
+$$
+"""
+
 # The events of one balance change, as app.credits.service.balance_events decides them with
 # the project's thresholds known (canonical decimal texts): balance.depleted and balance.low
 # when available falls, balance.recovered when it rises. Amounts go out as canonical numbers
@@ -99,7 +119,7 @@ $$
 _START = """
 CREATE FUNCTION creditd_fast_start(
     p_project uuid, p_user text, p_txn uuid, p_model text, p_feature text, p_hold numeric,
-    p_floor numeric, p_expires_at timestamptz, p_provisional jsonb, p_metadata jsonb,
+    p_floor numeric, p_ttl interval, p_provisional jsonb, p_metadata jsonb,
     p_snapshot jsonb, p_thresholds text[], p_event_ids uuid[],
     p_admitted_body text, p_denied_body text, p_admitted_event text, p_denied_event text,
     p_key text, p_key_method text, p_key_path text, p_key_hash text, p_key_headers jsonb,
@@ -112,7 +132,9 @@ DECLARE
     v_available numeric;
     v_ok boolean;
     v_balance numeric;
+    v_expires_at timestamptz;
     v_body text;
+    v_event text;
 BEGIN
     SELECT a.id, a.total, a.held INTO v_account, v_total, v_held
     FROM users u JOIN accounts a ON a.id = u.account_id
@@ -122,12 +144,15 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
+    v_expires_at := clock_timestamp() + p_ttl;  -- as the general path: once the lock is held
     v_available := v_total - v_held;
     v_ok := p_floor IS NULL OR CASE WHEN p_hold > 0 THEN v_available - p_hold >= p_floor
                                     ELSE v_available > p_floor END;
     v_balance := CASE WHEN v_ok THEN v_available - p_hold ELSE v_available END;
-    v_body := replace(CASE WHEN v_ok THEN p_admitted_body ELSE p_denied_body END,
-                      '@B@', trim_scale(v_balance)::text);
+    v_body := creditd_fill(CASE WHEN v_ok THEN p_admitted_body ELSE p_denied_body END,
+                           v_balance, v_expires_at);
+    v_event := creditd_fill(CASE WHEN v_ok THEN p_admitted_event ELSE p_denied_event END,
+                            v_balance, v_expires_at);
     IF v_ok AND p_hold <> 0 THEN
         UPDATE accounts SET held = held + p_hold, updated_at = now() WHERE id = v_account;
         INSERT INTO ledger_entries (project_id, account_id, user_id, kind, amount, held_amount,
@@ -143,13 +168,12 @@ BEGIN
             CASE WHEN v_ok THEN 'pending' ELSE 'denied' END,
             CASE WHEN v_ok THEN NULL ELSE 'insufficient_credits' END,
             CASE WHEN v_ok THEN p_hold ELSE 0 END, 0, p_provisional, NULL, p_metadata,
-            CASE WHEN v_ok THEN p_expires_at END, NULL, NULL,
+            CASE WHEN v_ok THEN v_expires_at END, NULL, NULL,
             CASE WHEN v_ok THEN p_snapshot END, false);
     INSERT INTO events (id, project_id, type, user_id, data)
     VALUES (p_event_ids[1], p_project,
             CASE WHEN v_ok THEN 'transaction.started' ELSE 'transaction.denied' END, p_user,
-            replace(CASE WHEN v_ok THEN p_admitted_event ELSE p_denied_event END,
-                    '@B@', trim_scale(v_balance)::text)::jsonb);
+            v_event::jsonb);
     IF v_ok AND p_hold <> 0 THEN
         PERFORM creditd_balance_events(p_project, p_user, v_available, v_balance, p_thresholds,
                                        p_event_ids[2], p_event_ids[3]);
@@ -199,7 +223,7 @@ BEGIN
         RETURN NULL;
     END IF;
     v_balance := v_total - v_held + p_release - p_charge;
-    v_body := replace(p_body, '@B@', trim_scale(v_balance)::text);
+    v_body := creditd_fill(p_body, v_balance, NULL);
     IF p_charge <> 0 OR p_release <> 0 THEN
         SELECT creditd_burn(v_account, p_charge) INTO v_burned;
         UPDATE accounts
@@ -220,7 +244,7 @@ BEGIN
     WHERE project_id = p_project AND id = p_txn;
     INSERT INTO events (id, project_id, type, user_id, data)
     VALUES (p_event_ids[1], p_project, 'transaction.' || p_status, v_user,
-            replace(p_event, '@B@', trim_scale(v_balance)::text)::jsonb);
+            creditd_fill(p_event, v_balance, NULL)::jsonb);
     IF p_usage THEN
         INSERT INTO usage_daily AS u (project_id, day, user_id, model, feature, credits,
                                       transactions)
@@ -247,12 +271,12 @@ $$
 
 # One-shot usage on the user's own account: lock it, charge in full (no admission: the usage
 # happened; burning grants, the rest debt), write the completed transaction, its event, the
-# day's usage and the key's stored response, all at ``p_now``. Returns the response body;
+# day's usage and the key's stored response, at the time the lock was got. Returns the body;
 # NULL when the user or account is gone (nothing written).
 _USAGE = """
 CREATE FUNCTION creditd_fast_usage(
     p_project uuid, p_user text, p_txn uuid, p_name text, p_feature text, p_charge numeric,
-    p_now timestamptz, p_finalized jsonb, p_metadata jsonb, p_snapshot jsonb, p_job boolean,
+    p_finalized jsonb, p_metadata jsonb, p_snapshot jsonb, p_job boolean,
     p_thresholds text[], p_event_ids uuid[], p_body text, p_event text,
     p_key text, p_key_method text, p_key_path text, p_key_hash text, p_key_headers jsonb,
     p_key_ttl interval
@@ -263,6 +287,7 @@ DECLARE
     v_held numeric;
     v_balance numeric;
     v_burned numeric;
+    v_now timestamptz;
     v_body text;
 BEGIN
     SELECT a.id, a.total, a.held INTO v_account, v_total, v_held
@@ -273,8 +298,9 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
+    v_now := clock_timestamp();  -- as the general path: once the lock is held
     v_balance := v_total - v_held - p_charge;
-    v_body := replace(p_body, '@B@', trim_scale(v_balance)::text);
+    v_body := creditd_fill(p_body, v_balance, NULL);
     IF p_charge <> 0 THEN
         SELECT creditd_burn(v_account, p_charge) INTO v_burned;
         UPDATE accounts
@@ -290,13 +316,13 @@ BEGIN
         status, reason, hold_amount, credits_used, provisional_tokens, finalized_tokens,
         metadata, expires_at, completed_at, team_id, price_snapshot, job)
     VALUES (p_txn, p_project, v_account, p_user, p_name, p_feature, 'completed', NULL, 0,
-            p_charge, NULL, p_finalized, p_metadata, NULL, p_now, NULL, p_snapshot, p_job);
+            p_charge, NULL, p_finalized, p_metadata, NULL, v_now, NULL, p_snapshot, p_job);
     INSERT INTO events (id, project_id, type, user_id, data)
     VALUES (p_event_ids[1], p_project, 'transaction.completed', p_user,
-            replace(p_event, '@B@', trim_scale(v_balance)::text)::jsonb);
+            creditd_fill(p_event, v_balance, NULL)::jsonb);
     INSERT INTO usage_daily AS u (project_id, day, user_id, model, feature, credits,
                                   transactions)
-    VALUES (p_project, (p_now AT TIME ZONE 'UTC')::date, p_user, p_name,
+    VALUES (p_project, (v_now AT TIME ZONE 'UTC')::date, p_user, p_name,
             coalesce(p_feature, ''), p_charge, 1)
     ON CONFLICT (project_id, day, user_id, model, feature) DO UPDATE
     SET credits = u.credits + EXCLUDED.credits,
@@ -319,6 +345,7 @@ $$
 
 def upgrade() -> None:
     op.execute(_BURN)
+    op.execute(_FILL)
     op.execute(_BALANCE_EVENTS)
     op.execute(_START)
     op.execute(_COMPLETE)
@@ -330,4 +357,5 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION creditd_fast_complete")
     op.execute("DROP FUNCTION creditd_fast_start")
     op.execute("DROP FUNCTION creditd_balance_events")
+    op.execute("DROP FUNCTION creditd_fill")
     op.execute("DROP FUNCTION creditd_burn")

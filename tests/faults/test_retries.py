@@ -191,6 +191,12 @@ async def test_a_lost_commit_whose_server_process_still_runs_is_not_called_unapp
     txn = (await project.post("/v1/transactions/start", START)).json()["transaction_id"]
     armed = {"on": True}
 
+    async def unchecked(raw: asyncpg.Connection) -> None:
+        # The server's check of the client off, for this connection: with it, the server ends
+        # the waiting write once the socket closes, and the answer is a clean 503
+        # database_unavailable (test_a_start_cancelled_while_it_waits_for_the_lock_...).
+        await raw.execute("SET client_connection_check_interval = 0")
+
     async def lose(raw: asyncpg.Connection, sending: asyncio.Future[Any]) -> None:
         armed["on"] = False
         await asyncio.sleep(0.3)  # sent: the server now waits for the usage row's lock
@@ -208,6 +214,7 @@ async def test_a_lost_commit_whose_server_process_still_runs_is_not_called_unapp
         async def send(raw: asyncpg.Connection, sql: str) -> str:
             if not (armed["on"] and sql.endswith("COMMIT")):
                 return await original(raw, sql)
+            await unchecked(raw)
             await lose(raw, asyncio.ensure_future(original(raw, sql)))
             raise AssertionError("lost")  # pragma: no cover - lose() raises
 
@@ -217,6 +224,7 @@ async def test_a_lost_commit_whose_server_process_still_runs_is_not_called_unapp
         async def call(raw: asyncpg.Connection, sql: str, args: tuple[Any, ...]) -> str | None:
             if not (armed["on"] and "complete" in sql):
                 return await execute(raw, sql, args)
+            await unchecked(raw)
             await lose(raw, asyncio.ensure_future(execute(raw, sql, args)))
             raise AssertionError("lost")  # pragma: no cover - lose() raises
 

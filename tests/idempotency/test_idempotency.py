@@ -332,7 +332,7 @@ async def test_a_business_error_is_not_stored_over_a_request_that_took_the_key_m
     it is still in flight (409); the error is not stored over it."""
     await project.user("u")
     headers = {"Idempotency-Key": "k8"}
-    real_store_once = routing._store_once
+    real_store_once = routing.store_once
     conn = await asyncpg.connect(database_url)
     tx = conn.transaction()
 
@@ -349,7 +349,7 @@ async def test_a_business_error_is_not_stored_over_a_request_that_took_the_key_m
         raise InsufficientCredits()
 
     monkeypatch.setattr(credits_service, "grant", refusing)
-    monkeypatch.setattr(routing, "_store_once", after_another_request)
+    monkeypatch.setattr(routing, "store_once", after_another_request)
     try:
         r = await project.post("/v1/users/u/credits", {"amount": 3}, headers=headers)
         if not committed:
@@ -377,7 +377,7 @@ async def _store_grant_answer(
     answer: bytes,
 ) -> bool:
     """Store ``answer`` under ``key`` for a grant of ``payload`` to user u, as a writer that
-    takes no lock on the key does (``_store_once``), in ``conn``'s transaction."""
+    takes no lock on the key does (``store_once``), in ``conn``'s transaction."""
     return await idem_repo.claim(
         conn,
         project_id=uuid.UUID(project.id),
@@ -568,7 +568,7 @@ async def test_a_key_row_stored_meanwhile_without_the_lock_rolls_the_request_bac
     same_body: bool,
     committed: bool,
 ) -> None:
-    """A writer that does not take the key's lock (``_store_once``: a business error, a read)
+    """A writer that does not take the key's lock (``store_once``: a business error, a read)
     may store the key's row while a request that found none runs. That request's COMMIT then
     fails on the primary key (at once, or once the writer commits), everything it did rolls
     back, and it runs again: the stored row is replayed (409 reused for another body), never

@@ -10,21 +10,24 @@ fast path where it applies (counted), and the ledger must verify afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
+from app import lane as lane_module
 from app.db.session import Database, driver
 from app.lane import CreditdAPI, build
-from app.transactions import fast
 from tests.conftest import Project, assert_ledger_consistent
+from tests.fixtures.locks import account_locked
 
 START = "/v1/transactions/start"
 
@@ -42,17 +45,18 @@ async def _mode(app: FastAPI, *, on: bool) -> AsyncIterator[None]:
 
 @pytest.fixture
 def fast_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The fast calls that answered (not handed back to the general path)."""
+    """The routes whose fast path answered (not handed back to the general path), in order,
+    for lanes built from now on."""
     answered: list[str] = []
-    original = fast.execute
+    for path, serve in list(lane_module._FAST.items()):
 
-    async def spy(conn: Any, sql: str, args: tuple[Any, ...]) -> str | None:
-        result = await original(conn, sql, args)
-        if result is not None:
-            answered.append(sql.split("(", maxsplit=1)[0])
-        return result
+        async def counted(*args: Any, _path: str = path, _serve: Any = serve) -> Any:
+            result = await _serve(*args)
+            if result is not None:
+                answered.append(_path)
+            return result
 
-    monkeypatch.setattr(fast, "execute", spy)
+        monkeypatch.setitem(lane_module._FAST, path, counted)
     return answered
 
 
@@ -190,6 +194,47 @@ async def _usage(run: Run) -> None:
     await run.post("/v1/usage", {"user_id": run.user, "job": "unpriced"})  # 404 unknown job
 
 
+async def _check(run: Run) -> None:
+    r = await run.project.post(
+        "/v1/tiers", {"id": "od", "name": "Overage", "allow_overage": True, "overage_limit": 5}
+    )
+    assert r.status_code in (201, 409), r.text
+    r = await run.project.post("/v1/users", {"id": run.user, "tier_id": "od"})
+    assert r.status_code == 201, r.text
+    await run.project.grant(run.user, "2.50")
+    asks: list[dict[str, Any]] = [
+        {"model": "m", "provisional_tokens": TOKENS},  # 2: allowed
+        {"model": "m", "provisional_tokens": {"input_tokens": 8000}},  # 8: to -5.5
+        {"model": "m", "provisional_tokens": {"input_tokens": 7500}},  # 7.5: to -5, allowed
+        {"amount": "7.500001"},
+        {"amount": 0},
+        {},
+        {"model": "m"},
+        {"model": "nope", "provisional_tokens": TOKENS},  # the _default price
+    ]
+    for i, ask in enumerate(asks):
+        await run.post("/v1/check", {"user_id": run.user, **ask})
+        await run.post("/v1/check", {"user_id": run.user, **ask}, f"c{i}")
+    await run.post("/v1/check", {"user_id": run.user, "amount": 1}, "c0")  # reused: 409
+    await run.post("/v1/check", {"user_id": run.user, "amount": 0}, "c4")  # replayed
+
+
+async def _odd_names(run: Run) -> None:
+    """User text that looks like the functions' markers stays as sent."""
+    for model in ("x@B@y", "\u0001B\u0001", "\x01E\x01"):
+        price = {"input_price_per_1k": 1, "output_price_per_1k": 1}
+        r = await run.project.put(f"/v1/models/{quote(model, safe='')}", price)
+        assert r.status_code in (200, 422), r.text  # a control character may be refused
+    await run.project.user(run.user, credits=10)
+    for model in ("x@B@y", "\u0001B\u0001", "\x01E\x01", "y@E@z"):
+        txn = await run.post(
+            START, {"user_id": run.user, "model": model, "provisional_tokens": TOKENS}
+        )
+        if "transaction_id" in txn:
+            await run.complete(txn, success=True)
+        await run.post("/v1/usage", {"user_id": run.user, "model": model, "tokens": TOKENS})
+
+
 async def _general_only(run: Run) -> None:
     """Requests the fast path leaves to the general path: answered the same all the same."""
     txn = await run.start(provisional_tokens=TOKENS)  # a new user (auto-created): denied
@@ -198,6 +243,9 @@ async def _general_only(run: Run) -> None:
     r = await run.project.post("/v1/teams", {"id": f"t-{run.user}", "name": "T"})
     assert r.status_code == 201, r.text
     await run.start(team_id=f"t-{run.user}")  # not a member: 403
+    await run.post(f"{START}?x=%00", {"user_id": run.user, "model": "m"})  # a NUL: 422
+    await run.post("/v1/check", {"user_id": f"{run.user}-new", "model": "m"})  # no such user
+    await run.post("/v1/check", {"user_id": run.user, "team_id": f"t-{run.user}"})
 
 
 Scenario = Callable[[Run], Awaitable[None]]
@@ -212,6 +260,8 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {
     "unlimited overage": (_unlimited_overage, True),
     "keyed": (_keyed, True),
     "one-shot usage": (_usage, True),
+    "check": (_check, True),
+    "odd names": (_odd_names, True),
     "general only": (_general_only, False),
 }
 
@@ -318,14 +368,17 @@ async def test_the_fast_path_does_what_the_general_path_does(
 
 
 async def test_a_fast_call_stores_its_key_in_the_transaction_that_makes_the_change(
-    db: Database, project: Project, fast_calls: list[str]
+    app: FastAPI, db: Database, project: Project, fast_calls: list[str]
 ) -> None:
     """The key's row and the effect commit together: written by one database transaction."""
     await project.price("m", 1, 2)
     await project.user("u", credits=10)
-    r = await project.post(START, {"user_id": "u", "model": "m"}, headers={"Idempotency-Key": "k"})
+    async with _mode(app, on=True):
+        r = await project.post(
+            START, {"user_id": "u", "model": "m"}, headers={"Idempotency-Key": "k"}
+        )
     assert r.status_code == 201, r.text
-    assert fast_calls == ["SELECT creditd_fast_start"]
+    assert fast_calls == [START]
     async with db.transaction(autocommit=True) as session:
         row = await driver(session).fetchrow(
             "SELECT (SELECT xmin::text FROM idempotency_keys WHERE project_id = $1 AND key = 'k')"
@@ -338,3 +391,23 @@ async def test_a_fast_call_stores_its_key_in_the_transaction_that_makes_the_chan
     assert row["key"] == row["effect"]
     assert row["body"] == r.text
     await assert_ledger_consistent(db)
+
+
+@pytest.mark.parametrize("on", [False, True], ids=["general", "fast"])
+async def test_a_start_cancelled_while_it_waits_for_the_lock_changes_nothing(
+    on: bool, app: FastAPI, project: Project, database_url: str
+) -> None:
+    """A client that hangs up while its start waits for the account's lock: the server rolls
+    the waiting statement back (client_connection_check_interval) on either path, so nothing
+    is held when the lock is released afterwards."""
+    await project.price("m", 1, 2)
+    await project.user("u", credits=100)
+    body = {"user_id": "u", "model": "m", "provisional_tokens": TOKENS}
+    async with _mode(app, on=on), account_locked(database_url, project.id, "u"):
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(project.post(START, body), 0.5)
+        await asyncio.sleep(0.5)  # the server notices the closed socket within 0.1 s
+    await asyncio.sleep(0.2)
+    r = await project.get("/v1/transactions", params={"user_id": "u"})
+    assert r.json()["data"] == []
+    assert (await project.balance("u"))["held"] == 0

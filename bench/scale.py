@@ -27,7 +27,12 @@ from typing import Any
 import asyncpg
 
 from app.credits.repository import _CHANGE
-from app.transactions.repository import _LOCK_ACCOUNT, _LOCK_WITH_ACCOUNT
+from app.transactions.repository import (
+    _LOCK_ACCOUNT,
+    _LOCK_WITH_ACCOUNT,
+    FAST_COMPLETE_READ,
+    FAST_START_READ,
+)
 
 SEED_CREDITS = 1_000_000
 HOLD = 2
@@ -188,6 +193,12 @@ async def explain_hot(url: str, project: uuid.UUID, user_id: str) -> dict[str, s
             user_id,
         )
         statements: list[tuple[str, str, tuple[Any, ...]]] = [
+            (
+                "fast path: start's read `FAST_START_READ` (then one `creditd_fast_start` call,"
+                " whose lock is the same as `_LOCK_ACCOUNT`'s and whose burn is `_CHANGE`'s)",
+                FAST_START_READ,
+                (project, user_id, MODEL, "a-key-with-no-row"),
+            ),
             ("start lock `_LOCK_ACCOUNT`", _LOCK_ACCOUNT, (project, user_id, MODEL)),
             (
                 "ledger write `_CHANGE` (a settle of 1 credit)",
@@ -211,6 +222,8 @@ async def explain_hot(url: str, project: uuid.UUID, user_id: str) -> dict[str, s
             ),
         ]
         if txn is not None:
+            title = "fast path: complete's read `FAST_COMPLETE_READ`"
+            statements.append((title, FAST_COMPLETE_READ, (project, txn, "a-key-with-no-row")))
             title = "complete lock `_LOCK_WITH_ACCOUNT`"
             statements.append((title, _LOCK_WITH_ACCOUNT, (project, txn)))
         for title, sql, args in statements:

@@ -15,6 +15,10 @@ chunked upload, a body that fails validation) goes to the FastAPI app untouched,
 answers it as it always has; nothing has been done for it yet but reading the body, which
 is handed on. With FastAPI's own body limit or its native telemetry turned on, there is no
 lane at all.
+
+In the lane, start, complete, one-shot usage and check first try their fast path
+(app/transactions/fast.py: one unlocked read, then one self-committing call); it answers, or
+hands the request to the route handler untouched.
 """
 
 from __future__ import annotations
@@ -204,7 +208,7 @@ def _routes(routes: list[BaseRoute]) -> list[BaseRoute]:
 
 def build(app: FastAPI, max_body_bytes: int, *, fast: bool = True) -> Lane | None:
     """The app's lane, or None when the app runs layers the lane would skip. ``fast``: the
-    start and complete routes try their fast path first."""
+    metering routes try their fast path first (app/transactions/fast.py)."""
     if getattr(app, "max_body_size", None) is not None:
         return None
     telemetry = getattr(app, "_native_telemetry", None)

@@ -8,6 +8,7 @@ apart, and `creditd verify` runs over everything after the concurrency tests.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,17 +79,25 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
         yield application
 
 
-@pytest.fixture
-def general_path(app: FastAPI) -> Iterator[None]:
-    """The app without the metering fast path (app/transactions/fast.py): for tests of how
-    the general path runs a start or a completion (its BEGIN, its COMMIT)."""
+@contextmanager
+def fast_metering(app: FastAPI, *, on: bool) -> Iterator[None]:
+    """The app's lane rebuilt with the metering fast path (app/transactions/fast.py) on or off,
+    for the block; the lane it had afterwards."""
     assert isinstance(app, CreditdAPI)
     saved = app._lane, app._lane_built
-    app._lane, app._lane_built = build(app, app.lane_max_body_bytes, fast=False), True
+    app._lane, app._lane_built = build(app, app.lane_max_body_bytes, fast=on), True
     try:
         yield
     finally:
         app._lane, app._lane_built = saved
+
+
+@pytest.fixture
+def general_path(app: FastAPI) -> Iterator[None]:
+    """The app without the metering fast path: for tests of how the general path runs a start
+    or a completion (its BEGIN, its COMMIT)."""
+    with fast_metering(app, on=False):
+        yield
 
 
 @pytest.fixture(scope="session")

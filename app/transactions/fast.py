@@ -99,10 +99,6 @@ def _key_args(claim: Claim | None) -> tuple[Any, ...]:
     return (claim.key, claim.method, claim.path, claim.request_hash, _HEADERS, claim.ttl)
 
 
-def _text(data: dict[str, Any] | None) -> str | None:
-    return None if data is None else render_json(data).decode()
-
-
 def _with_balance(out: StartOut | CompleteOut | UsageOut) -> dict[str, Any]:
     data = out.model_dump(mode="python", by_alias=True)
     data["balance"] = _BALANCE
@@ -238,9 +234,9 @@ async def start(request: Request, route: TransactionalRoute, body: StartIn) -> R
             hold,
             rules.floor,
             ttl,
-            _text(tokens_json(body.provisional_tokens)),
-            _text(body.metadata),
-            _text(price.snapshot(multiplier)),
+            repo.json_text(tokens_json(body.provisional_tokens)),
+            repo.json_text(body.metadata),
+            repo.json_text(price.snapshot(multiplier)),
             _thresholds(settings.low_balance_thresholds),
             [uuid7(), uuid7(), uuid7()],
             render_json(admitted_data).decode(),
@@ -310,8 +306,8 @@ async def complete(
             "usage" if body.success else "hold_release",
             charge,
             release,
-            _text(tokens_json(tokens if body.success else body.finalized_tokens)),
-            _text(metadata),
+            repo.json_text(tokens_json(tokens if body.success else body.finalized_tokens)),
+            repo.json_text(metadata),
             completion_hash(body),
             _thresholds(principal.settings.low_balance_thresholds),
             [uuid7(), uuid7(), uuid7()],
@@ -368,9 +364,9 @@ async def usage(request: Request, route: TransactionalRoute, body: UsageIn) -> R
             name,
             body.feature_identifier,
             charge,
-            _text(tokens_json(body.tokens)),
-            _text(body.metadata),
-            _text(price.snapshot(multiplier)),
+            repo.json_text(tokens_json(body.tokens)),
+            repo.json_text(body.metadata),
+            repo.json_text(price.snapshot(multiplier)),
             is_job,
             _thresholds(principal.settings.low_balance_thresholds),
             [uuid7(), uuid7(), uuid7()],

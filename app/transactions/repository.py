@@ -214,7 +214,8 @@ _LOCK_DUE = """
 """
 
 
-def _json(value: dict[str, Any] | None) -> str | None:
+def json_text(value: dict[str, Any] | None) -> str | None:
+    """A jsonb argument's text (exact decimals), or None."""
     return None if value is None else render_json(value).decode()
 
 
@@ -409,13 +410,13 @@ def insert(
         reason,
         hold_amount,
         credits_used,
-        _json(provisional_tokens),
-        _json(finalized_tokens),
-        _json(metadata),
+        json_text(provisional_tokens),
+        json_text(finalized_tokens),
+        json_text(metadata),
         expires_at,
         completed_at,
         team_id,
-        _json(price_snapshot),
+        json_text(price_snapshot),
         job,
     )
     return Write(_INSERT, args)
@@ -439,11 +440,11 @@ def completion(
         transaction_id,
         status,
         credits_used,
-        _json(finalized_tokens),
-        _json(metadata),
+        json_text(finalized_tokens),
+        json_text(metadata),
         late,
         completion_hash,
-        _json(completion_result),
+        json_text(completion_result),
     )
     return Write(_COMPLETE, args)
 

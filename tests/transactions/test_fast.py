@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -25,22 +24,10 @@ from fastapi import FastAPI
 
 from app import lane as lane_module
 from app.db.session import Database, driver
-from app.lane import CreditdAPI, build
-from tests.conftest import Project, assert_ledger_consistent
+from tests.conftest import Project, assert_ledger_consistent, fast_metering
 from tests.fixtures.locks import account_locked
 
 START = "/v1/transactions/start"
-
-
-@asynccontextmanager
-async def _mode(app: FastAPI, *, on: bool) -> AsyncIterator[None]:
-    assert isinstance(app, CreditdAPI)
-    saved = app._lane, app._lane_built
-    app._lane, app._lane_built = build(app, app.lane_max_body_bytes, fast=on), True
-    try:
-        yield
-    finally:
-        app._lane, app._lane_built = saved
 
 
 @pytest.fixture
@@ -356,10 +343,10 @@ async def test_the_fast_path_does_what_the_general_path_does(
     await project.price("n", 2, 2)
     await project.price("_default", 3, 3)
     general, quick = Run(project, "general"), Run(project, "fast")
-    async with _mode(app, on=False):
+    with fast_metering(app, on=False):
         await scenario(general)
     assert fast_calls == []
-    async with _mode(app, on=True):
+    with fast_metering(app, on=True):
         await scenario(quick)
     assert bool(fast_calls) == takes_fast, fast_calls
     expected, got = await _state(db, project, general), await _state(db, project, quick)
@@ -373,7 +360,7 @@ async def test_a_fast_call_stores_its_key_in_the_transaction_that_makes_the_chan
     """The key's row and the effect commit together: written by one database transaction."""
     await project.price("m", 1, 2)
     await project.user("u", credits=10)
-    async with _mode(app, on=True):
+    with fast_metering(app, on=True):
         r = await project.post(
             START, {"user_id": "u", "model": "m"}, headers={"Idempotency-Key": "k"}
         )
@@ -403,10 +390,11 @@ async def test_a_start_cancelled_while_it_waits_for_the_lock_changes_nothing(
     await project.price("m", 1, 2)
     await project.user("u", credits=100)
     body = {"user_id": "u", "model": "m", "provisional_tokens": TOKENS}
-    async with _mode(app, on=on), account_locked(database_url, project.id, "u"):
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(project.post(START, body), 0.5)
-        await asyncio.sleep(0.5)  # the server notices the closed socket within 0.1 s
+    with fast_metering(app, on=on):
+        async with account_locked(database_url, project.id, "u"):
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(project.post(START, body), 0.5)
+            await asyncio.sleep(0.5)  # the server notices the closed socket within 0.1 s
     await asyncio.sleep(0.2)
     r = await project.get("/v1/transactions", params={"user_id": "u"})
     assert r.json()["data"] == []

@@ -298,6 +298,8 @@ class FaultProxy:
                 b'"status":%d,"detail":"injected by the test proxy","instance":"%s"}'
                 % (fault.status, path.encode())
             )
+            # Recorded before the client can read its answer (and assert on the record).
+            record(fault.status, None, payload)
             handler.send_response(fault.status)
             for name, value in fault.headers.items():
                 handler.send_header(name, value)
@@ -305,7 +307,6 @@ class FaultProxy:
             handler.send_header("Content-Length", str(len(payload)))
             handler.end_headers()
             handler.wfile.write(payload)
-            record(fault.status, None, payload)
             return
         if fault is not None and fault.action == "drop_before_forward":
             handler.close_connection = True
